@@ -1,0 +1,1 @@
+"""The bedside unit: recorder, outbox, announcer and clip server (imports only ``protocol``)."""

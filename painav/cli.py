@@ -1,0 +1,80 @@
+"""The ``painav`` command: parses arguments and hands off to a subcommand, imported lazily.
+
+Heavy modules (PyAV, SQLAlchemy, paho) are imported only by the subcommand that needs them, so
+``painav --help`` and ``painav clip verify`` start fast on a Raspberry Pi.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="painav",
+        description="Bedside capture of patient video and voice, encrypted at the source.",
+    )
+    parser.add_argument("--version", action="version", version=f"painav {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    clip = commands.add_parser("clip", help="check and open clip files (for data managers)")
+    clip_commands = clip.add_subparsers(dest="clip_command", required=True, metavar="ACTION")
+
+    verify = clip_commands.add_parser(
+        "verify", help="check a clip's signature, its hash binding and its age header"
+    )
+    verify.add_argument("file", type=Path, help="the clip (.age)")
+    verify.add_argument(
+        "--pubkey", required=True, help="the unit's minisign public key: a .pub file or its key"
+    )
+    verify.add_argument("--sig", type=Path, help="signature file (default: FILE.minisig)")
+    verify.add_argument("--clip-id", help="fail unless the signature names this clip id")
+    verify.add_argument("--device-id", help="fail unless the signature names this unit")
+    verify.set_defaults(handler="painav.clipcmd:verify")
+
+    decrypt = clip_commands.add_parser(
+        "decrypt", help="decrypt a clip with the data key (written only once fully authentic)"
+    )
+    decrypt.add_argument("file", type=Path, help="the clip (.age)")
+    decrypt.add_argument(
+        "-i", "--identity", required=True, type=Path, help="age identity file (data key)"
+    )
+    decrypt.add_argument("-o", "--output", required=True, help="output file, or - for stdout")
+    decrypt.add_argument("--pubkey", help="verify the unit's signature first (recommended)")
+    decrypt.add_argument("--sig", type=Path, help="signature file (default: FILE.minisig)")
+    decrypt.add_argument("--force", action="store_true", help="overwrite an existing output")
+    decrypt.set_defaults(handler="painav.clipcmd:decrypt")
+
+    demo = commands.add_parser(
+        "demo", help="run the bedside-to-hospital path on one machine with embedded defaults"
+    )
+    demo.add_argument("--workdir", type=Path, help="keep every file the demo makes here")
+    demo.add_argument("--seconds", type=float, default=5.0, help="length of the demo clip")
+    demo.set_defaults(handler="painav.demo:run")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    module_name, _, func_name = args.handler.partition(":")
+    handler = getattr(importlib.import_module(module_name), func_name)
+    from protocol.errors import ProtocolError
+
+    try:
+        return int(handler(args))
+    except (ProtocolError, OSError) as exc:
+        # One line a person can act on; the exception text already names what and where.
+        print(f"painav: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

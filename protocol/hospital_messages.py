@@ -1,0 +1,157 @@
+"""Messages the hospital sends to a unit: the researcher's arm command and the receipt."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import ClassVar, Final, Literal, Self
+
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from .errors import MessageError
+from .message_codec import MessageModel, dump_json
+from .message_fields import (
+    ClipId,
+    DeviceId,
+    Ed25519SignatureB64,
+    OperatorId,
+    Pseudonym,
+    ReceiverId,
+    Sha256Hex,
+    SiteId,
+    Timestamp,
+    VisitLabel,
+)
+from .topics import Kind, Topic
+
+__all__ = ["MAX_ARM_DURATION", "RECEIPT_SIGNING_CONTEXT", "ArmCommand", "Receipt"]
+
+MAX_ARM_DURATION: Final = timedelta(hours=24)
+"""The longest an arm command may stay in force: a forgotten cart disarms itself by next day."""
+
+RECEIPT_SIGNING_CONTEXT: Final = b"painav-receipt/1\n"
+"""Prefix of the bytes a receipt signature covers, so the key signs nothing else by accident."""
+
+
+class ArmCommand(MessageModel):
+    """The researcher's command, retained on ``cmd/arm``, to tag a unit's next clips with a
+    participant (``participant`` set) or to stop doing so (``participant`` null).
+
+    An arm command expires: ``expires_at`` is after ``issued_at`` and at most
+    :data:`MAX_ARM_DURATION` later. A disarm command has no ``visit`` and no ``expires_at``.
+    """
+
+    KIND: ClassVar[Kind] = Kind.ARM
+    schema_id: Literal["painav.cmd-arm/1"] = Field(default="painav.cmd-arm/1", alias="schema")
+    participant: Pseudonym | None = Field(
+        description="Pseudonymous study id to arm for (e.g. PAIN-0042); null to disarm."
+    )
+    visit: VisitLabel | None = Field(default=None, validate_default=True)
+    issued_at: Timestamp
+    expires_at: Timestamp | None = Field(default=None, validate_default=True)
+    issued_by: OperatorId | None = None
+
+    @field_validator("visit")
+    @classmethod
+    def _no_visit_when_disarming(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and "participant" in info.data and info.data["participant"] is None:
+            raise PydanticCustomError("painav_forbidden", "must be null when disarming")
+        return value
+
+    @field_validator("expires_at")
+    @classmethod
+    def _expiry_in_range(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        if "participant" not in info.data:
+            return value
+        if info.data["participant"] is None:
+            if value is not None:
+                raise PydanticCustomError("painav_forbidden", "must be null when disarming")
+            return value
+        if value is None:
+            raise PydanticCustomError("painav_required", "required when arming")
+        issued_at = info.data.get("issued_at")
+        # A difference, not issued_at + MAX_ARM_DURATION, which overflows near year 9999.
+        if issued_at is not None and not timedelta(0) < value - issued_at <= MAX_ARM_DURATION:
+            hours = MAX_ARM_DURATION // timedelta(hours=1)
+            raise PydanticCustomError(
+                "painav_expiry", f"must be after issued_at and at most {hours} h later"
+            )
+        return value
+
+    def active_at(self, now: datetime) -> bool:
+        """Whether this command arms the unit at *now* (timezone-aware): an arm command that has
+        not expired. (A disarm command has no expiry and never arms.)"""
+        return self.expires_at is not None and now < self.expires_at
+
+
+_UNSIGNED: Final = base64.b64encode(bytes(64)).decode()
+
+
+class Receipt(MessageModel):
+    """The receiver's signed statement, on ``receipts``, that it stored a clip: after verifying
+    the signature over :meth:`signed_bytes`, the unit may delete the clip.
+
+    The signature covers ``painav-receipt/1`` and a newline, then the receipt's canonical JSON
+    (compact, sorted keys, UTF-8, as published) without ``signature``. The Ed25519 signing and
+    verifying live with the keys; this model fixes the bytes signed.
+    """
+
+    KIND: ClassVar[Kind] = Kind.RECEIPTS
+    schema_id: Literal["painav.receipts/1"] = Field(default="painav.receipts/1", alias="schema")
+    site_id: SiteId
+    device_id: DeviceId
+    clip_id: ClipId
+    sha256: Sha256Hex = Field(description="SHA-256 of the stored ciphertext.")
+    stored_at: Timestamp
+    receiver_id: ReceiverId
+    signature: Ed25519SignatureB64 = Field(
+        description="Ed25519 signature by the receiver's receipt key over the signed bytes."
+    )
+
+    def signed_bytes(self) -> bytes:
+        """The bytes the signature covers: :data:`RECEIPT_SIGNING_CONTEXT` then the receipt's
+        canonical JSON (as :meth:`to_payload` writes it) without ``signature``."""
+        body = self.model_dump(mode="json", by_alias=True, exclude={"signature"})
+        return RECEIPT_SIGNING_CONTEXT + dump_json(body)
+
+    def signature_bytes(self) -> bytes:
+        """The 64-byte Ed25519 signature, decoded."""
+        return base64.b64decode(self.signature)
+
+    @classmethod
+    def signed(
+        cls,
+        *,
+        site_id: str,
+        device_id: str,
+        clip_id: str,
+        sha256: str,
+        stored_at: datetime,
+        receiver_id: str,
+        sign: Callable[[bytes], bytes],
+    ) -> Self:
+        """A receipt signed by *sign* (e.g. an Ed25519 private key's ``sign``), which is given
+        :meth:`signed_bytes` and returns the 64-byte signature."""
+        draft = cls(
+            site_id=site_id,
+            device_id=device_id,
+            clip_id=clip_id,
+            sha256=sha256,
+            stored_at=stored_at,
+            receiver_id=receiver_id,
+            signature=_UNSIGNED,
+        )
+        raw = sign(draft.signed_bytes())
+        if not isinstance(raw, bytes) or len(raw) != 64:
+            raise MessageError("receipts message: sign() must return a 64-byte Ed25519 signature")
+        return draft.model_copy(update={"signature": base64.b64encode(raw).decode()})
+
+    def topic_mismatch(self, topic: Topic) -> str | None:
+        """A receipt may only be sent on the topic of the unit it names."""
+        if self.site_id != topic.site:
+            return "field 'site_id': does not match the topic's site"
+        if self.device_id != topic.device:
+            return "field 'device_id': does not match the topic's device"
+        return None

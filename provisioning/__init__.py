@@ -1,0 +1,1 @@
+"""Site PKI, unit identities and bundles, broker configuration and revocation."""

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Sets up everything painav's tests, demo and benchmarks need on Debian 12 / Raspberry Pi OS:
+# the apt packages, the virtual environment in .venv/ and the age test kit. Idempotent: a
+# second run installs nothing and takes a second or two.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  python3 python3-venv python3-dev build-essential pkg-config
+  age minisign ffmpeg mosquitto mosquitto-clients openssl
+  portaudio19-dev libasound2-plugins alsa-utils libsystemd-dev
+  espeak-ng sox
+)
+AGE_TESTKIT="cctv-age@0.2.0"
+
+log() { printf 'setup: %s\n' "$*"; }
+
+sudo_if_needed() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+# npm fetches the age test kit; a machine may already have Node.js from elsewhere.
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+if ((${#missing[@]})); then
+  log "installing apt packages: ${missing[*]}"
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Debian python3 is the reference interpreter; a developer's own python3 (pyenv) is fine
+# as long as it is 3.11 or newer.
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.painav-installed
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "installing painav and its pinned dependencies into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
+  .venv/bin/python -m pip install -q -c constraints.txt -e '.[device,server,dev]'
+  echo "$want" >"$stamp"
+fi
+
+# The C2SP age test kit, from the npm registry (npm checks the tarball's integrity).
+kit=tests/vectors/cctv-age
+if [ ! -f "$kit/package.json" ]; then
+  log "fetching the age test kit $AGE_TESTKIT"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "$AGE_TESTKIT" >/dev/null)
+  mkdir -p "$kit"
+  tar -xzf "$tmp"/cctv-age-*.tgz -C "$kit" --strip-components=1
+  rm -rf "$tmp"
+fi
+if [ ! -d "$kit/testdata" ]; then
+  # index.js exports each vector by name; write them out as the kit's own testdata files.
+  node -e '
+    const fs = require("fs"), path = require("path");
+    const dir = process.argv[1], out = path.join(dir, "testdata.tmp");
+    const kit = require(path.resolve(dir));
+    fs.mkdirSync(out, { recursive: true });
+    for (const [name, data] of Object.entries(kit)) fs.writeFileSync(path.join(out, name), data);
+    fs.renameSync(out, path.join(dir, "testdata"));
+  ' "$kit"
+fi

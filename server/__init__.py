@@ -1,0 +1,1 @@
+"""The hospital side: ingest, store, catalog, extraction, export (imports only ``protocol``)."""

@@ -1,0 +1,265 @@
+"""Valid example messages and hypothesis strategies for them, shared by the protocol tests."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+from typing import get_args
+
+from hypothesis import strategies as st
+
+from protocol import bech32
+from protocol.message_fields import (
+    CLIP_ID_PATTERN,
+    PSEUDONYM_PATTERN,
+    REASON_PATTERN,
+    SOFTWARE_VERSION_PATTERN,
+    VISIT_PATTERN,
+)
+from protocol.messages import (
+    MAX_ARM_DURATION,
+    ArmCommand,
+    AudioTrack,
+    ClipAnnouncement,
+    ClipManifest,
+    Event,
+    Message,
+    Receipt,
+    Status,
+    Telemetry,
+    VideoTrack,
+)
+from protocol.topics import ID_PATTERN, Kind
+
+SITE = "ward7"
+DEVICE = "cart-03"
+T0 = datetime(2025, 3, 1, 9, 30, 0, tzinfo=UTC)
+RECIPIENT = bech32.encode("age", bytes(range(32)))
+MINISIGN = (
+    "untrusted comment: signature from painav unit cart-03\n"
+    "RUQf0FZ1aW4uI2s5hQ==\n"
+    "trusted comment: clip=cart-03-20250301T093000Z-a1b2 device=cart-03\n"
+    "c2lnbmF0dXJl\n"
+)
+
+
+def manifest(**changes: object) -> ClipManifest:
+    """A valid manifest for a 42 s clip from ward7/cart-03, with *changes* applied."""
+    fields: dict[str, object] = {
+        "clip_id": "cart-03-20250301T093000Z-a1b2",
+        "site_id": SITE,
+        "device_id": DEVICE,
+        "participant": "PAIN-0042",
+        "visit": "baseline",
+        "started_at": T0,
+        "duration_s": 42.0,
+        "container": "matroska",
+        "video": VideoTrack(
+            codec="h264", width=1280, height=720, frame_rate_hz=30.0, frames=1260, dropped_frames=2
+        ),
+        "audio": AudioTrack(
+            codec="opus", sample_rate_hz=48000, channels=1, frames=2_016_000, overruns=0
+        ),
+        "av_offset_ms": -12.5,
+        "clock_synced": True,
+        "stop_reason": "button",
+        "software_version": "0.1.0",
+        "size_bytes": 31_457_280,
+        "sha256": "ab" * 32,
+        "recipients": (RECIPIENT,),
+    }
+    fields.update(changes)
+    return ClipManifest(**fields)  # type: ignore[arg-type]
+
+
+def examples() -> dict[Kind, Message]:
+    """One valid message of every kind."""
+    return {
+        Kind.STATUS: Status(state="online", since=T0, software_version="0.1.0", armed=True),
+        Kind.CLIPS: ClipAnnouncement(
+            manifest=manifest(),
+            signature=MINISIGN,
+            url="https://cart-03.ward7.example:8443/clips/cart-03-20250301T093000Z-a1b2",
+        ),
+        Kind.EVENTS: Event(kind="aborted", at=T0, reason="camera_timeout", detail="no frames"),
+        Kind.TELEMETRY: Telemetry(
+            at=T0,
+            uptime_s=3600.5,
+            free_bytes=12_000_000_000,
+            queue_depth=2,
+            oldest_unreceipted_s=95.0,
+            clock_synced=True,
+            temperature_c=51.2,
+            cpu_percent=23.0,
+        ),
+        Kind.ARM: ArmCommand(
+            participant="PAIN-0042",
+            visit="baseline",
+            issued_at=T0,
+            expires_at=T0 + timedelta(hours=4),
+            issued_by="rn-0007",
+        ),
+        Kind.RECEIPTS: Receipt(
+            site_id=SITE,
+            device_id=DEVICE,
+            clip_id="cart-03-20250301T093000Z-a1b2",
+            sha256="ab" * 32,
+            stored_at=T0 + timedelta(seconds=5),
+            receiver_id="receiver-1",
+            signature=base64.b64encode(bytes(range(64))).decode(),
+        ),
+    }
+
+
+# --- hypothesis strategies for valid messages ------------------------------------------------
+
+ids = st.from_regex(ID_PATTERN, fullmatch=True)
+clip_ids = st.from_regex(CLIP_ID_PATTERN, fullmatch=True)
+pseudonyms = st.from_regex(PSEUDONYM_PATTERN, fullmatch=True)
+visits = st.from_regex(VISIT_PATTERN, fullmatch=True)
+reasons = st.from_regex(REASON_PATTERN, fullmatch=True)
+versions = st.from_regex(SOFTWARE_VERSION_PATTERN, fullmatch=True)
+sha256s = st.binary(min_size=32, max_size=32).map(bytes.hex)
+timestamps = st.datetimes(
+    min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)
+)
+counts = st.integers(min_value=0, max_value=2**63 - 1)
+recipients = st.lists(
+    st.binary(min_size=32, max_size=32).map(lambda key: bech32.encode("age", key)),
+    min_size=1,
+    max_size=4,
+    unique=True,
+).map(tuple)
+one_line = st.text(
+    st.characters(exclude_categories=["Cs"], exclude_characters=[*map(chr, range(32)), "\x7f"]),
+    max_size=500,
+)
+
+
+def _floats(low: float, high: float, *, exclude_min: bool = False) -> st.SearchStrategy[float]:
+    return st.floats(low, high, exclude_min=exclude_min, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def statuses(draw: st.DrawFn) -> Status:
+    state = draw(st.sampled_from(get_args(Status.model_fields["state"].annotation)))
+    optional = state == "offline" and draw(st.booleans())
+    return Status(
+        state=state,
+        since=None if optional else draw(timestamps),
+        software_version=None if optional else draw(versions),
+        armed=None if optional else draw(st.booleans()),
+        reason=draw(reasons) if state == "error" else None,
+    )
+
+
+manifests = st.builds(
+    ClipManifest,
+    clip_id=clip_ids,
+    site_id=ids,
+    device_id=ids,
+    participant=st.none() | pseudonyms,
+    visit=st.none() | visits,
+    started_at=timestamps,
+    duration_s=_floats(0, 60.5, exclude_min=True),
+    container=st.sampled_from(["matroska", "mp4"]),
+    video=st.builds(
+        VideoTrack,
+        codec=st.just("h264"),
+        width=st.integers(16, 8192),
+        height=st.integers(16, 8192),
+        frame_rate_hz=_floats(0, 240, exclude_min=True),
+        frames=counts,
+        dropped_frames=counts,
+    ),
+    audio=st.builds(
+        AudioTrack,
+        codec=st.sampled_from(["opus", "aac", "flac", "pcm_s16le"]),
+        sample_rate_hz=st.integers(8000, 192000),
+        channels=st.integers(1, 8),
+        frames=st.none() | counts,
+        overruns=counts,
+    ),
+    av_offset_ms=_floats(-10_000, 10_000),
+    clock_synced=st.booleans(),
+    stop_reason=st.sampled_from(["button", "limit", "shutdown", "low_storage"]),
+    software_version=versions,
+    size_bytes=st.integers(1, 2**63 - 1),
+    sha256=sha256s,
+    recipients=recipients,
+)
+
+announcements = st.builds(
+    ClipAnnouncement,
+    manifest=manifests,
+    signature=one_line.map(lambda comment: f"untrusted comment: {comment[:200]}\n{MINISIGN}"),
+    url=st.tuples(ids, st.integers(1, 65535), clip_ids).map(
+        lambda parts: f"https://{parts[0]}.example:{parts[1]}/clips/{parts[2]}"
+    ),
+)
+
+
+@st.composite
+def events(draw: st.DrawFn) -> Event:
+    kind = draw(st.sampled_from(get_args(Event.model_fields["kind"].annotation)))
+    needs_clip = kind in {"discarded", "recovered", "deleted"}
+    return Event(
+        kind=kind,
+        at=draw(timestamps),
+        clip_id=draw(clip_ids if needs_clip else st.none() | clip_ids),
+        reason=draw(reasons),
+        detail=draw(one_line),
+    )
+
+
+@st.composite
+def telemetries(draw: st.DrawFn) -> Telemetry:
+    depth = draw(counts)
+    return Telemetry(
+        at=draw(timestamps),
+        uptime_s=draw(_floats(0, 1e12)),
+        free_bytes=draw(counts),
+        queue_depth=depth,
+        oldest_unreceipted_s=None if depth == 0 else draw(_floats(0, 1e12)),
+        clock_synced=draw(st.booleans()),
+        temperature_c=draw(st.none() | _floats(-50, 150)),
+        cpu_percent=draw(st.none() | _floats(0, 100)),
+    )
+
+
+@st.composite
+def arm_commands(draw: st.DrawFn) -> ArmCommand:
+    issued_at = draw(timestamps)
+    issued_by = draw(st.none() | ids)
+    if draw(st.booleans()):
+        return ArmCommand(participant=None, issued_at=issued_at, issued_by=issued_by)
+    valid_for = draw(st.timedeltas(timedelta(microseconds=1), MAX_ARM_DURATION))
+    return ArmCommand(
+        participant=draw(pseudonyms),
+        visit=draw(st.none() | visits),
+        issued_at=issued_at,
+        expires_at=issued_at + valid_for,
+        issued_by=issued_by,
+    )
+
+
+receipts = st.builds(
+    Receipt,
+    site_id=ids,
+    device_id=ids,
+    clip_id=clip_ids,
+    sha256=sha256s,
+    stored_at=timestamps,
+    receiver_id=ids,
+    signature=st.binary(min_size=64, max_size=64).map(lambda raw: base64.b64encode(raw).decode()),
+)
+
+STRATEGIES: dict[Kind, st.SearchStrategy[Message]] = {
+    Kind.STATUS: statuses(),
+    Kind.CLIPS: announcements,
+    Kind.EVENTS: events(),
+    Kind.TELEMETRY: telemetries(),
+    Kind.ARM: arm_commands(),
+    Kind.RECEIPTS: receipts,
+}
+"""A strategy of valid messages for every kind."""

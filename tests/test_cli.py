@@ -1,0 +1,130 @@
+"""The ``painav`` command: clip verify/decrypt for data managers, and the demo."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from painav.cli import main
+from protocol.envelope import EnvelopeWriter
+from protocol.signing import SigningKey, sign_clip
+from protocol.x25519 import X25519Identity
+
+PLAINTEXT = b"not really a video, but bytes all the same\n" * 5000
+
+
+@pytest.fixture
+def clip(tmp_path: Path) -> dict[str, Path]:
+    """A signed clip, its unit's public key, and the data key, as files."""
+    identity = X25519Identity.generate()
+    key = SigningKey.generate()
+    clip_path = tmp_path / "clip.age"
+    with clip_path.open("wb") as f, EnvelopeWriter(f, [identity.recipient]) as env:
+        env.write(PLAINTEXT)
+    signature, _ = sign_clip(key, clip_path, "cart-01-20261127T101500Z-ab12", "cart-01")
+    (tmp_path / "clip.age.minisig").write_text(signature.to_text())
+    pub = tmp_path / "unit.pub"
+    key.public_key.save(pub)
+    data_key = tmp_path / "data-key.txt"
+    data_key.write_text(f"# created: test\n{identity}\n")
+    return {"clip": clip_path, "pub": pub, "key": data_key, "dir": tmp_path}
+
+
+def test_verify_accepts_a_good_clip(clip: dict[str, Path], capsys: pytest.CaptureFixture[str]):
+    assert main(["clip", "verify", str(clip["clip"]), "--pubkey", str(clip["pub"])]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "cart-01" in out
+
+
+def test_verify_checks_the_expected_clip_id(
+    clip: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["clip", "verify", str(clip["clip"]), "--pubkey", str(clip["pub"])]
+    assert main([*args, "--clip-id", "cart-01-other"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("painav: error:") and err.count("\n") == 1
+
+
+def test_verify_rejects_a_flipped_bit(
+    clip: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = bytearray(clip["clip"].read_bytes())
+    data[-100] ^= 0x04
+    clip["clip"].write_bytes(bytes(data))
+    assert main(["clip", "verify", str(clip["clip"]), "--pubkey", str(clip["pub"])]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("painav: error:") and err.count("\n") == 1
+
+
+def test_decrypt_writes_the_plaintext(clip: dict[str, Path]) -> None:
+    out = clip["dir"] / "clip.bin"
+    args = ["clip", "decrypt", str(clip["clip"]), "-i", str(clip["key"]), "-o", str(out)]
+    assert main([*args, "--pubkey", str(clip["pub"])]) == 0
+    assert out.read_bytes() == PLAINTEXT
+    assert main(args) == 1  # refuses to overwrite
+    assert main([*args, "--force"]) == 0
+
+
+@pytest.mark.parametrize("cut", [1, 70_000])
+def test_decrypt_of_a_truncated_clip_leaves_no_file(
+    clip: dict[str, Path], cut: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = clip["clip"].read_bytes()
+    clip["clip"].write_bytes(data[:-cut])
+    out = clip["dir"] / "clip.bin"
+    args = ["clip", "decrypt", str(clip["clip"]), "-i", str(clip["key"]), "-o", str(out)]
+    assert main(args) == 1
+    assert "truncated" in capsys.readouterr().err
+    assert sorted(p.name for p in clip["dir"].iterdir()) == sorted(
+        ["clip.age", "clip.age.minisig", "unit.pub", "data-key.txt"]
+    )
+
+
+def test_decrypt_with_the_wrong_key_says_so(
+    clip: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    clip["key"].write_text(f"{X25519Identity.generate()}\n")
+    out = clip["dir"] / "clip.bin"
+    assert main(["clip", "decrypt", str(clip["clip"]), "-i", str(clip["key"]), "-o", str(out)])
+    assert "no identity matches" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_decrypt_with_a_malformed_identity_file(
+    clip: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    clip["key"].write_text("AGE-SECRET-KEY-1NOTAKEY\n")
+    out = clip["dir"] / "clip.bin"
+    assert main(["clip", "decrypt", str(clip["clip"]), "-i", str(clip["key"]), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert str(clip["key"]) in err and err.count("\n") == 1
+
+
+def test_demo_runs_end_to_end_and_keeps_its_files(tmp_path: Path) -> None:
+    """The console script, as `make demo` runs it."""
+    painav = Path(sys.executable).with_name("painav")
+    work = tmp_path / "work"
+    result = subprocess.run(
+        [str(painav), "demo", "--workdir", str(work), "--seconds", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "minisign -Vm … accepts" in result.stdout
+    assert "age -d … accepts" in result.stdout
+    assert "video h264" in result.stdout and "audio aac" in result.stdout
+    clips = list((work / "unit" / "outbox").glob("*.age"))
+    assert len(clips) == 1 and clips[0].with_name(clips[0].name + ".minisig").exists()
+    assert not list((work / "unit" / "outbox").glob("*.part"))
+    mode = stat.S_IMODE((work / "hospital" / "keys" / "data-key.txt").stat().st_mode)
+    assert mode == 0o400
+    assert stat.S_IMODE((work / "unit" / "keys" / "signing.key").stat().st_mode) == 0o600
+    # No plaintext media anywhere: Matroska's EBML magic appears in no file the demo wrote.
+    for path in work.rglob("*"):
+        if path.is_file():
+            assert b"\x1a\x45\xdf\xa3" not in path.read_bytes(), path
