@@ -34,7 +34,9 @@ def clip(tmp_path: Path) -> dict[str, Path]:
     return {"clip": clip_path, "pub": pub, "key": data_key, "dir": tmp_path}
 
 
-def test_verify_accepts_a_good_clip(clip: dict[str, Path], capsys: pytest.CaptureFixture[str]):
+def test_verify_accepts_a_good_clip(
+    clip: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["clip", "verify", str(clip["clip"]), "--pubkey", str(clip["pub"])]) == 0
     out = capsys.readouterr().out
     assert "OK" in out and "cart-01" in out
