@@ -22,10 +22,10 @@ from protocol.errors import (
     KeyFormatError,
     SignatureFormatError,
 )
+from protocol.minisign import PassphraseError
 from protocol.signing import (
     ClipBinding,
     ClipSigner,
-    PassphraseError,
     PublicKey,
     Signature,
     SigningKey,
