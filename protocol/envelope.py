@@ -219,9 +219,14 @@ class EnvelopeWriter:
     ) -> None:
         if exc_type is None:
             self.close()
-            return
-        # On an exception the file is left without a last chunk, which readers reject: a
-        # half-written clip can never pass for a complete one. The thread still finishes.
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop without sealing: the file is left without a last chunk, which readers reject,
+        so a half-written clip can never pass for a complete one. Waits for the write in
+        flight, so *fileobj* may be closed afterwards."""
+        self._closed = True
         with contextlib.suppress(BaseException):
             self._behind.stop()
 

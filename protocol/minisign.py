@@ -169,6 +169,16 @@ class PublicKey:
     def save(self, path: StrPath, *, overwrite: bool = False) -> None:
         write_atomic(path, self.to_file_text().encode(), mode=0o644, overwrite=overwrite)
 
+    def verify_raw(self, signature: bytes, data: bytes) -> None:
+        """Check a bare Ed25519 *signature* over *data* (not a minisign signature: for small
+        statements such as receipts, which carry their signature inline)."""
+        try:
+            Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, data)
+        except (InvalidSignature, ValueError):
+            raise BadSignatureError(
+                f"signature does not verify with key {self.key_id_hex}"
+            ) from None
+
     def verify(self, signature: Signature, data: bytes) -> None:
         """Check *signature* over *data* (prehashed or legacy) and over its trusted comment."""
         self.check_key_id(signature)
@@ -289,6 +299,10 @@ class SigningKey:
 
     def __repr__(self) -> str:
         return f"SigningKey(key_id={self._public.key_id_hex})"
+
+    def sign_raw(self, data: bytes) -> bytes:
+        """A bare 64-byte Ed25519 signature over *data* (see :meth:`PublicKey.verify_raw`)."""
+        return self._key.sign(data)
 
     def sign(
         self, data: bytes, trusted_comment: str, untrusted_comment: str = DEFAULT_UNTRUSTED_COMMENT

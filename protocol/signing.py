@@ -1,6 +1,10 @@
-"""Clip signatures: a minisign signature over the ciphertext whose trusted comment binds the
+"""Clip signatures and receipts.
+
+A clip's signature is a minisign signature over the ciphertext whose trusted comment binds the
 clip id, the unit and the ciphertext's SHA-256, so a valid signature cannot be moved to another
-clip or unit."""
+clip or unit. A receipt is signed by the receiver's key, and only a receipt that verifies and
+names the clip's SHA-256 lets the unit delete the clip.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,12 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import BinaryIO
 
 from .atomic import StrPath
-from .errors import BindingError, SignatureFormatError
+from .errors import BadSignatureError, BindingError, SignatureFormatError
+from .hospital_messages import Receipt
 from .minisign import DEFAULT_UNTRUSTED_COMMENT, PublicKey, Signature, SigningKey
 
 __all__ = [
@@ -23,7 +29,9 @@ __all__ = [
     "Signature",
     "SigningKey",
     "sign_clip",
+    "sign_receipt",
     "verify_clip",
+    "verify_receipt",
 ]
 
 Source = StrPath | BinaryIO
@@ -183,3 +191,39 @@ def verify_clip(
     if device_id is not None and binding.device_id != device_id:
         raise BindingError(f"signature is for device {binding.device_id!r}, expected {device_id!r}")
     return binding
+
+
+def sign_receipt(
+    key: SigningKey,
+    *,
+    site_id: str,
+    device_id: str,
+    clip_id: str,
+    sha256: str,
+    receiver_id: str,
+    stored_at: datetime,
+) -> Receipt:
+    """The receiver's receipt for a stored clip, signed with its receipt key."""
+    return Receipt.signed(
+        site_id=site_id,
+        device_id=device_id,
+        clip_id=clip_id,
+        sha256=sha256,
+        stored_at=stored_at,
+        receiver_id=receiver_id,
+        sign=key.sign_raw,
+    )
+
+
+def verify_receipt(public_key: PublicKey, receipt: Receipt, *, sha256: str) -> None:
+    """Check that *receipt* was signed by the receiver's key and names *sha256*, the hash of
+    the clip the unit holds; raise :class:`BadSignatureError` or :class:`BindingError`."""
+    try:
+        public_key.verify_raw(receipt.signature_bytes(), receipt.signed_bytes())
+    except BadSignatureError:
+        raise BadSignatureError(f"receipt for clip {receipt.clip_id}: forged or altered") from None
+    if receipt.sha256 != sha256:
+        raise BindingError(
+            f"receipt for clip {receipt.clip_id} names SHA-256 {receipt.sha256}, "
+            f"the clip has {sha256}"
+        )

@@ -98,12 +98,15 @@ class Event(MessageModel):
 
     ``aborted``: a recording ended without a clip; ``discarded``: the nurse discarded a clip;
     ``refused``: a button press or command was refused; ``error``: a fault; ``recovered``: a clip
-    left by a crash was sealed after restart; ``deleted``: a receipted clip was deleted.
+    left by a crash was sealed after restart; ``deleted``: a receipted clip was deleted;
+    ``armed``/``disarmed``: the unit took an arm command, or it expired.
     """
 
     KIND: ClassVar[Kind] = Kind.EVENTS
     schema_id: Literal["painav.events/1"] = Field(default="painav.events/1", alias="schema")
-    kind: Literal["aborted", "discarded", "refused", "error", "recovered", "deleted"]
+    kind: Literal[
+        "aborted", "discarded", "refused", "error", "recovered", "deleted", "armed", "disarmed"
+    ]
     at: Timestamp
     clip_id: ClipId | None = Field(
         default=None,

@@ -43,7 +43,7 @@ want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing painav and its pinned dependencies into .venv"
   .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
-  .venv/bin/python -m pip install -q -c constraints.txt -e '.[device,server,dev]'
+  .venv/bin/python -m pip install -q -c constraints.txt -e '.[device,server,sim,dev]'
   echo "$want" >"$stamp"
 fi
 

@@ -465,3 +465,29 @@ def test_unencrypted_key_with_zero_checksum_must_still_be_consistent() -> None:
 def test_malformed_public_keys(text: str) -> None:
     with pytest.raises(KeyFormatError):
         PublicKey.from_string(text)
+
+
+def test_receipts_verify_only_with_the_receiver_key_and_the_right_hash() -> None:
+    from datetime import UTC, datetime
+
+    from protocol.signing import sign_receipt, verify_receipt
+
+    receiver = SigningKey.generate()
+    sha = hashlib.sha256(b"clip").hexdigest()
+    receipt = sign_receipt(
+        receiver,
+        site_id="ward7",
+        device_id="cart-01",
+        clip_id="cart-01-20261127T101500Z-ab12",
+        sha256=sha,
+        receiver_id="receiver",
+        stored_at=datetime.now(UTC),
+    )
+    verify_receipt(receiver.public_key, receipt, sha256=sha)
+    with pytest.raises(BindingError):
+        verify_receipt(receiver.public_key, receipt, sha256=hashlib.sha256(b"other").hexdigest())
+    with pytest.raises(BadSignatureError):
+        verify_receipt(SigningKey.generate().public_key, receipt, sha256=sha)
+    forged = receipt.model_copy(update={"clip_id": "cart-01-20261127T101500Z-ffff"})
+    with pytest.raises(BadSignatureError):
+        verify_receipt(receiver.public_key, forged, sha256=sha)
