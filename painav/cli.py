@@ -51,6 +51,10 @@ def _build_parser() -> argparse.ArgumentParser:
     decrypt.add_argument("--force", action="store_true", help="overwrite an existing output")
     decrypt.set_defaults(handler="painav.clipcmd:decrypt")
 
+    from . import provisioncmd
+
+    provisioncmd.add_parser(commands)
+
     demo = commands.add_parser(
         "demo", help="run the bedside-to-hospital path on one machine with embedded defaults"
     )
@@ -65,10 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_name, _, func_name = args.handler.partition(":")
     handler = getattr(importlib.import_module(module_name), func_name)
     from protocol.errors import ProtocolError
+    from provisioning.errors import ProvisioningError
 
     try:
         return int(handler(args))
-    except (ProtocolError, OSError) as exc:
+    except (ProtocolError, ProvisioningError, OSError) as exc:
         # One line a person can act on; the exception text already names what and where.
         print(f"painav: error: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,138 @@
+"""``painav provision …``: hospital IT's commands for a site's PKI, units and broker."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from provisioning.site import Site, load_site
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    provision = commands.add_parser(
+        "provision", help="site PKI, units, broker configuration and revocation (hospital IT)"
+    )
+    default_dir = os.environ.get("PAINAV_SITE_DIR")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(default_dir) if default_dir else None,
+        help="the site's provisioning folder (default: $PAINAV_SITE_DIR)",
+    )
+    sub = provision.add_subparsers(dest="provision_command", required=True, metavar="COMMAND")
+
+    site = sub.add_parser("site", help="create a site").add_subparsers(
+        dest="site_command", required=True, metavar="ACTION"
+    )
+    init = site.add_parser("init", parents=[common], help="create the site's CAs and keys")
+    init.add_argument("--site", required=True, help="site id, e.g. ward7 (a-z, 0-9, '-')")
+    init.add_argument(
+        "--broker-host",
+        action="append",
+        dest="broker_hosts",
+        help="broker host name or IP for its certificate (repeatable; default localhost)",
+    )
+    init.add_argument("--broker-port", type=int, default=8883)
+    init.add_argument("--receiver-id", default="receiver", help="CN of the receiver's cert")
+    init.add_argument("--escrow-recipient", help="age1… key of the data steward's escrow key")
+    init.set_defaults(handler="painav.provisioncmd:site_init")
+
+    device = sub.add_parser("device", help="enrol, revoke and list units").add_subparsers(
+        dest="device_command", required=True, metavar="ACTION"
+    )
+    add = device.add_parser("add", parents=[common], help="enrol a unit (or re-enrol it)")
+    add.add_argument("id", help="unit id, e.g. cart-03")
+    add.set_defaults(handler="painav.provisioncmd:device_add")
+    revoke = device.add_parser("revoke", parents=[common], help="take a unit out of service")
+    revoke.add_argument("id")
+    revoke.set_defaults(handler="painav.provisioncmd:device_revoke")
+    listing = device.add_parser("list", parents=[common], help="list the site's units")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(handler="painav.provisioncmd:device_list")
+
+    broker = sub.add_parser(
+        "broker-config", parents=[common], help="write a Mosquitto configuration for the site"
+    )
+    broker.add_argument("--out", type=Path, required=True, help="folder to write it to")
+    broker.add_argument("--port", type=int, help="TLS listener port (default: the site's)")
+    broker.set_defaults(handler="painav.provisioncmd:broker_config")
+
+    crl = sub.add_parser("crl", help="certificate revocation lists").add_subparsers(
+        dest="crl_command", required=True, metavar="ACTION"
+    )
+    refresh = crl.add_parser("refresh", parents=[common], help="re-issue CRLs before they expire")
+    refresh.add_argument("--force", action="store_true", help="re-issue even if not due")
+    refresh.set_defaults(handler="painav.provisioncmd:crl_refresh")
+
+
+def _site(args: argparse.Namespace) -> Site:
+    return load_site(args.dir)
+
+
+def site_init(args: argparse.Namespace) -> int:
+    from provisioning.errors import SiteError
+    from provisioning.site import init_site
+
+    if args.dir is None:
+        raise SiteError("no site folder: pass --dir DIR or set PAINAV_SITE_DIR")
+    init_site(
+        args.dir,
+        args.site,
+        broker_hosts=tuple(args.broker_hosts or ("localhost", "127.0.0.1")),
+        broker_port=args.broker_port,
+        receiver_id=args.receiver_id,
+        escrow_recipient=args.escrow_recipient,
+        report=print,
+    )
+    return 0
+
+
+def device_add(args: argparse.Namespace) -> int:
+    from provisioning.devices import add_device
+
+    add_device(_site(args), args.id, report=print)
+    return 0
+
+
+def device_revoke(args: argparse.Namespace) -> int:
+    from provisioning.devices import revoke_device
+
+    revoke_device(_site(args), args.id, report=print)
+    return 0
+
+
+def device_list(args: argparse.Namespace) -> int:
+    from provisioning.devices import list_devices
+
+    entries = list_devices(_site(args))
+    if args.json:
+        print(json.dumps([e.model_dump(mode="json") for e in entries], indent=2))
+        return 0
+    if not entries:
+        print("no units yet: painav provision device add ID")
+    for e in entries:
+        since = e.revoked_at if e.status == "revoked" else e.added_at
+        assert since is not None
+        print(f"{e.device_id:<24} {e.status:<8} since {since:%Y-%m-%d}  cert {e.cert_serial[:16]}")
+    return 0
+
+
+def broker_config(args: argparse.Namespace) -> int:
+    from provisioning.broker import write_broker_config
+
+    site = _site(args)
+    written = write_broker_config(site, args.out, port=args.port or site.broker_port)
+    for path in written:
+        print(f"wrote {path}")
+    print(f"start it with: mosquitto -c {args.out / 'mosquitto.conf'}")
+    return 0
+
+
+def crl_refresh(args: argparse.Namespace) -> int:
+    from provisioning.crl import refresh_crl
+
+    refresh_crl(_site(args), force=args.force, report=print)
+    return 0
