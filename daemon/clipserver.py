@@ -1,0 +1,378 @@
+"""The unit's clip server: read-only HTTPS with mutual TLS, from which the receiver pulls clips."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import socketserver
+import ssl
+import sys
+import threading
+from contextlib import suppress
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, BinaryIO, Final, Literal
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import NameOID
+
+from protocol.message_fields import format_timestamp
+
+from .outbox import Outbox, OutboxEntry, OutboxError, check_clip_id
+
+__all__ = ["ClipServer"]
+
+log = logging.getLogger(__name__)
+
+_CHUNK: Final = 64 * 1024
+_CLIP_ROUTE: Final = re.compile(r"/v1/clips/([^/]+)\.age(\.minisig)?")
+# One range only, at most 18 digits a side (int() of longer text is refused or slow).
+_RANGE: Final = re.compile(r"bytes=([0-9]{0,18})-([0-9]{0,18})")
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | Literal[False] | None:
+    """The ``(first, last)`` bytes a ``Range`` header asks of *size*, inclusive.
+
+    None: send the whole file (no header, or one that RFC 9110 lets a server ignore: malformed,
+    several ranges, last before first). False: unsatisfiable (416).
+    """
+    match = _RANGE.fullmatch(header.strip()) if header is not None else None
+    if match is None or match.groups() == ("", ""):
+        return None
+    first, last = match.groups()
+    if not first:  # "-n": the last n bytes
+        suffix = int(last)
+        return (max(size - suffix, 0), size - 1) if suffix and size else False
+    start = int(first)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        return False
+    return start, min(int(last), size - 1) if last else size - 1
+
+
+class _Server(ThreadingHTTPServer):
+    """The HTTP server, with TLS handshakes done in each connection's thread, not the accept loop
+    (a client stalling its handshake would otherwise stop every other)."""
+
+    daemon_threads = True
+    block_on_close = False  # ClipServer.stop() ends and waits for connections itself
+
+    def __init__(self, owner: ClipServer, address: tuple[str, int]) -> None:
+        self.owner = owner
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks up the host's FQDN, which can hang without DNS.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.owner._admit(request):
+            log.warning("clip server: refused %s: connection limit reached", client_address[0])
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        tls = None
+        try:
+            request.settimeout(self.owner.timeout_s)
+            tls = self.owner._context.wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            log.warning("clip server: TLS handshake with %s refused: %s", client_address[0], reason)
+            request.close()
+        self.owner._swap(request, tls)
+        try:
+            if tls is not None:
+                super().process_request_thread(tls, client_address)
+        finally:
+            self.owner._leave(tls)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client gone mid-download, a timeout: one line, not a traceback on stderr.
+        exc = sys.exc_info()[1]
+        log.info("clip server: connection from %s ended: %r", client_address[0], exc)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One connection: checks the peer once, then serves GET and HEAD requests on it."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, so a resumed download can reuse the connection
+    server_version = "painav-clipserver/1"
+    sys_version = ""
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()  # the socket keeps the timeout set before the handshake
+        self.peer, self.refusal = self.server.owner._check_peer(self.request)
+        if self.refusal:
+            log.warning("clip server: %s refused: %s", self.client_address[0], self.refusal)
+
+    def handle_one_request(self) -> None:
+        self.status, self.sent = 0, 0
+        try:
+            super().handle_one_request()
+        finally:
+            if self.status:  # one line per request; ids only, never patient data
+                log.info(
+                    "clip server: %s %s %r %d %d",
+                    self.peer,
+                    self.command,
+                    getattr(self, "path", "")[:200],
+                    self.status,
+                    self.sent,
+                )
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        self.status = int(code)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("clip server: %s: %s", self.client_address[0], format % args)
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        if self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers:
+            self.close_connection = True  # a body we never read must not become the next request
+        if self.refusal:
+            self._reply(403, {"error": "forbidden"}, close=True)
+            return False
+        if self.command not in ("GET", "HEAD"):
+            self._reply(405, {"error": "method not allowed"}, {"Allow": "GET, HEAD"}, close=True)
+            return False
+        return True
+
+    def do_GET(self) -> None:
+        self._route()
+
+    def do_HEAD(self) -> None:
+        self._route()
+
+    def _reply(
+        self,
+        code: int,
+        payload: object,
+        headers: dict[str, str] | None = None,
+        *,
+        close: bool = False,
+    ) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(code)
+        if close:
+            self.close_connection = True
+            self.send_header("Connection", "close")
+        for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+            self.sent += len(body)
+
+    def _route(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/v1/clips":
+            self._reply(200, [_listing(entry) for entry in self.server.owner.outbox.pending()])
+            return
+        match = _CLIP_ROUTE.fullmatch(path)
+        try:
+            if match is None:
+                raise OutboxError("no such route")
+            check_clip_id(match[1])
+            entry, file = self.server.owner.outbox.open_pending(match[1], signature=bool(match[2]))
+        except (OutboxError, OSError):
+            self._reply(404, {"error": "not found"})
+            return
+        with file:
+            self._send_file(entry, file, signature=bool(match[2]))
+
+    def _send_file(self, entry: OutboxEntry, file: BinaryIO, *, signature: bool) -> None:
+        size = os.fstat(file.fileno()).st_size
+        tag = entry.sha256 or ""
+        if signature:  # the signature is a representation of its own
+            tag = hashlib.sha256((entry.signature or "").encode()).hexdigest()
+        etag = f'"{tag}"'
+        headers = {"ETag": etag, "Accept-Ranges": "bytes"}
+        wanted = byte_range(self.headers.get("Range"), size)
+        if_range = self.headers.get("If-Range")
+        if if_range is not None and if_range.strip() != etag:
+            wanted = None  # changed since the first part was fetched: send it all afresh
+        if wanted is False:
+            self._reply(
+                416, {"error": "range not satisfiable"}, {"Content-Range": f"bytes */{size}"}
+            )
+            return
+        first, last = wanted if isinstance(wanted, tuple) else (0, size - 1)
+        self.send_response(206 if isinstance(wanted, tuple) else 200)
+        if isinstance(wanted, tuple):
+            headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        headers |= {"Content-Type": "application/octet-stream", "Cache-Control": "no-store"}
+        headers["Content-Length"] = str(last - first + 1)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        file.seek(first)
+        remaining = last - first + 1
+        while remaining > 0:
+            chunk = file.read(min(_CHUNK, remaining))
+            if not chunk:  # shorter than its size said: the client must not wait for the rest
+                self.close_connection = True
+                break
+            self.wfile.write(chunk)
+            self.sent += len(chunk)
+            remaining -= len(chunk)
+
+
+def _listing(entry: OutboxEntry) -> dict[str, object]:
+    sealed = entry.sealed_at
+    return {
+        "clip_id": entry.clip_id,
+        "size_bytes": entry.size_bytes,
+        "sha256": entry.sha256,
+        "state": str(entry.state),
+        "sealed_at": None if sealed is None else format_timestamp(sealed),
+    }
+
+
+class ClipServer:
+    """The unit's clip server: pending clips over HTTPS, to the receiver's certificate only.
+
+    The TLS handshake asks for a client certificate chaining to *ca_file* (the site root only);
+    then the certificate must be issued directly by that root and name *receiver_id* as its CN,
+    so a unit's certificate (issued by the device CA) never passes as the receiver's. Read-only:
+    ``GET``/``HEAD`` of ``/v1/clips`` (the pending list) and ``/v1/clips/<id>.age[.minisig]``
+    with byte ranges. At most *max_connections* at once; each socket operation times out after
+    *timeout_s* seconds, so a stalled client cannot hold a thread forever::
+
+        server = ClipServer(outbox, port=0, cert_file=..., key_file=..., ca_file=...,
+                            receiver_id="receiver")
+        server.start()
+        print(server.port)
+        server.stop()
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 8443,
+        cert_file: Path,
+        key_file: Path,
+        ca_file: Path,
+        receiver_id: str,
+        max_connections: int = 8,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.outbox = outbox
+        self.receiver_id = receiver_id
+        self.timeout_s = timeout_s
+        self._address = (host, port)
+        self._max = max_connections
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_cert_chain(cert_file, key_file)
+        context.load_verify_locations(cafile=ca_file)
+        self._context = context
+        self._roots = x509.load_pem_x509_certificates(Path(ca_file).read_bytes())
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._cond = threading.Condition()
+        self._conns: set[socket.socket] = set()
+        self._stopping = False
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one picked, if constructed with port 0)."""
+        if self._server is None:
+            raise RuntimeError("clip server not started")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        """Listen and serve in a background thread."""
+        self._stopping = False
+        self._server = _Server(self, self._address)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.1,), name="clipserver", daemon=True
+        )
+        self._thread.start()
+        log.info("clip server: listening on %s:%d", self._address[0], self.port)
+
+    def stop(self) -> None:
+        """Stop accepting, end open connections, and wait (up to ``timeout_s``) for them."""
+        if self._server is None or self._thread is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+        with self._cond:
+            self._stopping = True
+            for conn in self._conns:
+                # socket.shutdown, not SSLSocket's, which drops the TLS state under a reader.
+                with suppress(OSError):
+                    socket.socket.shutdown(conn, socket.SHUT_RDWR)
+            self._cond.wait_for(lambda: not self._conns, timeout=self.timeout_s)
+        self._server = None
+
+    def __enter__(self) -> ClipServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- connection bookkeeping, called from _Server ------------------------------------------
+
+    def _admit(self, conn: socket.socket) -> bool:
+        with self._cond:
+            if self._stopping or len(self._conns) >= self._max:
+                return False
+            self._conns.add(conn)
+            return True
+
+    def _swap(self, raw: socket.socket, tls: socket.socket | None) -> None:
+        with self._cond:
+            self._conns.discard(raw)
+            if tls is not None:
+                self._conns.add(tls)
+            self._cond.notify_all()
+
+    def _leave(self, tls: socket.socket | None) -> None:
+        with self._cond:
+            if tls is not None:
+                self._conns.discard(tls)
+            self._cond.notify_all()
+
+    def _check_peer(self, conn: ssl.SSLSocket) -> tuple[str, str | None]:
+        """The peer's CN, and why it is refused (None: it is the receiver)."""
+        der = conn.getpeercert(binary_form=True)
+        if der is None:  # cannot happen with CERT_REQUIRED; refuse rather than assume
+            return "?", "no client certificate"
+        cert = x509.load_der_x509_certificate(der)
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        cn = str(names[0].value) if len(names) == 1 else "?"
+        if not any(_directly_issued(cert, root) for root in self._roots):
+            return cn, f"certificate of {cn!r} is not issued directly by the site root"
+        if cn != self.receiver_id:
+            return cn, f"certificate names {cn!r}, not the receiver {self.receiver_id!r}"
+        return cn, None
+
+
+def _directly_issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):  # another issuer, key type or signature
+        return False
+    return True

@@ -1,0 +1,173 @@
+"""The unit's config file (``device.toml``): one typed model per section, unknown keys refused.
+
+A bad file stops the daemon at start-up with one line naming the file, the key and the problem,
+e.g. ``device.toml: [recorder] max_seconds: must be at most 60``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from protocol.message_fields import DeviceId, ReceiverId, SiteId
+
+__all__ = ["ConfigError", "DeviceConfig", "load_config"]
+
+_ID = Annotated[str, Field(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+GpioPin = Annotated[int, Field(ge=0, le=27)]
+
+
+class ConfigError(ValueError):
+    """The config file is missing, not TOML, or has a bad or unknown key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UnitSection(_Section):
+    site_id: SiteId
+    device_id: DeviceId
+
+
+class MqttSection(_Section):
+    host: str = Field(min_length=1)
+    port: Port = 8883
+    keepalive_s: int = Field(default=30, ge=5, le=600)
+    # The broker keeps the unit's subscriptions and queued receipts this long while it is away.
+    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=60, le=30 * 24 * 3600)
+    telemetry_interval_s: float = Field(default=60.0, ge=1.0, le=3600.0)
+    reconnect_max_s: float = Field(default=30.0, ge=1.0, le=600.0)
+
+
+class ClipServerSection(_Section):
+    host: str = "0.0.0.0"
+    port: Port = 8443
+    receiver_id: ReceiverId = "receiver"
+    # The address the hospital receiver uses to reach this unit; defaults to the address the
+    # unit's MQTT connection leaves from, which is the one the hospital network routes.
+    advertise_host: str | None = None
+
+
+class KeysSection(_Section):
+    signing_key: Path
+    tls_key: Path
+    tls_cert: Path
+    ca_chain: Path
+    receipt_pub: Path
+    recipients: Path
+
+
+class OutboxSection(_Section):
+    dir: Path
+    quota_bytes: int = Field(default=8 << 30, ge=1 << 20)
+    min_free_bytes: int = Field(default=512 << 20, ge=0)
+
+
+class RecorderSection(_Section):
+    max_seconds: float = Field(default=60.0, gt=0, le=60.0)
+    require_clock_sync: bool = True
+    # Expected clip size at the configured bitrates, for the free-space check at a press.
+    reserve_bytes: int = Field(default=80 << 20, ge=0)
+
+
+class CameraSection(_Section):
+    backend: Literal["picamera2", "simulated", "replay"] = "picamera2"
+    width: int = Field(default=1280, ge=16, le=4096)
+    height: int = Field(default=720, ge=16, le=4096)
+    frame_rate_hz: float = Field(default=30.0, gt=0, le=120)
+    bitrate_bps: int = Field(default=4_000_000, ge=100_000, le=50_000_000)
+    replay_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _replay_needs_a_file(self) -> CameraSection:
+        if self.backend == "replay" and self.replay_file is None:
+            raise ValueError("replay_file: required when backend is 'replay'")
+        return self
+
+
+class MicrophoneSection(_Section):
+    backend: Literal["pyaudio", "simulated"] = "pyaudio"
+    device: str = "painav_mic"
+    sample_rate_hz: int = Field(default=48_000, ge=8_000, le=192_000)
+    channels: int = Field(default=1, ge=1, le=2)
+    wav_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _simulated_needs_a_file(self) -> MicrophoneSection:
+        if self.backend == "simulated" and self.wav_file is None:
+            raise ValueError("wav_file: required when backend is 'simulated'")
+        return self
+
+
+class ButtonSection(_Section):
+    backend: Literal["gpio", "simulated"] = "gpio"
+    pin: GpioPin = 17
+    bounce_s: float = Field(default=0.05, ge=0, le=1)
+    hold_s: float = Field(default=2.0, gt=0, le=10)
+
+
+class LightSection(_Section):
+    backend: Literal["gpio", "simulated"] = "gpio"
+    led_pin: GpioPin = 27
+    buzzer_pin: GpioPin | None = None
+
+
+class ControlSection(_Section):
+    # The local socket `painav device press/status` talk to; in RuntimeDirectory (tmpfs).
+    socket: Path = Path("/run/painav/control.sock")
+
+
+class DeviceConfig(_Section):
+    """The whole ``device.toml``."""
+
+    unit: UnitSection
+    mqtt: MqttSection
+    clip_server: ClipServerSection = ClipServerSection()
+    keys: KeysSection
+    outbox: OutboxSection
+    recorder: RecorderSection = RecorderSection()
+    camera: CameraSection = CameraSection()
+    microphone: MicrophoneSection = MicrophoneSection()
+    button: ButtonSection = ButtonSection()
+    light: LightSection = LightSection()
+    control: ControlSection = ControlSection()
+
+
+def _describe(path: Path, error: ValidationError) -> str:
+    first = error.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    if first["type"] == "extra_forbidden":
+        what = "unknown key (a typo?)"
+    elif first["type"] == "missing":
+        what = "missing"
+    else:
+        what = first["msg"].removeprefix("Value error, ")
+    if len(loc) >= 2:
+        where = f"[{loc[0]}] {'.'.join(loc[1:])}"
+    elif loc:
+        where = f"[{loc[0]}]"
+    else:
+        where = ""
+    more = f" (and {len(error.errors()) - 1} more)" if len(error.errors()) > 1 else ""
+    return f"{path}: {where}: {what}{more}" if where else f"{path}: {what}{more}"
+
+
+def load_config(path: Path) -> DeviceConfig:
+    """Read and check *path*; raise :class:`ConfigError` with one line on any problem."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return DeviceConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(path, exc)) from None
