@@ -46,7 +46,18 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add = device.add_parser("add", parents=[common], help="enrol a unit (or re-enrol it)")
     add.add_argument("id", help="unit id, e.g. cart-03")
     add.set_defaults(handler="painav.provisioncmd:device_add")
-    revoke = device.add_parser("revoke", parents=[common], help="take a unit out of service")
+    broker_dir = argparse.ArgumentParser(add_help=False)
+    default_broker = os.environ.get("PAINAV_BROKER_DIR")
+    broker_dir.add_argument(
+        "--broker-dir",
+        type=Path,
+        default=Path(default_broker) if default_broker else None,
+        help="also install the new CRL and ACL into this broker folder (default: "
+        "$PAINAV_BROKER_DIR); then reload the broker",
+    )
+    revoke = device.add_parser(
+        "revoke", parents=[common, broker_dir], help="take a unit out of service"
+    )
     revoke.add_argument("id")
     revoke.set_defaults(handler="painav.provisioncmd:device_revoke")
     listing = device.add_parser("list", parents=[common], help="list the site's units")
@@ -63,7 +74,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     crl = sub.add_parser("crl", help="certificate revocation lists").add_subparsers(
         dest="crl_command", required=True, metavar="ACTION"
     )
-    refresh = crl.add_parser("refresh", parents=[common], help="re-issue CRLs before they expire")
+    refresh = crl.add_parser(
+        "refresh", parents=[common, broker_dir], help="re-issue CRLs before they expire"
+    )
     refresh.add_argument("--force", action="store_true", help="re-issue even if not due")
     refresh.set_defaults(handler="painav.provisioncmd:crl_refresh")
 
@@ -100,8 +113,24 @@ def device_add(args: argparse.Namespace) -> int:
 def device_revoke(args: argparse.Namespace) -> int:
     from provisioning.devices import revoke_device
 
-    revoke_device(_site(args), args.id, report=print)
+    site = _site(args)
+    revoke_device(site, args.id, report=print)
+    _sync_broker(site, args.broker_dir)
     return 0
+
+
+def _sync_broker(site: Site, broker_dir: Path | None) -> None:
+    """Put the site's CRL and revoked-unit ACL where the broker reads them."""
+    if broker_dir is None:
+        print(
+            "broker not updated: pass --broker-dir (or set PAINAV_BROKER_DIR), or re-run "
+            "'painav provision broker-config', then reload the broker"
+        )
+        return
+    from provisioning.broker import sync_revocation
+
+    sync_revocation(site, broker_dir, report=print)
+    print("now reload the broker: systemctl reload mosquitto")
 
 
 def device_list(args: argparse.Namespace) -> int:
@@ -124,7 +153,8 @@ def broker_config(args: argparse.Namespace) -> int:
     from provisioning.broker import write_broker_config
 
     site = _site(args)
-    written = write_broker_config(site, args.out, port=args.port or site.broker_port)
+    port = site.broker_port if args.port is None else args.port
+    written = write_broker_config(site, args.out, port=port, report=print)
     for path in written:
         print(f"wrote {path}")
     print(f"start it with: mosquitto -c {args.out / 'mosquitto.conf'}")
@@ -134,5 +164,7 @@ def broker_config(args: argparse.Namespace) -> int:
 def crl_refresh(args: argparse.Namespace) -> int:
     from provisioning.crl import refresh_crl
 
-    refresh_crl(_site(args), force=args.force, report=print)
+    site = _site(args)
+    refresh_crl(site, force=args.force, report=print)
+    _sync_broker(site, args.broker_dir)
     return 0

@@ -62,7 +62,7 @@ import os
 import pwd
 import re
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -77,7 +77,7 @@ from protocol.topics import ID_PATTERN, PREFIX, ROUTES, Direction, Kind
 
 from .devices import list_devices
 from .errors import ProvisioningError
-from .site import Site
+from .site import Report, Site, locked
 
 __all__ = [
     "ACL_FILE",
@@ -90,8 +90,6 @@ __all__ = [
     "sync_revocation",
     "write_broker_config",
 ]
-
-Report = Callable[[str], None]
 
 CONFIG_FILE: Final = "mosquitto.conf"
 ACL_FILE: Final = "painav.acl"
@@ -210,7 +208,7 @@ acl_file {out / ACL_FILE}
 # Queued QoS 1 messages (receipts for a unit that is off) and retained ones (status, cmd/arm)
 # survive a restart.
 persistence true
-persistence_location {data}/
+persistence_location {data}
 # Save every minute, not every 30: a crash loses at most a minute of queued messages, and the
 # units' own outboxes re-announce anything not yet receipted.
 autosave_interval 60
@@ -227,12 +225,15 @@ max_packet_size {MAX_PACKET_BYTES}
 max_keepalive 120
 
 # To the journal under systemd. Connections and refusals are logged with the certificate CN, a
-# pseudonymous unit id; topics and payloads are not logged.
+# pseudonymous unit id; payloads never are. Subscriptions are few (made at each connect) and,
+# since the ACL does not refuse them, the log is where a unit subscribing to '#' shows. Refused
+# publishes appear only with 'log_type debug', which logs every packet: for troubleshooting.
 log_dest stderr
 log_type error
 log_type warning
 log_type notice
 log_type information
+log_type subscribe
 connection_messages true
 log_timestamp_format %Y-%m-%dT%H:%M:%S
 
@@ -337,6 +338,8 @@ def _broker_account(user: str) -> tuple[int, int] | None:
 
 def _searchable_by(directory: Path, uid: int, gid: int) -> bool:
     """Whether the account *uid*:*gid* may pass through *directory* (plain mode bits)."""
+    if uid == 0:
+        return True
     st = directory.stat()
     if st.st_uid == uid:
         return bool(st.st_mode & stat.S_IXUSR)
@@ -393,13 +396,14 @@ def write_broker_config(
     text = config_text(site, out, port=port, bind=bind, data_dir=data_dir, user=user)
     out = _check_path("output folder", out)
     data = _check_path("data folder", data_dir if data_dir is not None else out / DATA_DIR)
-    crl_data, next_update = _load_crls(site)
-    cert_data, key_data = _load_broker_credentials(site)
-    try:
-        ca_data = site.paths.ca_bundle.read_bytes()
-    except OSError as exc:
-        raise BrokerConfigError(f"{exc.filename}: {exc.strerror}") from None
-    acl = acl_text(site, _revoked_ids(site))
+    with locked(site.dir):  # CRL and registry from one moment, not from either side of a change
+        crl_data, next_update = _load_crls(site)
+        acl = acl_text(site, _revoked_ids(site))
+        cert_data, key_data = _load_broker_credentials(site)
+        try:
+            ca_data = site.paths.ca_bundle.read_bytes()
+        except OSError as exc:
+            raise BrokerConfigError(f"{exc.filename}: {exc.strerror}") from None
     _check_outside_site(site, (out, data))
     account = _broker_account(user)
     if account is not None:
@@ -464,9 +468,10 @@ def sync_revocation(site: Site, out: Path, *, report: Report = lambda _: None) -
         raise BrokerConfigError(
             f"{out / CA_FILE}: not the CAs of site {site.name}; this broker belongs to another site"
         )
-    crl_data, next_update = _load_crls(site)
-    revoked = _revoked_ids(site)
-    acl = acl_text(site, revoked)
+    with locked(site.dir):
+        crl_data, next_update = _load_crls(site)
+        revoked = _revoked_ids(site)
+        acl = acl_text(site, revoked)
     # The ACL first: were the CRL replaced and the ACL not, a reload would let a revoked unit's
     # open session keep its access.
     write_atomic(out / ACL_FILE, acl.encode(), mode=0o644, overwrite=True)

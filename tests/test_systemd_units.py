@@ -45,7 +45,9 @@ EXPECTED_EXEC_START = {
     "painav-extract@.service": (
         f"{PAINAV} extract run --config /etc/painav/extract.toml --worker %i"
     ),
-    "painav-crl-refresh.service": f"{PAINAV} provision crl refresh --dir /etc/painav/site",
+    "painav-crl-refresh.service": (
+        f"{PAINAV} provision crl refresh --dir /etc/painav/site --broker-dir /etc/painav/broker"
+    ),
 }
 DATA_KEY = "/etc/painav/keys/data-key.txt"
 

@@ -41,10 +41,10 @@ class GpioButton:
     """A push button between a GPIO and ground: short press on release, long press when held.
 
     Debounced here, in software: a press or release counts once the pin has kept its level for
-    *bounce_s* (pin factories differ: RPi.GPIO's bounce time drops the last edge of a burst,
-    gpiozero's MockFactory has none). A press held for *hold_s* is a long press (gpiozero's
-    ``when_held``) and its release is then not also a short press. Callbacks run on gpiozero's
-    or the debounce timer's thread.
+    *bounce_s* (pin factories differ: a bounce time that ignores edges, as RPi.GPIO's, can
+    drop the last edge of a burst; gpiozero's MockFactory has none). A press held for *hold_s*
+    is a long press (gpiozero's ``when_held``) and its release is then not also a short press.
+    Callbacks run on gpiozero's or the debounce timer's thread.
 
     >>> button = GpioButton(17, bounce_s=0.05, hold_s=2.0)
     >>> button.on_press(lambda: print("start/stop")); button.on_long_press(lambda: print("discard"))

@@ -122,10 +122,16 @@ class PyAudioMicrophone:
         self._sink: Callable[[AudioBlock], None] | None = None
         self._overruns = 0
         self._sink_failures = 0
-        self._pa: Any = pyaudio.PyAudio()
+        self._pa: Any = self._portaudio()
         self._device_index: int | None = None
         self._absent: HardwareError | None = None
         self._find_device()
+
+    def _portaudio(self) -> Any:
+        try:
+            return self._pyaudio.PyAudio()
+        except OSError as exc:
+            raise HardwareError(f"microphone: PortAudio failed to initialise: {exc}") from exc
 
     def _find_device(self) -> None:
         try:
@@ -150,14 +156,15 @@ class PyAudioMicrophone:
         if self._stream is not None:
             return
         if self._device_index is None:  # plugged in since? PortAudio only sees devices at init
-            self._pa.terminate()
-            self._pa = self._pyaudio.PyAudio()
+            stale, self._pa = self._pa, None
+            stale.terminate()
+            self._pa = self._portaudio()
             self._find_device()
             if self._absent is not None:
                 raise self._absent
         with self._lock:
             self._sink = sink
-            self._overruns = 0
+            self._overruns = self._sink_failures = 0
             self.clock.reset()
         try:
             self._stream = self._pa.open(

@@ -55,6 +55,7 @@ class _Worker:
         self._closed = False
         self._failed: BaseException | None = None
         self._dropped = 0
+        self._sink_failures = 0
 
     @property
     def present(self) -> bool:
@@ -66,6 +67,14 @@ class _Worker:
 
     def _run(self, sink: Sink) -> None:
         raise NotImplementedError
+
+    def _deliver(self, sink: Sink, packet: VideoPacket) -> None:
+        try:
+            sink(packet)
+        except Exception:  # the camera carries on, as a real one would; said once
+            self._sink_failures += 1
+            if self._sink_failures == 1:
+                log.exception("%s: the packet sink failed", self._name)
 
     def _guarded_run(self, sink: Sink) -> None:
         try:
@@ -80,7 +89,7 @@ class _Worker:
         if self._thread is not None:
             raise HardwareError(f"{self._name}: already started")
         self._prepare()
-        self._dropped = 0
+        self._dropped = self._sink_failures = 0
         self._failed = None
         self._stop.clear()
         self._thread = threading.Thread(
@@ -208,11 +217,13 @@ class SimulatedCamera(_Worker):
             frame.pts = slot
             for packet in encoder.encode(frame):
                 assert packet.pts is not None
-                sink(VideoPacket(bytes(packet), clock.due_ns(packet.pts), packet.is_keyframe))
+                video = VideoPacket(bytes(packet), clock.due_ns(packet.pts), packet.is_keyframe)
+                self._deliver(sink, video)
             slot += 1
         for packet in encoder.encode(None):
             assert packet.pts is not None
-            sink(VideoPacket(bytes(packet), clock.due_ns(packet.pts), packet.is_keyframe))
+            video = VideoPacket(bytes(packet), clock.due_ns(packet.pts), packet.is_keyframe)
+            self._deliver(sink, video)
         self._encoder = None
 
 
@@ -250,7 +261,7 @@ class ReplayCamera(_Worker):
         slot = 0
         while (self.loop or slot < count) and clock.wait(slot, self._stop):
             unit = self.access_units[slot % count]
-            sink(VideoPacket(unit.data, clock.due_ns(slot), unit.keyframe))
+            self._deliver(sink, VideoPacket(unit.data, clock.due_ns(slot), unit.keyframe))
             slot += 1
 
 

@@ -33,10 +33,10 @@ from provisioning.broker import (
     sync_revocation,
     write_broker_config,
 )
+from provisioning.crl import refresh_crl
 from provisioning.devices import revoke_device
 from provisioning.site import Site, init_site
-
-from .conftest import (
+from tests.support.mosquitto import (
     HOST,
     SITE,
     Broker,
@@ -282,6 +282,22 @@ def test_revoked_unit_is_refused_after_sync_and_reload(
     assert not refused.connected, refused
     assert make_client(unit_identity(site, "cart-02")).attempt().connected
     broker.wait_log("certificate verify failed")
+
+
+def test_daily_crl_refresh_keeps_the_fleet_connected(
+    broker: Broker, make_client: MakeClient
+) -> None:
+    # What painav-crl-refresh does every day: new CRLs, installed, broker reloaded.
+    site = broker.site
+    before = (broker.out / "crl.pem").read_bytes()
+    assert refresh_crl(site, force=True).refreshed
+    sync_revocation(site, broker.out)
+    assert (broker.out / "crl.pem").read_bytes() != before
+    broker.reload()
+
+    assert make_client(unit_identity(site, "cart-01")).attempt().connected
+    assert make_client(receiver_identity(site)).attempt().connected
+    assert "revocation" not in broker.log()  # e.g. "Unable to load certificate revocation file"
 
 
 def test_one_session_per_certificate(broker: Broker, make_client: MakeClient) -> None:

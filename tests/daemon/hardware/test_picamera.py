@@ -17,6 +17,11 @@ from .fake_picamera2 import FakeEncoder, FakePicamera2, install
 FRAME_NS = 33_333_333  # at 30 Hz
 
 
+def as_picamera2_keeps_it(sensor_ns: int) -> int:
+    """A SensorTimestamp after picamera2's ns -> us -> our ns round trip (a float division)."""
+    return int(sensor_ns / 1000) * 1000
+
+
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> type[FakePicamera2]:
     return install(monkeypatch)
@@ -104,7 +109,7 @@ def test_packets_carry_data_key_flag_and_sensor_time_on_the_monotonic_clock(
     camera.stop()
     assert [(p.data, p.keyframe) for p in packets] == [(d, k) for _, d, k in sent]
     # picamera2 keeps microseconds: the pts is the sensor time truncated to the microsecond.
-    assert [p.pts_ns for p in packets] == [ns // 1000 * 1000 for ns, _, _ in sent]
+    assert [p.pts_ns for p in packets] == [as_picamera2_keeps_it(ns) for ns, _, _ in sent]
     assert camera.dropped_frames == 0
     camera.close()
 
@@ -126,7 +131,7 @@ def test_recording_begins_at_a_key_frame_and_restarts_with_a_fresh_encoder(
     assert second is not encoder and second.firsttimestamp is None
     later = time.monotonic_ns() - 10_000_000
     second.emit(later, b"IDR2", True)
-    assert again[0].pts_ns == later // 1000 * 1000
+    assert again[0].pts_ns == as_picamera2_keeps_it(later)
     camera.close()
 
 
@@ -157,9 +162,8 @@ def test_sensor_clock_that_is_not_monotonic_falls_back_to_arrival_time(
         after = time.monotonic_ns()
     assert "not on the monotonic clock" in caplog.text
     assert before <= packets[0].pts_ns <= after
-    assert packets[1].pts_ns - packets[0].pts_ns == (wall_ns + FRAME_NS) // 1000 * 1000 - (
-        wall_ns // 1000 * 1000
-    )
+    spacing_ns = as_picamera2_keeps_it(wall_ns + FRAME_NS) - as_picamera2_keeps_it(wall_ns)
+    assert packets[1].pts_ns - packets[0].pts_ns == spacing_ns
     camera.close()
 
 
