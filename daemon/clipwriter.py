@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -25,13 +26,14 @@ from protocol.envelope import EnvelopeWriter
 from protocol.signing import ClipBinding, ClipSigner, Signature, SigningKey
 from protocol.x25519 import X25519Recipient
 
-from .h264 import parameter_sets
+from .hardware.annexb import parameter_sets
 from .hardware.base import AudioBlock, VideoPacket
 
 __all__ = ["ClipStats", "ClipWriter", "SealedClip"]
 
 _US = Fraction(1, 1_000_000)
 _PRE_ROLL_BLOCKS = 100  # audio kept while waiting for the first key frame (~2 s of 20 ms)
+_ORIGIN_BLOCKS = 3  # blocks whose timestamps place the audio track (see _place_audio)
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class ClipWriter:
         frame_rate_hz: float,
         sample_rate_hz: int,
         channels: int,
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._fd = os.open(part_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._path = part_path
@@ -116,6 +119,9 @@ class ClipWriter:
         self._last_video_ns = 0
         self._closed = False
         self.error: BaseException | None = None
+        # Told at once (on the capture thread) so a full disk ends the recording now, not at
+        # the press that would have stopped it.
+        self._on_error = on_error
 
     # --- input, from the camera and microphone threads ------------------------------------
 
@@ -129,9 +135,7 @@ class ClipWriter:
                     if extradata is None:
                         return  # a clip starts at a key frame that carries its parameter sets
                     self._open(packet.pts_ns, extradata)
-                    for block in self._pending_audio:
-                        self._mux_audio(block)
-                    self._pending_audio.clear()
+                    self._place_audio()
                 assert self._t0 is not None
                 out = av.Packet(packet.data)
                 out.stream = self._video
@@ -141,22 +145,28 @@ class ClipWriter:
                 self._container.mux(out)
                 self._frames += 1
                 self._last_video_ns = packet.pts_ns
-            except BaseException as exc:  # reported by finish(); the camera thread carries on
-                self.error = exc
+            except BaseException as exc:  # the camera thread carries on; finish() raises it
+                self._fail(exc)
 
     def audio(self, block: AudioBlock) -> None:
         with self._lock:
             if self._closed or self.error is not None:
                 return
-            if self._t0 is None:
-                self._pending_audio.append(block)
-                return
             try:
-                self._mux_audio(block)
+                if self._audio_start_sample is None:
+                    self._pending_audio.append(block)
+                    self._place_audio()
+                else:
+                    self._mux_audio(block)
             except BaseException as exc:
-                self.error = exc
+                self._fail(exc)
 
     # --- internals (lock held) -----------------------------------------------------------
+
+    def _fail(self, exc: BaseException) -> None:
+        self.error = exc
+        if self._on_error is not None:
+            self._on_error(exc)
 
     def _open(self, t0: int, extradata: bytes) -> None:
         width, height, fps = self._video_format
@@ -169,24 +179,43 @@ class ClipWriter:
         audio.layout = "mono" if channels == 1 else "stereo"
         self._container, self._video, self._audio, self._t0 = container, video, audio, t0
 
-    def _mux_audio(self, block: AudioBlock) -> None:
-        assert self._t0 is not None
+    def _place_audio(self, *, final: bool = False) -> None:
+        """Put the audio track on the video's clock, once a few blocks have arrived.
+
+        A block's timestamp can be late by up to a block (a driver may report when it handed the
+        block over, not when it was sampled). Each pending block implies when the first pending
+        sample was taken — its timestamp minus the samples before it — and the earliest of these
+        is the best estimate. Later blocks then follow sample by sample, so the sound card's
+        clock rules and no gap or overlap can creep in.
+        """
+        pending = list(self._pending_audio)
+        if self._t0 is None or not pending or (len(pending) < _ORIGIN_BLOCKS and not final):
+            return
         rate, channels = self._audio_format
-        pcm = block.pcm
-        frames = block.frames
-        if self._audio_start_sample is None:
-            # Place the first block by its timestamp; later ones follow sample by sample, so
-            # the audio clock is the sound card's and no gap or overlap can creep in.
-            offset = round((block.pts_ns - self._t0) * rate / 1e9)
-            if offset < 0:  # started before the first frame: trim to the clip's start
+        start_ns, before = pending[0].pts_ns, 0
+        for block in pending:
+            start_ns = min(start_ns, block.pts_ns - before * 1_000_000_000 // rate)
+            before += block.frames
+        self._pending_audio.clear()
+        offset = round((start_ns - self._t0) * rate / 1e9)
+        for block in pending:
+            pcm, frames = block.pcm, block.frames
+            if offset < 0:  # sampled before the first frame: trim to the clip's start
                 skip = min(-offset, frames)
-                pcm = pcm[skip * 2 * channels :]
-                frames -= skip
-                offset = 0
+                pcm, frames, offset = pcm[skip * 2 * channels :], frames - skip, offset + skip
                 if not frames:
-                    return
-            self._audio_start_sample = offset
-            self._audio_first_ns = self._t0 + offset * 1_000_000_000 // rate
+                    continue
+            if self._audio_start_sample is None:
+                self._audio_start_sample = offset
+                self._audio_first_ns = self._t0 + offset * 1_000_000_000 // rate
+            self._write_audio(pcm, frames)
+
+    def _mux_audio(self, block: AudioBlock) -> None:
+        self._write_audio(block.pcm, block.frames)
+
+    def _write_audio(self, pcm: bytes, frames: int) -> None:
+        assert self._audio_start_sample is not None
+        rate, _ = self._audio_format
         out = av.Packet(pcm)
         out.stream = self._audio
         out.time_base = Fraction(1, rate)
@@ -223,6 +252,7 @@ class ClipWriter:
                 raise RuntimeError(f"clip {clip_id}: muxing failed: {self.error}") from self.error
             if self._container is None:
                 raise RuntimeError(f"clip {clip_id}: no video key frame arrived from the camera")
+            self._place_audio(final=True)
             self._container.close()
             self._envelope.close()
         os.fsync(self._fd)

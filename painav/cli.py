@@ -51,8 +51,9 @@ def _build_parser() -> argparse.ArgumentParser:
     decrypt.add_argument("--force", action="store_true", help="overwrite an existing output")
     decrypt.set_defaults(handler="painav.clipcmd:decrypt")
 
-    from . import provisioncmd
+    from . import devicecmd, provisioncmd
 
+    devicecmd.add_parser(commands)
     provisioncmd.add_parser(commands)
 
     demo = commands.add_parser(

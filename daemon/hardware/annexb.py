@@ -12,6 +12,7 @@ __all__ = [
     "AccessUnit",
     "nal_types",
     "nal_units",
+    "parameter_sets",
     "split_access_units",
 ]
 
@@ -84,3 +85,12 @@ def split_access_units(data: bytes) -> list[AccessUnit]:
     if begin is not None and has_picture:
         units.append(AccessUnit(data[begin:].rstrip(b"\x00"), keyframe))
     return units
+
+
+def parameter_sets(access_unit: bytes) -> bytes | None:
+    """The SPS and PPS of a key frame as Annex B extradata, or None if it carries no SPS: what
+    a muxer needs before it can write the stream's header."""
+    units = [u for _, u in nal_units(access_unit) if u[0] & 0x1F in (NAL_SPS, NAL_PPS)]
+    if not any(u[0] & 0x1F == NAL_SPS for u in units):
+        return None
+    return b"".join(b"\x00\x00\x00\x01" + u for u in units)

@@ -143,3 +143,30 @@ def test_abort_leaves_nothing(tmp_path: Path, keys) -> None:
         writer.video(VideoPacket(data, i * 33_333_333, key))
     writer.abort()
     assert not part.exists()
+
+
+def test_audio_is_placed_by_its_earliest_implied_origin(tmp_path: Path, keys) -> None:
+    """The first block reported 15 ms late (as PortAudio on ALSA can): the track is placed by
+    the blocks after it, so the measured offset is the true one, not the late report."""
+    identity, _, signing = keys
+    writer = ClipWriter(
+        tmp_path / "c.age.part",
+        recipients=[identity.recipient],
+        signing_key=signing,
+        width=320,
+        height=240,
+        frame_rate_hz=FPS,
+        sample_rate_hz=RATE,
+        channels=1,
+    )
+    t0, block = 1_000_000_000, RATE // 50
+    packets = h264_packets(FPS)
+    writer.video(VideoPacket(packets[0][0], t0, True))
+    true_start = t0 + 40_000_000  # audio really starts 40 ms after the first frame
+    for i in range(10):
+        late = 15_000_000 if i == 0 else 0
+        writer.audio(AudioBlock(bytes(block * 2), block, true_start + i * 20_000_000 + late))
+    for i, (data, key) in enumerate(packets[1:], start=1):
+        writer.video(VideoPacket(data, t0 + i * 1_000_000_000 // FPS, key))
+    sealed = writer.finish("c2", "cart-01")
+    assert abs(sealed.stats.av_offset_ms - 40.0) < 0.5

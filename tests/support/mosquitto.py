@@ -96,8 +96,8 @@ class Broker:
     site: Site
     out: Path
     port: int
-    process: subprocess.Popen[bytes]
     log_path: Path
+    process: subprocess.Popen[bytes] | None = None  # set by start()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -110,6 +110,31 @@ class Broker:
                 raise AssertionError(f"Mosquitto did not log {text!r}")
             time.sleep(0.01)
 
+    def start(self) -> None:
+        """Start Mosquitto from the generated config and return once it accepts TLS logins."""
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                ["mosquitto", "-c", str(self.out / CONFIG_FILE)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _tls_ready(self.port, self.site):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"mosquitto did not start:\n{self.log()}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Stop Mosquitto (as a crash or an upgrade would take it away)."""
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
     def reload(self) -> None:
         """SIGHUP, as ``systemctl reload mosquitto`` sends; return once Mosquitto has begun.
 
@@ -117,6 +142,7 @@ class Broker:
         config.", so any packet sent after this returns is handled under the new settings.
         """
         before = self.log().count("Reloading config.")
+        assert self.process is not None
         self.process.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + WAIT_S
         while self.log().count("Reloading config.") == before:
@@ -160,26 +186,12 @@ def broker(broker_site: Site, broker_out: Path) -> Iterator[Broker]:
     out = broker_out
     port = free_port()
     write_broker_config(broker_site, out, port=port, bind=HOST, user=broker_user())
-    log_path = out / "mosquitto.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            ["mosquitto", "-c", str(out / CONFIG_FILE)], stdout=log, stderr=subprocess.STDOUT
-        )
-    running = Broker(broker_site, out, port, process, log_path)
+    running = Broker(broker_site, out, port, out / "mosquitto.log")
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _tls_ready(port, broker_site):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"mosquitto did not start:\n{running.log()}")
-            time.sleep(0.02)
+        running.start()
         yield running
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        running.stop()
         # pytest shows a test's captured output only when it fails: the log then, silence else.
         print(f"--- mosquitto log ({out}) ---\n{running.log()}")
 

@@ -145,7 +145,7 @@ class Unit:
             if self.process.poll() is not None:
                 raise AssertionError(f"{self.device_id} exited at start:\n{self.log()}")
             try:
-                if self.status()["pid"]:
+                if self.status()["connected"]:
                     return self
             except ControlError:
                 pass
@@ -203,7 +203,7 @@ class Hospital:
 
     def __init__(self, site: Site, client: Any) -> None:
         self.site = site
-        self.client = client  # a tests.support.mosquitto.Client with the receiver's certificate
+        self.client = client.connect()  # a tests.support.mosquitto.Client, receiver's cert
         self._receipt_key = SigningKey.from_file(site.paths.receiver_dir / "receipt.key")
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(site.paths.root_cert))
         ctx.check_hostname = False  # units are addressed by IP; their CN is checked instead
