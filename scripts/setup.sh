@@ -42,8 +42,15 @@ stamp=.venv/.painav-installed
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing painav and its pinned dependencies into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
-  .venv/bin/python -m pip install -q -c constraints.txt -e '.[device,server,sim,dev]'
+  # Quiet unless it fails: then the whole log, which names the package that broke.
+  if ! {
+    .venv/bin/python -m pip install --upgrade pip setuptools wheel &&
+      .venv/bin/python -m pip install -c constraints.txt -e '.[device,server,sim,dev]'
+  } >.venv/install.log 2>&1; then
+    cat .venv/install.log >&2
+    log "installing into .venv failed (log above, and in .venv/install.log)"
+    exit 1
+  fi
   echo "$want" >"$stamp"
 fi
 

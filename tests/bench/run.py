@@ -24,7 +24,17 @@ from pathlib import Path
 
 MIB = 1 << 20
 TOOL = [sys.executable, "-m", "tests.bench.envelope_tool"]
-START, END = "<!-- bench:envelope:start -->", "<!-- bench:envelope:end -->"
+
+
+def write_section(readme: Path, name: str, table: str) -> None:
+    """Replace the README's ``<!-- bench:NAME:start -->`` … ``end`` block with *table*."""
+    start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
+    text = readme.read_text()
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"bench: {readme} has no {start} … {end} markers")
+    readme.write_text(pattern.sub(lambda _: f"{start}\n{table}\n{end}", text))
+    print(f"bench: {name} table written to {readme}")
 
 
 @dataclass
@@ -61,7 +71,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--readme", type=Path, help="write the table into this README")
+    parser.add_argument("--readme", type=Path, help="write the tables into this README")
+    parser.add_argument("--recorder-runs", type=int, default=3)
     args = parser.parse_args()
 
     # tmpfs when there is room: this compares the envelope code, not a virtual disk's
@@ -132,12 +143,15 @@ def main() -> int:
     )
     print(table)
     if args.readme:
-        text = args.readme.read_text()
-        pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
-        if not pattern.search(text):
-            raise SystemExit(f"bench: {args.readme} has no {START} … {END} markers")
-        args.readme.write_text(pattern.sub(lambda _: f"{START}\n{table}\n{END}", text))
-        print(f"bench: table written to {args.readme}")
+        write_section(args.readme, "envelope", table)
+
+    from . import recorder
+
+    figures = recorder.measure(args.recorder_runs)
+    recorder_table = recorder.table(figures)
+    print(recorder_table)
+    if args.readme:
+        write_section(args.readme, "recorder", recorder_table)
     return 0
 
 

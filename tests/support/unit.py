@@ -113,6 +113,7 @@ class Unit:
     config: Path
     work: Path
     wrapper: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -129,7 +130,7 @@ class Unit:
 
     def start(self) -> Unit:
         self.starts += 1
-        env = {**os.environ, "TMPDIR": str(self.work / "tmp"), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "TMPDIR": str(self.work / "tmp"), "PYTHONUNBUFFERED": "1", **self.env}
         (self.work / "tmp").mkdir(exist_ok=True)
         with open(self.log_path, "ab") as log:
             log.write(f"--- start {self.starts} ---\n".encode())
