@@ -6,22 +6,18 @@ e.g. ``device.toml: [recorder] max_seconds: must be at most 60``.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from protocol.message_fields import DeviceId, ReceiverId, SiteId
+from protocol.tomlconfig import ConfigError, load_toml
 
 __all__ = ["ConfigError", "DeviceConfig", "load_config"]
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 GpioPin = Annotated[int, Field(ge=0, le=27)]
-
-
-class ConfigError(ValueError):
-    """The config file is missing, not TOML, or has a bad or unknown key."""
 
 
 class _Section(BaseModel):
@@ -131,36 +127,6 @@ class DeviceConfig(_Section):
     control: ControlSection = ControlSection()
 
 
-def _describe(path: Path, error: ValidationError) -> str:
-    first = error.errors()[0]
-    loc = [str(part) for part in first["loc"]]
-    if first["type"] == "extra_forbidden":
-        what = "unknown key (a typo?)"
-    elif first["type"] == "missing":
-        what = "missing"
-    else:
-        what = first["msg"].removeprefix("Value error, ")
-    if len(loc) >= 2:
-        where = f"[{loc[0]}] {'.'.join(loc[1:])}"
-    elif loc:
-        where = f"[{loc[0]}]"
-    else:
-        where = ""
-    more = f" (and {len(error.errors()) - 1} more)" if len(error.errors()) > 1 else ""
-    return f"{path}: {where}: {what}{more}" if where else f"{path}: {what}{more}"
-
-
 def load_config(path: Path) -> DeviceConfig:
     """Read and check *path*; raise :class:`ConfigError` with one line on any problem."""
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    try:
-        return DeviceConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_describe(path, exc)) from None
+    return load_toml(path, DeviceConfig)
