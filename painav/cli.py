@@ -51,16 +51,20 @@ def _build_parser() -> argparse.ArgumentParser:
     decrypt.add_argument("--force", action="store_true", help="overwrite an existing output")
     decrypt.set_defaults(handler="painav.clipcmd:decrypt")
 
-    from . import devicecmd, provisioncmd
+    from . import devicecmd, provisioncmd, receivercmd
 
     devicecmd.add_parser(commands)
+    receivercmd.add_parser(commands)
     provisioncmd.add_parser(commands)
 
     demo = commands.add_parser(
         "demo", help="run the bedside-to-hospital path on one machine with embedded defaults"
     )
     demo.add_argument("--workdir", type=Path, help="keep every file the demo makes here")
-    demo.add_argument("--seconds", type=float, default=5.0, help="length of the demo clip")
+    demo.add_argument("--clips", type=int, default=3, help="button presses (default 3)")
+    demo.add_argument("--units", type=int, default=2, help="simulated units (default 2)")
+    demo.add_argument("--seconds", type=float, default=2.0, help="length of each recording")
+    demo.add_argument("--keep-running", action="store_true", help="stay up until Ctrl-C")
     demo.set_defaults(handler="painav.demo:run")
     return parser
 

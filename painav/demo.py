@@ -1,8 +1,9 @@
-"""``painav demo``: the bedside-to-hospital path on one machine, narrated step by step.
+"""``painav demo``: the whole path on one machine, from button press to the hospital store.
 
-Until the daemon and receiver exist it runs what does: a unit encrypts a generated clip while
-"recording" and signs it; the hospital verifies the signature and hash, decrypts in memory and
-checks the media; the reference ``age`` and ``minisign`` commands confirm both ends.
+Provisions a throwaway site, starts Mosquitto with the generated TLS/ACL configuration, the
+receiver (SQLite catalog, local store) and K simulated units; arms one unit for a demo
+participant, presses the buttons N times, waits until every clip is stored, receipted and gone
+from its unit, and prints what happened. ``--workdir DIR`` keeps every file it made.
 """
 
 from __future__ import annotations
@@ -10,38 +11,60 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import shutil
+import signal
 import subprocess
+import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from protocol.envelope import EnvelopeReader, EnvelopeWriter
-from protocol.signing import ClipSigner, PublicKey, Signature, SigningKey, verify_clip
+from daemon.control import ControlClient, ControlError
+from protocol.envelope import EnvelopeReader
+from protocol.messages import ArmCommand
 from protocol.x25519 import X25519Identity
+from provisioning.broker import write_broker_config
+from provisioning.devices import add_device
+from provisioning.receiver import receiver_config
+from provisioning.site import Site, init_site
 
-SITE, DEVICE = "demo-ward", "cart-01"
+from .localsite import HOST, broker_user, free_port, unit_config
+
+if TYPE_CHECKING:
+    from server.service import ReceiverService
+
+SITE = "demo-ward"
+PARTICIPANT = "DEMO-0001"
+PAINAV = Path(sys.executable).with_name("painav")
 
 
-class _Tee:
-    """Writes ciphertext to the outbox file and feeds the same bytes to the signer."""
+@dataclass
+class _Unit:
+    device_id: str
+    work: Path
+    process: subprocess.Popen[bytes]
 
-    def __init__(self, file: io.BufferedWriter, signer: ClipSigner) -> None:
-        self._file, self._signer = file, signer
+    @property
+    def control(self) -> ControlClient:
+        return ControlClient(self.work / "control.sock")
 
-    def write(self, data: bytes | memoryview) -> int:
-        self._signer.update(data)
-        return self._file.write(data)
+    def status(self) -> dict[str, Any]:
+        return self.control.request(cmd="status")
+
+    def in_state(self, *states: str) -> bool:
+        return self.status()["state"] in states
 
 
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+def run(args: argparse.Namespace) -> int:
+    with ExitStack() as stack:
+        work = stack.enter_context(_workdir(args.workdir))
+        return _run(stack, work, args)
 
 
 @contextmanager
@@ -54,114 +77,217 @@ def _workdir(requested: Path | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def _step(text: str) -> float:
-    print(f"  {text}", flush=True)
-    return time.perf_counter()
+def _say(text: str) -> None:
+    print(text, flush=True)
 
 
-def run(args: argparse.Namespace) -> int:
-    with _workdir(args.workdir) as work:
-        return _run(work, args.seconds, keep=args.workdir is not None)
+def _run(stack: ExitStack, work: Path, args: argparse.Namespace) -> int:
+    # Mosquitto started as root drops to its own account before reading its files.
+    os.chmod(work, 0o755)
+    if (work / "site").exists():
+        _say(f"painav demo: {work} holds an earlier demo; give an empty or new --workdir")
+        return 1
+    started = time.monotonic()
+    _say(f"painav demo: site {SITE}, {args.units} unit(s), {args.clips} clip(s), in {work}\n")
 
+    _say("1. provisioning (hospital IT): site CAs, broker and receiver credentials, data key")
+    site = init_site(work / "site", SITE, broker_hosts=(HOST, "localhost"))
+    devices = [f"cart-{n:02d}" for n in range(1, args.units + 1)]
+    for device_id in devices:
+        add_device(site, device_id)
+    _say(f"   units enrolled: {', '.join(devices)}")
 
-def _run(work: Path, seconds: float, keep: bool) -> int:
-    from .demo_media import write_demo_clip  # PyAV: imported only when the demo runs
+    _say("2. the broker: Mosquitto with mutual TLS, CRL and per-unit ACL")
+    port = free_port()
+    broker_dir = work / "broker"
+    write_broker_config(site, broker_dir, port=port, bind=HOST, user=broker_user())
+    _start_broker(stack, broker_dir, port, site)
 
-    hospital, unit = work / "hospital", work / "unit"
-    clip_id = f"{DEVICE}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{os.urandom(2).hex()}"
-    print(f"painav demo: site {SITE}, unit {DEVICE}, workdir {work}")
-
-    print("\n1. provisioning (hospital IT)")
-    t = _step("hospital data key (age X25519): the private part stays at the hospital")
-    data_key = X25519Identity.generate()
-    data_key_path = hospital / "keys" / "data-key.txt"
-    if data_key_path.exists():
-        data_key = X25519Identity.from_string(data_key_path.read_text().split("\n")[-2])
-    else:
-        _write_private(data_key_path, f"# public key: {data_key.recipient}\n{data_key}\n")
-    (unit / "outbox").mkdir(parents=True, exist_ok=True)
-    (unit / "recipients.txt").write_text(f"{data_key.recipient}\n")
-    signing_key_path = unit / "keys" / "signing.key"
-    if signing_key_path.exists():
-        signing_key = SigningKey.from_file(signing_key_path)
-    else:
-        signing_key = SigningKey.generate()
-        signing_key_path.parent.mkdir(parents=True, exist_ok=True)
-        signing_key.save(signing_key_path)
-    pubkey_path = hospital / "units" / f"{DEVICE}.pub"
-    pubkey_path.parent.mkdir(parents=True, exist_ok=True)
-    pubkey_path.write_text(signing_key.public_key.to_file_text())
-    _step(
-        f"unit signing key (Ed25519, minisign format), key id {signing_key.public_key.key_id_hex}"
-    )
-
-    print(f"\n2. the unit records {seconds:g} s and encrypts while recording")
-    clip_path = unit / "outbox" / f"{clip_id}.age"
-    part = clip_path.with_suffix(".age.part")
-    t = time.perf_counter()
-    signer = ClipSigner(signing_key)
-    with part.open("wb") as out:
-        with EnvelopeWriter(_Tee(out, signer), [data_key.recipient]) as envelope:
-            media = write_demo_clip(envelope, seconds)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(part, clip_path)
-    signature, binding = signer.finish(clip_id, DEVICE)
-    sig_path = clip_path.with_name(clip_path.name + ".minisig")
-    sig_path.write_text(signature.to_text())
-    record_s = time.perf_counter() - t
-    _step(
-        f"{media.frames} frames of H.264 + {media.audio_samples} audio samples → "
-        f"{media.plaintext_bytes} bytes Matroska, never on disk in the clear"
-    )
-    _step(f"{clip_path.name}: {clip_path.stat().st_size} bytes age v1, sha256 {binding.sha256}")
-    _step(f"signed: {signature.trusted_comment}")
-
-    print("\n3. the hospital verifies, then decrypts in memory")
-    t = time.perf_counter()
-    registered = PublicKey.from_file(pubkey_path)
-    with clip_path.open("rb") as f:
-        checked = verify_clip(
-            registered, Signature.from_file(sig_path), f, clip_id=clip_id, device_id=DEVICE
+    _say("3. the hospital receiver: SQLite catalog, content-addressed store")
+    hospital = work / "hospital"
+    hospital.mkdir(exist_ok=True)
+    config_path = hospital / "receiver.toml"
+    config_path.write_text(
+        receiver_config(
+            site,
+            catalog_url=f"sqlite:///{hospital / 'catalog.db'}",
+            store_dir=hospital / "store",
+            spool_dir=hospital / "spool",
+            broker_host=HOST,
+            broker_port=port,
         )
-    verify_s = time.perf_counter() - t
-    _step(f"signature by {DEVICE}'s registered key: valid; sha256 matches the file")
-    t = time.perf_counter()
-    with clip_path.open("rb") as f, EnvelopeReader(f, [data_key]) as reader:
-        plaintext = reader.read()
-    decrypt_s = time.perf_counter() - t
-    streams = _probe(plaintext)
-    _step(f"decrypted {len(plaintext)} bytes; streams: {streams}")
+    )
+    service = _start_receiver(stack, config_path)
 
-    print("\n4. the reference tools agree")
-    for name, command in (
-        ("minisign", ["minisign", "-Vm", str(clip_path), "-p", str(pubkey_path)]),
-        ("age", ["age", "-d", "-i", str(data_key_path), "-o", os.devnull, str(clip_path)]),
-    ):
-        if shutil.which(command[0]) is None:
-            _step(f"{name}: not installed (make demo installs it)")
-            continue
-        result = subprocess.run(command, capture_output=True, text=True)
-        verdict = "accepts" if result.returncode == 0 else f"REJECTS: {result.stderr.strip()}"
-        _step(f"{' '.join(command[:2])} … {verdict}")
-        if result.returncode != 0:
+    _say("4. the bedside units (simulated camera, microphone and button)")
+    units = [_start_unit(stack, site, d, work / "units" / d, port, args.seconds) for d in devices]
+
+    _say(f"5. a researcher arms {devices[0]} for participant {PARTICIPANT}")
+    now = datetime.now(UTC)
+    arm = ArmCommand(
+        participant=PARTICIPANT, visit="demo", issued_at=now, expires_at=now + timedelta(hours=1)
+    )
+    service.link.publish(arm, device_id=devices[0]).wait(5)
+    _wait(lambda: units[0].status()["participant"] == PARTICIPANT, "the arm command", 15)
+
+    _say(f"6. the nurse presses: {args.clips} recording(s) of {args.seconds:g} s")
+    for n in range(args.clips):
+        unit = units[n % len(units)]
+        unit.control.request(cmd="press")
+        _wait(partial(unit.in_state, "recording"), "recording to start", 10)
+        time.sleep(args.seconds)
+        unit.control.request(cmd="press")
+        _wait(partial(unit.in_state, "idle", "armed"), "the clip to seal", 20)
+
+    _say("7. waiting for every clip to be stored, receipted and gone from its unit")
+    catalog = service.catalog
+    deadline = time.monotonic() + 60 + 10 * args.clips
+    while True:
+        clips = catalog.clips()
+        done = [c for c in clips if c.state.value == "receipted"]
+        queued = sum(len(u.status()["queue"]) for u in units)
+        states = ", ".join(
+            f"{s} {sum(c.state.value == s for c in clips)}"
+            for s in ("announced", "fetching", "stored", "receipted", "quarantined")
+        )
+        print(f"\r   catalog: {states}; on units: {queued}   ", end="", flush=True)
+        if len(done) >= args.clips and queued == 0:
+            break
+        if time.monotonic() > deadline:
+            print()
+            _say("painav demo: timed out; see the logs in the workdir")
             return 1
+        time.sleep(0.2)
+    print()
 
-    print("\nsummary")
-    print(f"  clip      {checked.clip_id} from {checked.device_id}")
-    print(f"  duration  {media.seconds:g} s, {media.frames} frames")
-    print(f"  size      {clip_path.stat().st_size} bytes encrypted")
-    print(
-        f"  timings   record+encrypt+sign {record_s:.2f} s, verify {verify_s * 1000:.0f} ms, "
-        f"decrypt {decrypt_s * 1000:.0f} ms"
-    )
-    if keep:
-        print(
-            f"\nkept in {work}: unit/outbox (clip + .minisig), unit/keys, hospital/keys, "
-            "hospital/units"
+    _say("8. the extraction host decrypts one clip in memory with the data key")
+    identity = X25519Identity.from_string(site.paths.data_key.read_text().splitlines()[-1])
+    first = done[0]
+    with service.store.open(first.sha256) as f, EnvelopeReader(f, [identity]) as reader:
+        media = reader.read()
+    _say(f"   {first.clip_id}: {len(media)} bytes of Matroska — {_probe(media)}")
+
+    _say("\nsummary")
+    _say(f"   {'clip':<34} {'unit':<8} {'participant':<11} {'sec':>4} {'bytes':>9}  stored after")
+    for c in sorted(done, key=lambda c: c.announced_at):
+        latency = (c.stored_at - c.announced_at).total_seconds() if c.stored_at else 0
+        _say(
+            f"   {c.clip_id:<34} {c.device_id:<8} {c.participant or '-':<11} "
+            f"{c.manifest.duration_s:>4.1f} {c.size_bytes:>9}  {latency * 1000:.0f} ms"
         )
-        print(f"  try: painav clip verify {clip_path} --pubkey {pubkey_path}")
+    quarantined = [c for c in catalog.clips() if c.state.value == "quarantined"]
+    _say(
+        f"   {len(done)} clip(s) stored and receipted, {len(quarantined)} quarantined, "
+        f"every unit's outbox empty; {time.monotonic() - started:.0f} s in all"
+    )
+    if args.workdir is not None:
+        _say(f"\nkept in {work}: site/ (PKI, registry, bundles), broker/, hospital/ (catalog.db,")
+        _say("store/, receiver.toml), units/<id>/ (device.toml, outbox/, daemon.log)")
+        _say(f"   look inside: painav receiver clips --config {config_path}")
+    if args.keep_running:
+        _say(
+            "\nrunning until Ctrl-C (press a unit: painav device press --config "
+            f"{units[0].work / 'device.toml'})"
+        )
+        stop = threading.Event()
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        stop.wait()
     return 0
+
+
+def _wait(predicate: Callable[[], object], what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if predicate():
+                return
+        except ControlError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"demo: timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _start_broker(stack: ExitStack, broker_dir: Path, port: int, site: Site) -> None:
+    log = (broker_dir / "mosquitto.log").open("ab")
+    stack.callback(log.close)
+    process = subprocess.Popen(
+        ["mosquitto", "-c", str(broker_dir / "mosquitto.conf")], stdout=log, stderr=log
+    )
+    stack.callback(_terminate, process)
+    import socket
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(site.paths.root_cert))
+    ctx.load_cert_chain(
+        str(site.paths.receiver_dir / "tls.crt"), str(site.paths.receiver_dir / "tls.key")
+    )
+
+    def ready() -> bool:
+        try:
+            with (
+                socket.create_connection((HOST, port), timeout=1) as raw,
+                ctx.wrap_socket(raw, server_hostname=HOST),
+            ):
+                return True
+        except OSError:
+            if process.poll() is not None:
+                log_file = broker_dir / "mosquitto.log"
+                raise RuntimeError(f"mosquitto exited; see {log_file}") from None
+            return False
+
+    _wait(ready, "the broker", 15)
+
+
+def _start_receiver(stack: ExitStack, config_path: Path) -> ReceiverService:
+    import logging
+
+    from server.config import load_config
+    from server.service import ReceiverService as Service
+
+    handler = logging.FileHandler(config_path.parent / "receiver.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+    service = Service(load_config(config_path))
+    stop = threading.Event()
+    thread = threading.Thread(target=service.run, args=(stop,), name="receiver", daemon=True)
+    thread.start()
+    stack.callback(thread.join, 60)
+    stack.callback(stop.set)
+    _wait(lambda: service.link.connected, "the receiver to connect", 15)
+    return service
+
+
+def _start_unit(
+    stack: ExitStack, site: Site, device_id: str, work: Path, port: int, seconds: float
+) -> _Unit:
+    work.mkdir(parents=True, exist_ok=True)
+    config = work / "device.toml"
+    config.write_text(
+        unit_config(site, device_id, work, port, max_seconds=60.0, width=640, height=360)
+    )
+    log = (work / "daemon.log").open("ab")
+    stack.callback(log.close)
+    process = subprocess.Popen(
+        [str(PAINAV), "device", "run", "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TMPDIR": str(work)},
+    )
+    stack.callback(_terminate, process)
+    unit = _Unit(device_id, work, process)
+    _wait(lambda: unit.status()["connected"], f"{device_id} to connect", 30)
+    return unit
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=25)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def _probe(media: bytes) -> str:
@@ -172,7 +298,7 @@ def _probe(media: bytes) -> str:
         for stream in container.streams:
             packets = [p for p in container.demux(stream) if p.size]
             container.seek(0)
-            last = max((p.pts or 0) + (p.duration or 0) for p in packets)
-            seconds = float(last * stream.time_base) if stream.time_base else 0.0
-            parts.append(f"{stream.type} {stream.codec_context.name} {seconds:.2f} s")
+            end = max((p.pts or 0) + (p.duration or 0) for p in packets)
+            seconds = float(end * stream.time_base) if stream.time_base else 0.0
+            parts.append(f"{stream.type} {stream.codec_context.name} {seconds:.1f} s")
         return ", ".join(parts)

@@ -54,6 +54,15 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" >"$stamp"
 fi
 
+# The catalog tests run against PostgreSQL as well as SQLite: the development and CI machines
+# have a cluster at 127.0.0.1:5432 (trust auth, database "test"); start it if it is stopped.
+if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && command -v pg_ctlcluster >/dev/null; then
+  for version in $(ls /etc/postgresql 2>/dev/null); do
+    log "starting PostgreSQL $version"
+    sudo_if_needed pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  done
+fi
+
 # The C2SP age test kit, from the npm registry (npm checks the tarball's integrity).
 kit=tests/vectors/cctv-age
 if [ ! -f "$kit/package.json" ]; then

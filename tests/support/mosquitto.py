@@ -4,7 +4,6 @@ the site's certificates: shared by the broker, daemon and receiver tests."""
 from __future__ import annotations
 
 import os
-import pwd
 import queue
 import secrets
 import shutil
@@ -25,13 +24,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
+from painav.localsite import HOST as HOST
+from painav.localsite import broker_user as broker_user
+from painav.localsite import free_port as free_port
 from provisioning.broker import CONFIG_FILE, write_broker_config
 from provisioning.devices import add_device
 from provisioning.site import Site, init_site
 
 SITE = "ward7"
 UNITS = ("cart-01", "cart-02", "cart-03")
-HOST = "127.0.0.1"
 START_TIMEOUT_S = 10.0
 WAIT_S = 3.0
 """How long a test waits for something that should happen; nothing waits this long on success."""
@@ -63,30 +64,6 @@ def unit_identity(site: Site, unit: str) -> Identity:
 def receiver_identity(site: Site) -> Identity:
     rdir = site.paths.receiver_dir
     return Identity(site.receiver_id, rdir / "tls.crt", rdir / "tls.key")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def broker_user() -> str:
-    """The account the generated config tells Mosquitto to drop to.
-
-    As root (as here), the default ``mosquitto`` account when it exists, so the tests run the
-    production path: privileges dropped before any file is read, and again on every reload.
-    Only as root without that account, ``root``: Mosquitto would otherwise fall back to
-    ``nobody``, which cannot read the key. Not root: the setting has no effect.
-    """
-    if os.geteuid() != 0:
-        return "mosquitto"
-    try:
-        pwd.getpwnam("mosquitto")
-    except KeyError:
-        return "root"
-    return "mosquitto"
 
 
 @dataclass

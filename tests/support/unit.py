@@ -17,92 +17,22 @@ from pathlib import Path
 from typing import Any
 
 from daemon.control import ControlClient, ControlError
+from painav.localsite import unit_config
 from protocol.messages import ClipAnnouncement, Event
 from protocol.minisign import SigningKey
 from protocol.signing import sign_receipt
 from protocol.topics import Kind, topic
 from provisioning.site import Site
 
-from .mosquitto import HOST, Broker, free_port
+from .mosquitto import HOST, Broker
 
 PAINAV = Path(sys.executable).with_name("painav")
 START_TIMEOUT_S = 30.0
 
 
-def device_toml(
-    site: Site,
-    device_id: str,
-    work: Path,
-    broker_port: int,
-    *,
-    max_seconds: float = 60.0,
-    min_free_bytes: int = 0,
-    quota_bytes: int = 1 << 30,
-    reserve_bytes: int = 0,
-    outbox_dir: Path | None = None,
-    width: int = 320,
-    height: int = 240,
-    frame_rate_hz: float = 15.0,
-    extra: str = "",
-) -> str:
+def device_toml(site: Site, device_id: str, work: Path, broker_port: int, **options: Any) -> str:
     """A config for *device_id* from its provisioning bundle, with simulated hardware."""
-    bundle = site.paths.devices_dir / device_id
-    return f"""\
-[unit]
-site_id = "{site.name}"
-device_id = "{device_id}"
-
-[mqtt]
-host = "{HOST}"
-port = {broker_port}
-keepalive_s = 5
-telemetry_interval_s = 2
-reconnect_max_s = 2
-
-[clip_server]
-host = "{HOST}"
-port = {free_port()}
-receiver_id = "{site.receiver_id}"
-advertise_host = "{HOST}"
-
-[keys]
-signing_key = "{bundle}/keys/signing.key"
-tls_key = "{bundle}/keys/tls.key"
-tls_cert = "{bundle}/certs/tls.crt"
-ca_chain = "{bundle}/certs/ca-chain.pem"
-receipt_pub = "{bundle}/keys/receipt.pub"
-recipients = "{bundle}/recipients.txt"
-
-[outbox]
-dir = "{outbox_dir or work / "outbox"}"
-quota_bytes = {quota_bytes}
-min_free_bytes = {min_free_bytes}
-
-[recorder]
-max_seconds = {max_seconds}
-require_clock_sync = false
-reserve_bytes = {reserve_bytes}
-
-[camera]
-backend = "simulated"
-width = {width}
-height = {height}
-frame_rate_hz = {frame_rate_hz}
-bitrate_bps = 500000
-
-[microphone]
-backend = "simulated"
-sample_rate_hz = 48000
-
-[button]
-backend = "simulated"
-
-[light]
-backend = "simulated"
-
-[control]
-socket = "{work / "control.sock"}"
-{extra}"""
+    return unit_config(site, device_id, work, broker_port, **options)
 
 
 @dataclass
@@ -298,3 +228,49 @@ def probe_seconds(media: Path) -> dict[str, float]:
         end = float(p["pts_time"]) + float(p.get("duration_time") or 0)
         ends[p["codec_type"]] = max(ends.get(p["codec_type"], 0.0), end)
     return ends
+
+
+@dataclass
+class Receiver:
+    """The real receiver service, in a thread of the test process."""
+
+    service: Any
+    stop_event: Any
+    thread: Any
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=60)
+
+
+def start_receiver(
+    site: Site, broker: Broker, work: Path, catalog_url: str | None = None
+) -> Receiver:
+    import threading
+
+    from provisioning.receiver import receiver_config
+    from server.config import load_config
+    from server.service import ReceiverService
+
+    work.mkdir(parents=True, exist_ok=True)
+    config = work / "receiver.toml"
+    config.write_text(
+        receiver_config(
+            site,
+            catalog_url=catalog_url or f"sqlite:///{work / 'catalog.db'}",
+            store_dir=work / "store",
+            spool_dir=work / "spool",
+            broker_host=HOST,
+            broker_port=broker.port,
+        )
+    )
+    service = ReceiverService(load_config(config))
+    stop = threading.Event()
+    thread = threading.Thread(target=service.run, args=(stop,), name="receiver", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not service.link.connected:
+        if time.monotonic() > deadline:
+            raise AssertionError("receiver did not connect")
+        time.sleep(0.02)
+    return Receiver(service, stop, thread)

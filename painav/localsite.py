@@ -1,0 +1,111 @@
+"""A whole painav site on one machine: simulated units, a local broker. For the demo and the
+tests; nothing here is used on a real unit or in a hospital."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import socket
+from pathlib import Path
+
+from provisioning.site import Site
+
+__all__ = ["HOST", "broker_user", "free_port", "unit_config"]
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def broker_user() -> str:
+    """The account a root-started Mosquitto drops to: its own if it exists, else root (which
+    it would otherwise replace by ``nobody``, who cannot read the key)."""
+    if os.geteuid() != 0:
+        return "mosquitto"
+    try:
+        pwd.getpwnam("mosquitto")
+    except KeyError:
+        return "root"
+    return "mosquitto"
+
+
+def unit_config(
+    site: Site,
+    device_id: str,
+    work: Path,
+    broker_port: int,
+    *,
+    max_seconds: float = 60.0,
+    min_free_bytes: int = 0,
+    quota_bytes: int = 1 << 30,
+    reserve_bytes: int = 0,
+    outbox_dir: Path | None = None,
+    width: int = 320,
+    height: int = 240,
+    frame_rate_hz: float = 15.0,
+    extra: str = "",
+) -> str:
+    """``device.toml`` for *device_id* from its provisioning bundle, with simulated hardware
+    and no clock-sync requirement (a development machine may not run NTP)."""
+    bundle = site.paths.devices_dir / device_id
+    return f"""\
+[unit]
+site_id = "{site.name}"
+device_id = "{device_id}"
+
+[mqtt]
+host = "{HOST}"
+port = {broker_port}
+keepalive_s = 5
+telemetry_interval_s = 2
+reconnect_max_s = 2
+
+[clip_server]
+host = "{HOST}"
+port = {free_port()}
+receiver_id = "{site.receiver_id}"
+advertise_host = "{HOST}"
+
+[keys]
+signing_key = "{bundle}/keys/signing.key"
+tls_key = "{bundle}/keys/tls.key"
+tls_cert = "{bundle}/certs/tls.crt"
+ca_chain = "{bundle}/certs/ca-chain.pem"
+receipt_pub = "{bundle}/keys/receipt.pub"
+recipients = "{bundle}/recipients.txt"
+
+[outbox]
+dir = "{outbox_dir or work / "outbox"}"
+quota_bytes = {quota_bytes}
+min_free_bytes = {min_free_bytes}
+
+[recorder]
+max_seconds = {max_seconds}
+require_clock_sync = false
+reserve_bytes = {reserve_bytes}
+
+[camera]
+backend = "simulated"
+width = {width}
+height = {height}
+frame_rate_hz = {frame_rate_hz}
+bitrate_bps = 500000
+
+[microphone]
+backend = "simulated"
+sample_rate_hz = 48000
+
+[button]
+backend = "simulated"
+
+[light]
+backend = "simulated"
+
+[control]
+socket = "{work / "control.sock"}"
+{extra}"""

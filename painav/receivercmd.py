@@ -1,0 +1,134 @@
+"""``painav receiver …`` and ``painav audit verify``: run the hospital receiver, look inside."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", type=Path, default=Path("/etc/painav/receiver.toml"), help="receiver config"
+    )
+    receiver = commands.add_parser("receiver", help="the hospital receiver and its catalog")
+    sub = receiver.add_subparsers(dest="receiver_command", required=True, metavar="ACTION")
+    run = sub.add_parser("run", parents=[common], help="run the receiver (systemd runs this)")
+    run.set_defaults(handler="painav.receivercmd:run")
+    clips = sub.add_parser("clips", parents=[common], help="clips in the catalog")
+    clips.add_argument("--json", action="store_true", help="machine-readable output")
+    clips.add_argument("--state", help="only clips in this state (e.g. quarantined)")
+    clips.set_defaults(handler="painav.receivercmd:clips")
+    units = sub.add_parser("units", parents=[common], help="units, last seen and status")
+    units.add_argument("--json", action="store_true")
+    units.set_defaults(handler="painav.receivercmd:units")
+    audit = commands.add_parser("audit", help="the append-only audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    verify = audit_sub.add_parser("verify", parents=[common], help="check the hash chain")
+    verify.set_defaults(handler="painav.receivercmd:audit_verify")
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from server.config import load_config
+    from server.service import ReceiverService
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    service = ReceiverService(load_config(args.config))
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    service.run(stop)
+    return 0
+
+
+def clips(args: argparse.Namespace) -> int:
+    from server.catalog import Catalog, ClipState
+    from server.config import load_config
+
+    catalog = Catalog(load_config(args.config).catalog.url)
+    try:
+        state = ClipState(args.state) if args.state else None
+        rows = catalog.clips(state=state)
+    finally:
+        catalog.close()
+    if args.json:
+        print(json.dumps([_clip_json(c) for c in rows], indent=2))
+        return 0
+    print(f"{'clip':<34} {'unit':<12} {'state':<12} {'seconds':>7} {'bytes':>10}  reason")
+    for c in rows:
+        print(
+            f"{c.clip_id:<34} {c.device_id:<12} {c.state.value:<12} "
+            f"{c.manifest.duration_s:>7.1f} {c.size_bytes:>10}  {c.quarantine_reason or ''}"
+        )
+    return 0
+
+
+def _clip_json(c: object) -> dict[str, object]:
+    from server.catalog.records import ClipRecord
+
+    assert isinstance(c, ClipRecord)
+    return {
+        "clip_id": c.clip_id,
+        "device_id": c.device_id,
+        "state": c.state.value,
+        "sha256": c.sha256,
+        "size_bytes": c.size_bytes,
+        "participant": c.participant,
+        "duration_s": c.manifest.duration_s,
+        "announced_at": c.announced_at.isoformat(),
+        "stored_at": c.stored_at.isoformat() if c.stored_at else None,
+        "receipted_at": c.receipted_at.isoformat() if c.receipted_at else None,
+        "quarantine_reason": c.quarantine_reason,
+        "attempts": c.attempts,
+    }
+
+
+def units(args: argparse.Namespace) -> int:
+    from server.catalog import Catalog
+    from server.config import load_config
+
+    catalog = Catalog(load_config(args.config).catalog.url)
+    try:
+        rows = catalog.units()
+    finally:
+        catalog.close()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "device_id": u.device_id,
+                        "status": u.status,
+                        "last_seen_at": u.last_seen_at.isoformat(),
+                        "queue_depth": u.last_telemetry.queue_depth if u.last_telemetry else None,
+                    }
+                    for u in rows
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    for u in rows:
+        queue = u.last_telemetry.queue_depth if u.last_telemetry else "?"
+        print(
+            f"{u.device_id:<16} {u.status or 'unknown':<10} last seen "
+            f"{u.last_seen_at:%Y-%m-%d %H:%M:%S}Z  queue {queue}"
+        )
+    return 0
+
+
+def audit_verify(args: argparse.Namespace) -> int:
+    from server.audit import verify
+    from server.config import load_config
+
+    report = verify(load_config(args.config).catalog.url)
+    print(report, file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 1

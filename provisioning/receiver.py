@@ -1,0 +1,56 @@
+"""The receiver's config file (``receiver.toml``), written from the site like a unit's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .site import Site
+
+__all__ = ["receiver_config"]
+
+
+def receiver_config(
+    site: Site,
+    *,
+    catalog_url: str,
+    store_dir: Path,
+    spool_dir: Path,
+    broker_host: str | None = None,
+    broker_port: int | None = None,
+    credentials_dir: Path | None = None,
+    concurrency: int = 4,
+) -> str:
+    """``receiver.toml`` for *site*. *credentials_dir* is where the receiver's TLS files and
+    receipt key are (default: the site's ``receiver/`` folder; under systemd, its credentials
+    directory)."""
+    creds = credentials_dir or site.paths.receiver_dir
+    recipient = site.recipients()[0]
+    return f"""\
+# painav receiver of site {site.name}, made by painav provisioning.
+
+[site]
+site_id = "{site.name}"
+receiver_id = "{site.receiver_id}"
+registry = "{site.paths.registry}"
+data_key_recipient = "{recipient}"
+
+[mqtt]
+host = "{broker_host or site.broker_hosts[0]}"
+port = {broker_port or site.broker_port}
+
+[tls]
+cert = "{creds / "tls.crt"}"
+key = "{creds / "tls.key"}"
+ca = "{creds / "ca.pem"}"
+receipt_key = "{creds / "receipt.key"}"
+
+[store]
+dir = "{store_dir}"
+spool = "{spool_dir}"
+
+[catalog]
+url = "{catalog_url}"
+
+[pull]
+concurrency = {concurrency}
+"""

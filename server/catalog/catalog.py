@@ -1,0 +1,386 @@
+"""The catalog: every clip's lifecycle and every unit's last word, each change audited.
+
+>>> catalog = Catalog("sqlite:////var/lib/painav/catalog.db")   # doctest: +SKIP
+>>> clip, new = catalog.record_announcement(announcement, received_at=now)   # doctest: +SKIP
+>>> job = catalog.claim_next(worker="receiver-1", now=now, lease_s=120)   # doctest: +SKIP
+
+Each method is one database transaction; a state change and its audit row commit together or
+not at all. Times are timezone-aware (naive ones are refused) and kept in UTC.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Self
+
+from alembic.util import CommandError
+from sqlalchemy import select
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from protocol.message_fields import format_timestamp
+from protocol.messages import ClipAnnouncement, Event, Status, Telemetry
+
+from ..audit import AuditLog
+from . import queue, units
+from .engine import READ_ONLY, make_engine, run_migrations
+from .errors import CatalogDatabaseError, CatalogError, ClipNotFoundError, LeaseLostError
+from .lifecycle import ACTIVE_STATES, ClipState, check_transition
+from .models import Clip, Unit, UnitEvent
+from .records import ClipRecord, UnitEventRecord, UnitRecord
+
+__all__ = ["Catalog", "utc"]
+
+REASON_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+"""Quarantine reasons are codes, like the protocol's reason codes: never free text."""
+
+MAX_ERROR_CHARS: Final = 500
+
+CLAIM_CANDIDATES: Final = 32
+"""How many clips a claim tries before it gives up, when other receivers hold the first."""
+
+
+def utc(value: datetime, name: str) -> datetime:
+    """*value* in UTC; ValueError naming *name* if it is naive."""
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime")
+    return value.astimezone(UTC)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Catalog:
+    """The catalog database: ``sqlite:///path/catalog.db`` or ``postgresql+psycopg://…``.
+
+    Opening it migrates the schema to the newest revision. *actor* names this receiver in the
+    audit log; *clock* gives the time of changes whose caller gives none (and of audit rows).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        actor: str = "receiver",
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self._clock = clock
+        self._actor = _bounded(actor, "actor", 64)
+        try:
+            self._engine = make_engine(url)
+        except ArgumentError as exc:
+            raise CatalogError(f"catalog URL: {exc}") from exc
+        self._where = self._engine.url.render_as_string(hide_password=True)
+        self._writes = sessionmaker(self._engine, expire_on_commit=False)
+        self._reads = sessionmaker(
+            self._engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
+        )
+        self.audit = AuditLog(self._engine, clock=clock)
+        try:
+            run_migrations(self._engine)
+        except SQLAlchemyError as exc:
+            self._engine.dispose()
+            raise CatalogDatabaseError(f"catalog {self._where}: {_one_line(exc)}") from exc
+        except CommandError as exc:  # e.g. a schema newer than this build: an older receiver
+            self._engine.dispose()
+            raise CatalogError(f"catalog {self._where}: schema: {exc}") from exc
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the database connections."""
+        self._engine.dispose()
+
+    @contextmanager
+    def _session(self, *, write: bool) -> Iterator[Session]:
+        """One transaction; database failures come out as :class:`CatalogDatabaseError`."""
+        try:
+            with (self._writes if write else self._reads).begin() as session:
+                yield session
+        except SQLAlchemyError as exc:
+            raise CatalogDatabaseError(f"catalog {self._where}: {_one_line(exc)}") from exc
+
+    # --- clips ------------------------------------------------------------------------------
+
+    def record_announcement(
+        self, ann: ClipAnnouncement, *, received_at: datetime
+    ) -> tuple[ClipRecord, bool]:
+        """Record an announcement; True with the clip if it is new, False if it was known.
+
+        The same clip announced again (the unit repeats until it has a receipt) only counts
+        the announcement: the caller re-sends the receipt if the clip is receipted. The same
+        clip id with a different SHA-256, size or unit is a conflict: a clip not yet stored is
+        quarantined (``reannounced_with_different_hash`` or ``reannounced_by_other_unit``); a
+        stored one stays as it is, and the conflict is audited.
+        """
+        at = utc(received_at, "received_at")
+        m = ann.manifest
+        with self._session(write=True) as s:
+            units.touch(s, m.site_id, m.device_id, seen_at=at)
+            clip = units.insert_new(s, Clip, _new_clip(ann, at))
+            if clip is not None:
+                detail = {"device_id": m.device_id, "sha256": m.sha256, "size_bytes": m.size_bytes}
+                self.audit.append(
+                    s, "ingest", clip_id=clip.clip_id, actor=self._actor, detail=detail
+                )
+                return ClipRecord.of(clip), True
+            clip = self._locked(s, m.clip_id)
+            clip.announce_count += 1
+            clip.last_announced_at = max(clip.last_announced_at, at)
+            reason = _conflict(clip, ann)
+            if reason is None:
+                if clip.state is ClipState.ANNOUNCED:
+                    clip.url = ann.url  # the unit may have moved since: fetch where it is now
+                return ClipRecord.of(clip), False
+            detail = {
+                "reason": reason,
+                "state": clip.state.value,
+                "announced_sha256": m.sha256,
+                "announced_size_bytes": m.size_bytes,
+                "announced_device_id": m.device_id,
+            }
+            if clip.state in ACTIVE_STATES:
+                self._quarantine(s, clip, reason, at=at, detail=detail)
+            else:
+                self.audit.append(
+                    s, "conflict", clip_id=clip.clip_id, actor=self._actor, detail=detail
+                )
+            return ClipRecord.of(clip), False
+
+    def claim_next(self, *, worker: str, now: datetime, lease_s: float) -> ClipRecord | None:
+        """Take the next clip to fetch (see :mod:`.queue`) for *lease_s* seconds, or None.
+
+        A clip whose lease expired is taken over, and the lost attempt counted. Two receivers
+        never hold the same clip; the holder reports with :meth:`fetch_failed` or
+        :meth:`mark_stored` (passing ``worker`` so a report on a lost lease is refused).
+        """
+        now = utc(now, "now")
+        _bounded(worker, "worker", 64)
+        if not lease_s > 0:
+            raise ValueError("lease_s must be positive")
+        with self._session(write=True) as s:
+            for clip_id in s.scalars(queue.candidates(now, limit=CLAIM_CANDIDATES)):
+                clip = s.scalars(queue.lock_if_waiting(clip_id, now)).one_or_none()
+                if clip is not None:
+                    break
+            else:
+                return None
+            previous = clip.lease_owner if clip.state is ClipState.FETCHING else None
+            self._move(s, clip, ClipState.FETCHING, at=now)
+            if previous is not None:
+                clip.attempts += 1
+                clip.last_error = f"lease of {previous} expired"
+            clip.lease_owner = worker
+            clip.lease_expires_at = now + timedelta(seconds=lease_s)
+            detail = {"lease_s": lease_s, "attempt": clip.attempts + 1, "taken_from": previous}
+            self.audit.append(s, "fetch", clip_id=clip.clip_id, actor=worker, detail=detail)
+            return ClipRecord.of(clip)
+
+    def fetch_failed(
+        self, clip_id: str, *, error: str, retry_at: datetime, worker: str | None = None
+    ) -> ClipRecord:
+        """Put a clip that could not be fetched back in the queue, due again at *retry_at*."""
+        retry_at = utc(retry_at, "retry_at")
+        error = " ".join(error.split())[:MAX_ERROR_CHARS]  # one line, bounded
+        with self._session(write=True) as s:
+            clip = self._locked(s, clip_id)
+            _check_lease(clip, worker)
+            self._move(s, clip, ClipState.ANNOUNCED, at=self._clock())
+            clip.attempts += 1
+            clip.last_error = error
+            clip.next_attempt_at = retry_at
+            detail = {
+                "error": error,
+                "attempts": clip.attempts,
+                "retry_at": format_timestamp(retry_at),
+            }
+            self.audit.append(
+                s, "fetch_failed", clip_id=clip_id, actor=worker or self._actor, detail=detail
+            )
+            return ClipRecord.of(clip)
+
+    def mark_stored(
+        self, clip_id: str, *, store_key: str, stored_at: datetime, worker: str | None = None
+    ) -> ClipRecord:
+        """Record that the verified ciphertext is in the store under *store_key*."""
+        stored_at = utc(stored_at, "stored_at")
+        _bounded(store_key, "store_key", 256)
+        with self._session(write=True) as s:
+            clip = self._locked(s, clip_id)
+            _check_lease(clip, worker)
+            self._move(s, clip, ClipState.STORED, at=stored_at)
+            clip.store_key = store_key
+            clip.stored_at = stored_at
+            detail = {"store_key": store_key, "sha256": clip.sha256, "size_bytes": clip.size_bytes}
+            self.audit.append(
+                s, "stored", clip_id=clip_id, actor=worker or self._actor, detail=detail
+            )
+            return ClipRecord.of(clip)
+
+    def quarantine(self, clip_id: str, reason: str, *, at: datetime | None = None) -> ClipRecord:
+        """Set a clip aside for a person to look at; *reason* is a code like ``bad_signature``."""
+        when = self._clock() if at is None else utc(at, "at")
+        with self._session(write=True) as s:
+            clip = self._locked(s, clip_id)
+            self._quarantine(s, clip, reason, at=when, detail={"reason": reason})
+            return ClipRecord.of(clip)
+
+    def mark_receipted(self, clip_id: str, *, at: datetime) -> ClipRecord:
+        """Record that the signed receipt for a stored clip was sent to its unit."""
+        when = utc(at, "at")
+        with self._session(write=True) as s:
+            clip = self._locked(s, clip_id)
+            self._move(s, clip, ClipState.RECEIPTED, at=when)
+            clip.receipted_at = when
+            detail = {"sha256": clip.sha256, "device_id": clip.device_id}
+            self.audit.append(s, "receipt", clip_id=clip_id, actor=self._actor, detail=detail)
+            return ClipRecord.of(clip)
+
+    def clip(self, clip_id: str) -> ClipRecord:
+        """The clip *clip_id*; :class:`ClipNotFoundError` if there is none."""
+        with self._session(write=False) as s:
+            row = s.get(Clip, clip_id)
+            if row is None:
+                raise ClipNotFoundError(clip_id)
+            return ClipRecord.of(row)
+
+    def clips(
+        self,
+        *,
+        state: ClipState | None = None,
+        device_id: str | None = None,
+        limit: int = 1000,
+    ) -> list[ClipRecord]:
+        """Clips, oldest announcement first, optionally only those in *state* or of a unit."""
+        query = select(Clip)
+        if state is not None:
+            query = query.where(Clip.state == state)
+        if device_id is not None:
+            query = query.where(Clip.device_id == device_id)
+        query = query.order_by(Clip.announced_at, Clip.clip_id).limit(limit)
+        with self._session(write=False) as s:
+            return [ClipRecord.of(row) for row in s.scalars(query)]
+
+    def _locked(self, s: Session, clip_id: str) -> Clip:
+        clip = s.execute(
+            select(Clip).where(Clip.clip_id == clip_id).with_for_update()
+        ).scalar_one_or_none()
+        if clip is None:
+            raise ClipNotFoundError(clip_id)
+        return clip
+
+    def _move(self, s: Session, clip: Clip, target: ClipState, *, at: datetime) -> None:
+        check_transition(clip.clip_id, clip.state, target)
+        clip.state = target
+        clip.state_changed_at = at
+        if target is not ClipState.FETCHING:
+            clip.lease_owner = None
+            clip.lease_expires_at = None
+
+    def _quarantine(
+        self, s: Session, clip: Clip, reason: str, *, at: datetime, detail: dict[str, Any]
+    ) -> None:
+        if not REASON_RE.fullmatch(reason):
+            raise ValueError("reason must be a code: a-z first, then up to 63 of a-z, 0-9, '_'")
+        previous = clip.state.value
+        self._move(s, clip, ClipState.QUARANTINED, at=at)
+        clip.quarantine_reason = reason
+        detail = {**detail, "from_state": previous}
+        self.audit.append(s, "quarantine", clip_id=clip.clip_id, actor=self._actor, detail=detail)
+
+    # --- units ------------------------------------------------------------------------------
+
+    def upsert_status(
+        self, site_id: str, device_id: str, status: Status, *, seen_at: datetime
+    ) -> UnitRecord:
+        """Record a unit's status message, received at *seen_at*."""
+        at = utc(seen_at, "seen_at")
+        with self._session(write=True) as s:
+            return UnitRecord.of(units.apply_status(s, site_id, device_id, status, seen_at=at))
+
+    def record_telemetry(
+        self, site_id: str, device_id: str, t: Telemetry, *, seen_at: datetime
+    ) -> UnitRecord:
+        """Record a unit's telemetry sample; an older sample than the one kept is ignored."""
+        at = utc(seen_at, "seen_at")
+        with self._session(write=True) as s:
+            return UnitRecord.of(units.apply_telemetry(s, site_id, device_id, t, seen_at=at))
+
+    def record_event(
+        self, site_id: str, device_id: str, event: Event, *, received_at: datetime
+    ) -> bool:
+        """Keep a unit's event; False if it was kept already (a QoS 1 redelivery)."""
+        at = utc(received_at, "received_at")
+        with self._session(write=True) as s:
+            return units.add_event(s, site_id, device_id, event, received_at=at)
+
+    def units(self) -> list[UnitRecord]:
+        """Every unit ever heard of, by device id."""
+        with self._session(write=False) as s:
+            return [UnitRecord.of(row) for row in s.scalars(select(Unit).order_by(Unit.device_id))]
+
+    def events(self, *, device_id: str | None = None, limit: int = 1000) -> list[UnitEventRecord]:
+        """Units' events, newest first, optionally of one unit."""
+        query = select(UnitEvent)
+        if device_id is not None:
+            query = query.where(UnitEvent.device_id == device_id)
+        query = query.order_by(UnitEvent.at.desc(), UnitEvent.id.desc()).limit(limit)
+        with self._session(write=False) as s:
+            return [UnitEventRecord.of(row) for row in s.scalars(query)]
+
+
+def _new_clip(ann: ClipAnnouncement, at: datetime) -> dict[str, Any]:
+    m = ann.manifest
+    return {
+        "clip_id": m.clip_id,
+        "device_id": m.device_id,
+        "state": ClipState.ANNOUNCED,
+        "sha256": m.sha256,
+        "size_bytes": m.size_bytes,
+        "manifest": m.model_dump(mode="json"),
+        "signature": ann.signature,
+        "url": ann.url,
+        "participant": m.participant,
+        "announced_at": at,
+        "last_announced_at": at,
+        "announce_count": 1,
+        "state_changed_at": at,
+        "attempts": 0,
+        "next_attempt_at": at,
+    }
+
+
+def _conflict(clip: Clip, ann: ClipAnnouncement) -> str | None:
+    """Why *ann* cannot be the clip already catalogued, or None if it is the same clip."""
+    if ann.manifest.device_id != clip.device_id:
+        return "reannounced_by_other_unit"
+    if ann.manifest.sha256 != clip.sha256 or ann.manifest.size_bytes != clip.size_bytes:
+        return "reannounced_with_different_hash"
+    return None
+
+
+def _bounded(value: str, name: str, limit: int) -> str:
+    # Checked here because SQLite would store an over-long value that PostgreSQL refuses.
+    if not 0 < len(value) <= limit:
+        raise ValueError(f"{name} must be 1 to {limit} characters")
+    return value
+
+
+def _check_lease(clip: Clip, worker: str | None) -> None:
+    # Without a worker the caller vouches for itself (a tool, or a single receiver).
+    if worker is not None and (clip.state is not ClipState.FETCHING or clip.lease_owner != worker):
+        raise LeaseLostError(clip.clip_id, worker, clip.lease_owner)
+
+
+def _one_line(exc: SQLAlchemyError) -> str:
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__

@@ -1,0 +1,497 @@
+"""Pulling clips from a unit's clip server over mutual TLS, resuming interrupted downloads."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import http.client
+import json
+import os
+import random
+import re
+import ssl
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Final
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import NameOID
+
+from protocol.message_fields import CLIP_ID_PATTERN
+
+__all__ = [
+    "Backoff",
+    "FetchClient",
+    "FetchError",
+    "FetchErrorKind",
+    "FetchResult",
+    "ListedClip",
+]
+
+_SHA256: Final = re.compile(r"[0-9a-f]{64}")
+_CONTENT_RANGE: Final = re.compile(r"bytes ([0-9]{1,18})-([0-9]{1,18})/([0-9]{1,18})")
+_MAX_SIGNATURE_BYTES: Final = 16 * 1024  # a minisign signature is under 1 KiB
+_MAX_LISTING_BYTES: Final = 4 * 1024 * 1024  # thousands of pending clips; a unit holds tens
+
+
+class FetchErrorKind(enum.StrEnum):
+    """What went wrong in a fetch; :attr:`FetchError.retryable` follows from it."""
+
+    UNREACHABLE = "unreachable"  # refused, no route, name not resolved
+    TIMEOUT = "timeout"
+    RESET = "reset"  # connection dropped or reset mid-exchange
+    TRUNCATED = "truncated"  # body ended before its declared length
+    SERVER_ERROR = "server_error"  # 5xx, 429
+    LOCAL = "local"  # the receiver cannot write its own spool file
+    NOT_FOUND = "not_found"  # 404: not (or no longer) pending on the unit
+    FORBIDDEN = "forbidden"  # 401/403: the unit refuses our certificate
+    IDENTITY = "identity"  # the server is not the unit the announcement names
+    TLS = "tls"  # handshake failed: untrusted certificate, alert
+    TOO_LARGE = "too_large"  # more bytes than announced
+    MISMATCH = "mismatch"  # the unit serves another file (ETag, size) than announced
+    PROTOCOL = "protocol"  # a response the clip server contract does not allow
+
+
+_RETRYABLE: Final = frozenset(
+    {
+        FetchErrorKind.UNREACHABLE,
+        FetchErrorKind.TIMEOUT,
+        FetchErrorKind.RESET,
+        FetchErrorKind.TRUNCATED,
+        FetchErrorKind.SERVER_ERROR,
+        FetchErrorKind.LOCAL,
+    }
+)
+
+
+class FetchError(Exception):
+    """A fetch failed; :attr:`kind` says how, the message says where in one line."""
+
+    def __init__(self, kind: FetchErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    @property
+    def retryable(self) -> bool:
+        """Whether trying again later may succeed (network trouble, not a refusal)."""
+        return self.kind in _RETRYABLE
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """A completed download: the whole file's size and SHA-256, and what this call added."""
+
+    size: int
+    sha256: str
+    transferred: int
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class ListedClip:
+    """One entry of a unit's ``/v1/clips`` list: a sealed clip it still holds."""
+
+    clip_id: str
+    size_bytes: int
+    sha256: str
+    state: str
+    sealed_at: datetime | None
+
+
+class Backoff:
+    """Delays between retries: exponential with full jitter, capped.
+
+    Attempt *n* waits a uniform random time in ``[0, min(cap_s, base_s * factor**n)]``, so that
+    receivers retrying the same unit spread out instead of arriving together::
+
+        backoff = Backoff(base_s=1.0, cap_s=300.0)
+        time.sleep(backoff.next_s())  # after each failure
+        backoff.reset()  # after a success
+    """
+
+    def __init__(
+        self,
+        *,
+        base_s: float = 1.0,
+        cap_s: float = 300.0,
+        factor: float = 2.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 0 < base_s <= cap_s or factor < 1:
+            raise ValueError("Backoff needs 0 < base_s <= cap_s and factor >= 1")
+        self.base_s, self.cap_s, self.factor = base_s, cap_s, factor
+        self._rng = rng or random.Random()
+        self.attempts = 0
+
+    def ceiling_s(self, attempt: int) -> float:
+        """The longest delay before retry *attempt* (0 for the first retry)."""
+        try:
+            return min(self.cap_s, self.base_s * self.factor ** max(attempt, 0))
+        except OverflowError:  # after some thousand attempts
+            return self.cap_s
+
+    def next_s(self) -> float:
+        """The delay before the next retry; counts an attempt."""
+        delay = self._rng.uniform(0.0, self.ceiling_s(self.attempts))
+        self.attempts += 1
+        return delay
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+@dataclass(frozen=True)
+class _Target:
+    host: str
+    port: int
+    path: str
+
+
+def _target(url: str) -> _Target:
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError(f"not an https URL: {url!r:.200}")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return _Target(parts.hostname, parts.port or 443, path)
+
+
+def _directly_issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+class FetchClient:
+    """An HTTPS client for units' clip servers, with the receiver's client certificate.
+
+    The unit is reached by IP or a DHCP name, so the host name is not checked; instead, after
+    the handshake, the unit's certificate must chain to the site root (*ca_file*, checked by
+    OpenSSL), be issued by the device CA rather than by the root itself, and name the expected
+    device as its CN. Each call opens one connection and closes it; every socket operation
+    times out after *timeout_s* seconds. Every failure is a :class:`FetchError`::
+
+        client = FetchClient(cert_file=rdir / "tls.crt", key_file=rdir / "tls.key",
+                             ca_file=rdir / "ca.pem")
+        result = client.fetch(announcement.url, spool / f"{clip_id}.age", device_id="cart-01",
+                              expected_size=manifest.size_bytes, expected_sha256=manifest.sha256)
+    """
+
+    def __init__(
+        self,
+        *,
+        cert_file: Path,
+        key_file: Path,
+        ca_file: Path,
+        timeout_s: float = 30.0,
+        chunk_bytes: int = 1 << 20,
+    ) -> None:
+        if timeout_s <= 0 or chunk_bytes <= 0:
+            raise ValueError("timeout_s and chunk_bytes must be positive")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = False  # replaced by the device-id check after the handshake
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_cert_chain(cert_file, key_file)
+        context.load_verify_locations(cafile=ca_file)
+        self._context = context
+        self._roots = x509.load_pem_x509_certificates(Path(ca_file).read_bytes())
+        self.timeout_s = timeout_s
+        self.chunk_bytes = chunk_bytes
+
+    # --- public calls -------------------------------------------------------------------------
+
+    def fetch(
+        self, url: str, dest: Path, *, device_id: str, expected_size: int, expected_sha256: str
+    ) -> FetchResult:
+        """Download the clip at *url* into *dest*, resuming from what *dest* already holds.
+
+        A non-empty *dest* is re-hashed and the rest asked for with ``Range`` and ``If-Range``
+        (the clip server's ETag is the SHA-256, so the announced one is the validator); a unit
+        that answers with the whole file gets it written afresh. The body streams to disk in
+        *chunk_bytes* pieces. More bytes than *expected_size* are refused, never written. The
+        returned SHA-256 is of the whole file; comparing it is the verifier's decision. A *dest*
+        already *expected_size* long is not fetched again (``transferred == 0``): if its hash is
+        wrong, the caller removes it and fetches afresh.
+        """
+        if expected_size <= 0 or not _SHA256.fullmatch(expected_sha256):
+            raise ValueError("expected_size must be positive, expected_sha256 64 hex digits")
+        target = _target(url)
+        where = f"unit {device_id}: GET {target.path}"
+        try:
+            fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise FetchError(FetchErrorKind.LOCAL, f"{where}: cannot open {dest}: {exc}") from exc
+        with os.fdopen(fd, "r+b") as file:
+            offset, digest = self._rehash(file, expected_size, where)
+            if offset == expected_size:
+                return FetchResult(expected_size, digest.hexdigest(), 0, resumed=True)
+            headers = {}
+            if offset:
+                headers = {"Range": f"bytes={offset}-", "If-Range": f'"{expected_sha256}"'}
+            with self._exchange(target, device_id, headers) as response:
+                start = _body_start(response, where, offset, expected_size, expected_sha256)
+                if start != offset:  # the unit sent the whole file: start over
+                    digest = hashlib.sha256()
+                    self._local(where, file.seek, 0)
+                    self._local(where, file.truncate)
+                transferred = self._stream(response, file, digest, expected_size - start, where)
+            self._local(where, file.flush)
+        return FetchResult(expected_size, digest.hexdigest(), transferred, resumed=start > 0)
+
+    def fetch_signature(self, url: str, *, device_id: str) -> str:
+        """The text of a clip's ``.minisig`` (small: read into memory, at most 16 KiB)."""
+        target = _target(url)
+        where = f"unit {device_id}: GET {target.path}"
+        with self._exchange(target, device_id, {}) as response:
+            body = _small_body(response, where, _MAX_SIGNATURE_BYTES)
+        try:
+            return body.decode("ascii")
+        except UnicodeDecodeError:
+            raise FetchError(FetchErrorKind.PROTOCOL, f"{where}: signature is not ASCII") from None
+
+    def list_clips(self, base_url: str, *, device_id: str) -> list[ListedClip]:
+        """The clips *device_id* still holds (``GET <base_url>/v1/clips``), for reconciliation."""
+        target = _target(base_url.rstrip("/") + "/v1/clips")
+        where = f"unit {device_id}: GET {target.path}"
+        with self._exchange(target, device_id, {}) as response:
+            body = _small_body(response, where, _MAX_LISTING_BYTES)
+        try:
+            return _parse_listing(json.loads(body))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise FetchError(
+                FetchErrorKind.PROTOCOL, f"{where}: malformed clip list: {exc}"
+            ) from None
+
+    # --- the exchange -------------------------------------------------------------------------
+
+    @contextmanager
+    def _exchange(
+        self, target: _Target, device_id: str, headers: Mapping[str, str]
+    ) -> Iterator[http.client.HTTPResponse]:
+        """Connect, check the unit's identity, send a GET; map every failure to FetchError."""
+        where = f"unit {device_id}: GET {target.path}"
+        conn = http.client.HTTPSConnection(
+            target.host, target.port, timeout=self.timeout_s, context=self._context
+        )
+        phase = "connecting"
+        try:
+            conn.connect()
+            assert isinstance(conn.sock, ssl.SSLSocket)  # HTTPSConnection with a context
+            problem = self._identity_problem(conn.sock, device_id)
+            if problem is not None:
+                raise FetchError(FetchErrorKind.IDENTITY, f"{where}: {problem}")
+            phase = "waiting for the response"
+            conn.request("GET", target.path, headers=dict(headers))
+            response = conn.getresponse()
+            phase = "reading the body"
+            try:
+                yield response
+            finally:
+                # A response that ends with the connection owns the socket: conn.close()
+                # alone would leave it open.
+                response.close()
+        except (OSError, http.client.HTTPException) as exc:
+            raise _network_error(exc, f"{where}: {phase}", self.timeout_s) from exc
+        finally:
+            conn.close()
+
+    def _identity_problem(self, sock: ssl.SSLSocket, device_id: str) -> str | None:
+        der = sock.getpeercert(binary_form=True)
+        if der is None:  # cannot happen with CERT_REQUIRED; refuse rather than assume
+            return "presented no certificate"
+        cert = x509.load_der_x509_certificate(der)
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        cn = str(names[0].value) if len(names) == 1 else None
+        if cn != device_id:
+            return f"presents the certificate of {cn!r}, not of unit {device_id!r}"
+        # OpenSSL has checked the chain ends at the site root. The site's root issues service
+        # certificates (receiver, broker) itself and only one intermediate, the device CA
+        # (root path length 1), so a chain not issued by the root directly goes through the
+        # device CA: a service certificate named like a unit is refused here.
+        if any(_directly_issued(cert, root) for root in self._roots):
+            return f"certificate {cn!r} is issued by the site root, not by the device CA"
+        try:
+            if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+                return f"certificate {cn!r} is a CA certificate"
+        except x509.ExtensionNotFound:
+            pass
+        return None
+
+    # --- the body -----------------------------------------------------------------------------
+
+    def _rehash(self, file: IO[bytes], expected_size: int, where: str) -> tuple[int, hashlib._Hash]:
+        """Hash what *file* holds already (so the result covers the whole file); a file longer
+        than the clip cannot be a prefix of it and is emptied."""
+        digest = hashlib.sha256()
+        try:
+            size = os.fstat(file.fileno()).st_size
+            if size > expected_size:
+                file.truncate(0)
+                return 0, digest
+            while chunk := file.read(self.chunk_bytes):
+                digest.update(chunk)
+        except OSError as exc:
+            raise FetchError(
+                FetchErrorKind.LOCAL, f"{where}: cannot read the spool file: {exc}"
+            ) from exc
+        return size, digest
+
+    def _stream(
+        self,
+        response: http.client.HTTPResponse,
+        file: IO[bytes],
+        digest: hashlib._Hash,
+        wanted: int,
+        where: str,
+    ) -> int:
+        buffer = memoryview(bytearray(self.chunk_bytes))
+        received = 0
+        while True:
+            # One byte more than still wanted: a body without a length that runs on is caught
+            # with one byte read and none written.
+            n = response.readinto(buffer[: min(len(buffer), wanted - received + 1)])
+            if not n:
+                break
+            if received + n > wanted:
+                raise FetchError(
+                    FetchErrorKind.TOO_LARGE, f"{where}: more than the {wanted} bytes expected"
+                )
+            self._local(where, file.write, buffer[:n])
+            digest.update(buffer[:n])
+            received += n
+        if received < wanted:
+            raise FetchError(
+                FetchErrorKind.TRUNCATED, f"{where}: body ended after {received} of {wanted} bytes"
+            )
+        return received
+
+    @staticmethod
+    def _local(where: str, action: Callable[..., object], *args: object) -> None:
+        """Run a spool-file operation: its OSError is the receiver's trouble, not the unit's."""
+        try:
+            action(*args)
+        except OSError as exc:
+            raise FetchError(
+                FetchErrorKind.LOCAL, f"{where}: cannot write the spool file: {exc}"
+            ) from exc
+
+
+def _status_error(response: http.client.HTTPResponse, where: str) -> FetchError:
+    status = response.status
+    what = f"{where}: HTTP {status} {response.reason}"
+    if status == 404:
+        return FetchError(FetchErrorKind.NOT_FOUND, what)
+    if status in (401, 403):
+        return FetchError(FetchErrorKind.FORBIDDEN, what)
+    if status == 416:  # the unit's file is shorter than what we hold of it
+        return FetchError(FetchErrorKind.MISMATCH, what)
+    if status >= 500 or status == 429:
+        return FetchError(FetchErrorKind.SERVER_ERROR, what)
+    return FetchError(FetchErrorKind.PROTOCOL, what)
+
+
+def _body_start(
+    response: http.client.HTTPResponse, where: str, offset: int, size: int, sha256: str
+) -> int:
+    """Check a clip response's status and headers against the announcement; return the byte
+    offset its body starts at (0 for a whole file, *offset* for the range asked)."""
+    if response.status not in (200, 206):
+        raise _status_error(response, where)
+    etag = response.getheader("ETag")
+    if etag is not None and etag.strip() != f'"{sha256}"':
+        raise FetchError(
+            FetchErrorKind.MISMATCH, f"{where}: unit serves ETag {etag[:70]}, announced {sha256}"
+        )
+    total = response.length  # Content-Length, if the response has one
+    first = 0
+    if response.status == 206:
+        match = _CONTENT_RANGE.fullmatch((response.getheader("Content-Range") or "").strip())
+        if match is None:
+            raise FetchError(FetchErrorKind.PROTOCOL, f"{where}: 206 without a byte Content-Range")
+        first, last, total = (int(g) for g in match.groups())
+        if first != offset or last != total - 1 or response.length not in (None, last - first + 1):
+            raise FetchError(
+                FetchErrorKind.PROTOCOL,
+                f"{where}: Content-Range {first}-{last}/{total} is not the range asked",
+            )
+    if total is not None and total > size:
+        raise FetchError(
+            FetchErrorKind.TOO_LARGE, f"{where}: unit serves {total} bytes, announced {size}"
+        )
+    if total is not None and total < size:
+        raise FetchError(
+            FetchErrorKind.MISMATCH, f"{where}: unit serves {total} bytes, announced {size}"
+        )
+    return first
+
+
+def _small_body(response: http.client.HTTPResponse, where: str, limit: int) -> bytes:
+    if response.status != 200:
+        raise _status_error(response, where)
+    declared = response.length
+    if declared is not None and declared > limit:
+        raise FetchError(FetchErrorKind.TOO_LARGE, f"{where}: {declared} bytes, limit {limit}")
+    body = response.read(limit + 1)
+    if len(body) > limit:
+        raise FetchError(FetchErrorKind.TOO_LARGE, f"{where}: more than {limit} bytes")
+    if declared is not None and len(body) < declared:
+        raise FetchError(
+            FetchErrorKind.TRUNCATED, f"{where}: body ended after {len(body)} of {declared} bytes"
+        )
+    return body
+
+
+def _network_error(exc: BaseException, where: str, timeout_s: float) -> FetchError:
+    """Translate an exception of the socket, TLS or HTTP layer into a FetchError."""
+    kind, what = FetchErrorKind.PROTOCOL, f"malformed response ({type(exc).__name__})"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        kind, what = FetchErrorKind.TLS, f"certificate not trusted: {exc.verify_message}"
+    elif isinstance(exc, ssl.SSLError) and "ALERT" in (exc.reason or ""):
+        # An alert from the unit: it refused our certificate or the protocol. TLS 1.3 reports a
+        # refused client certificate only at the first read, hence in any phase; and a reset
+        # can overtake the alert, which then looks like RESET (retried; the unit logs why).
+        kind, what = FetchErrorKind.TLS, f"TLS refused by the unit: {exc.reason}"
+    elif isinstance(exc, TimeoutError):
+        kind, what = FetchErrorKind.TIMEOUT, f"no progress for {timeout_s:g} s"
+    elif isinstance(exc, ConnectionRefusedError):
+        kind, what = FetchErrorKind.UNREACHABLE, "connection refused"
+    elif isinstance(exc, http.client.IncompleteRead):
+        kind, what = FetchErrorKind.TRUNCATED, "body ended early"
+    elif isinstance(
+        exc, ConnectionError | ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError
+    ):
+        kind, what = FetchErrorKind.RESET, "connection closed by the unit"
+    elif isinstance(exc, ssl.SSLError):
+        kind, what = FetchErrorKind.TLS, f"TLS failure: {exc.reason or exc}"
+    elif isinstance(exc, OSError):
+        kind, what = FetchErrorKind.UNREACHABLE, f"network error: {exc.strerror or exc}"
+    return FetchError(kind, f"{where}: {what}")
+
+
+def _parse_listing(data: object) -> list[ListedClip]:
+    if not isinstance(data, list):
+        raise ValueError("not a JSON list")
+    clips = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise ValueError(f"item {i} is not an object")
+        clip_id, size, sha256 = item["clip_id"], item["size_bytes"], item["sha256"]
+        state, sealed_at = item["state"], item["sealed_at"]
+        if not isinstance(clip_id, str) or not re.fullmatch(CLIP_ID_PATTERN, clip_id):
+            raise ValueError(f"item {i}: bad clip_id")
+        if type(size) is not int or size <= 0:
+            raise ValueError(f"item {i}: bad size_bytes")
+        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+            raise ValueError(f"item {i}: bad sha256")
+        if not isinstance(state, str) or not isinstance(sealed_at, str | None):
+            raise ValueError(f"item {i}: bad state or sealed_at")
+        when = None if sealed_at is None else datetime.fromisoformat(sealed_at)
+        clips.append(ListedClip(clip_id, size, sha256, state, when))
+    return clips

@@ -1,0 +1,171 @@
+"""The puller: claims announced clips from the catalog, fetches, verifies, stores, receipts.
+
+Each worker takes one clip at a time under a lease (so several receivers share the work and a
+crashed one's clips are taken over), downloads it into the spool with byte-range resume, runs
+the verification decisions, and only then moves the ciphertext into the store, marks it stored
+and hands it to the receipt sender. A clip that fails verification is quarantined with its
+reason, never receipted, and stays on the unit.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from protocol.registry import Registry
+
+from .catalog import Catalog
+from .catalog.records import ClipRecord
+from .fetch import Backoff, FetchClient, FetchError
+from .store import ClipStore
+from .verify import verify_clip_file
+
+__all__ = ["PullSettings", "Puller"]
+
+log = logging.getLogger("painav.receiver.puller")
+
+
+@dataclass(frozen=True)
+class PullSettings:
+    concurrency: int = 4
+    lease_s: float = 300.0
+    retry_base_s: float = 2.0
+    retry_max_s: float = 300.0
+    idle_poll_s: float = 1.0  # how long a worker waits when the queue is empty
+
+
+class Puller:
+    """*concurrency* workers pulling clips until :meth:`stop`."""
+
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        store: ClipStore,
+        fetcher: FetchClient,
+        registry_path: Path,
+        data_key_recipient: str,
+        spool: Path,
+        on_stored: Callable[[ClipRecord], None],
+        worker_id: str,
+        settings: PullSettings = PullSettings(),
+    ) -> None:
+        self._catalog = catalog
+        self._store = store
+        self._fetcher = fetcher
+        self._registry_path = registry_path
+        self._data_key = data_key_recipient
+        self._spool = spool
+        self._on_stored = on_stored
+        self._worker_id = worker_id
+        self._settings = settings
+        self._backoff = Backoff(base_s=settings.retry_base_s, cap_s=settings.retry_max_s)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def start(self) -> None:
+        for n in range(self._settings.concurrency):
+            name = f"{self._worker_id}/{n}"
+            thread = threading.Thread(target=self._work, args=(name,), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def wake(self) -> None:
+        """Something was announced: idle workers look at the queue now."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    def _work(self, worker: str) -> None:
+        while not self._stop.is_set():
+            try:
+                clip = self._catalog.claim_next(
+                    worker=worker, now=datetime.now(UTC), lease_s=self._settings.lease_s
+                )
+            except Exception:  # a database hiccup must not end the worker
+                log.exception("claiming a clip failed")
+                clip = None
+            if clip is None:
+                self._wake.wait(self._settings.idle_poll_s)
+                self._wake.clear()
+                continue
+            try:
+                self.pull(clip, worker)
+            except Exception:  # one bad clip must not end the worker
+                log.exception("pulling %s failed", clip.clip_id)
+                self._retry(clip, worker, "internal error, see the journal")
+
+    def pull(self, clip: ClipRecord, worker: str) -> None:
+        """Fetch, verify and store one claimed clip."""
+        part = self._spool / f"{clip.clip_id}.part"
+        try:
+            result = self._fetcher.fetch(
+                clip.url,
+                part,
+                device_id=clip.device_id,
+                expected_size=clip.size_bytes,
+                expected_sha256=clip.sha256,
+            )
+            signature = self._fetcher.fetch_signature(
+                clip.url + ".minisig", device_id=clip.device_id
+            )
+        except FetchError as exc:
+            if exc.retryable:
+                self._retry(clip, worker, str(exc))
+            else:
+                self._quarantine(clip, f"fetch_{exc.kind}", str(exc), part)
+            return
+        verdict = verify_clip_file(
+            Registry.load(self._registry_path),
+            device_id=clip.device_id,
+            clip_id=clip.clip_id,
+            announced_sha256=clip.sha256,
+            signature_text=signature,
+            clip_file=part,
+            data_key_recipient=self._data_key,
+            manifest_recipients=list(clip.manifest.recipients),
+        )
+        if not verdict.ok:
+            assert verdict.reason is not None
+            self._quarantine(clip, verdict.reason.value, verdict.detail, part)
+            return
+        key = self._store.put(clip.sha256, part, signature)
+        stored = self._catalog.mark_stored(
+            clip.clip_id, store_key=key, stored_at=datetime.now(UTC), worker=worker
+        )
+        part.unlink(missing_ok=True)
+        log.info(
+            "stored %s from %s (%d bytes, %d transferred%s)",
+            clip.clip_id,
+            clip.device_id,
+            result.size,
+            result.transferred,
+            ", resumed" if result.resumed else "",
+        )
+        self._on_stored(stored)
+
+    def _retry(self, clip: ClipRecord, worker: str, error: str) -> None:
+        # Exponential backoff with full jitter, so a unit that comes back is not stampeded.
+        delay_s = random.uniform(0, self._backoff.ceiling_s(clip.attempts))
+        retry_at = datetime.now(UTC) + timedelta(seconds=delay_s)
+        log.warning("fetching %s failed, retrying: %s", clip.clip_id, error)
+        try:
+            self._catalog.fetch_failed(clip.clip_id, error=error, retry_at=retry_at, worker=worker)
+        except Exception:  # the lease lapses and another worker takes it
+            log.exception("could not record the failed fetch of %s", clip.clip_id)
+
+    def _quarantine(self, clip: ClipRecord, reason: str, detail: str, part: Path) -> None:
+        log.error("quarantined %s from %s: %s (%s)", clip.clip_id, clip.device_id, reason, detail)
+        self._catalog.quarantine(clip.clip_id, reason)
+        part.unlink(missing_ok=True)  # nothing of a rejected clip is kept; the unit keeps it

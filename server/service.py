@@ -1,0 +1,140 @@
+"""The hospital receiver: wires the MQTT link, catalog, puller, store and receipts, and runs.
+
+Announcements are recorded in the catalog from the MQTT thread before the broker is
+acknowledged, so one the receiver dies on is delivered again (and recorded once). The puller's
+workers do the network and disk work; a stored clip's receipt is signed with the receipt key
+and published QoS 1; the clip is marked receipted once the broker has it. A clip announced
+again after that gets its receipt again: the unit may have missed it.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+from protocol.messages import ClipAnnouncement, Event, Status, Telemetry
+from protocol.minisign import SigningKey
+from protocol.signing import sign_receipt
+
+from .catalog import Catalog, ClipState
+from .catalog.records import ClipRecord
+from .config import ReceiverConfig
+from .fetch import FetchClient
+from .mqtt import Incoming, ReceiverLink
+from .puller import Puller, PullSettings
+from .store import LocalStore
+
+__all__ = ["ReceiverService"]
+
+log = logging.getLogger("painav.receiver")
+
+_RECEIPT_ACK_S = 10.0
+
+
+class ReceiverService:
+    """The running receiver; :meth:`run` returns when *stop* is set."""
+
+    def __init__(self, config: ReceiverConfig) -> None:
+        self.config = config
+        site, tls = config.site, config.tls
+        self.catalog = Catalog(config.catalog.url)
+        self.store = LocalStore(config.store.dir)
+        self.receipt_key = SigningKey.from_file(tls.receipt_key)
+        self.link = ReceiverLink(
+            site_id=site.site_id,
+            receiver_id=site.receiver_id,
+            host=config.mqtt.host,
+            port=config.mqtt.port,
+            cert_file=tls.cert,
+            key_file=tls.key,
+            ca_file=tls.ca,
+            group=config.mqtt.group,
+            keepalive_s=config.mqtt.keepalive_s,
+            session_expiry_s=config.mqtt.session_expiry_s,
+            on_message=self._on_message,
+            on_bad_message=lambda topic, error: None,  # counted and logged by the link
+            on_connect=lambda: log.info("connected to the broker"),
+        )
+        self._receipts = ThreadPoolExecutor(1, thread_name_prefix="receipts")
+        self.puller = Puller(
+            catalog=self.catalog,
+            store=self.store,
+            fetcher=FetchClient(
+                cert_file=tls.cert,
+                key_file=tls.key,
+                ca_file=tls.ca,
+                timeout_s=config.pull.timeout_s,
+            ),
+            registry_path=site.registry,
+            data_key_recipient=site.data_key_recipient,
+            spool=config.store.spool,
+            on_stored=self._queue_receipt,
+            worker_id=f"{site.receiver_id}@{socket.gethostname()}",
+            settings=PullSettings(
+                concurrency=config.pull.concurrency,
+                lease_s=config.pull.lease_s,
+                retry_max_s=config.pull.retry_max_s,
+            ),
+        )
+
+    def run(self, stop: threading.Event) -> None:
+        self.link.start()
+        self.puller.start()
+        log.info("receiver for site %s running", self.config.site.site_id)
+        try:
+            while not stop.wait(60):
+                head = self.catalog.audit.head()
+                # The audit chain's head in the journal: a rewrite of the whole table shows.
+                log.info("audit head: %s", head)
+        finally:
+            self.puller.stop()
+            self._receipts.shutdown(wait=True)
+            self.link.stop()
+            self.catalog.close()
+
+    # --- MQTT (paho's thread: quick, and never raises) ---------------------------------------
+
+    def _on_message(self, incoming: Incoming) -> None:
+        message, topic, at = incoming.message, incoming.topic, incoming.received_at
+        if isinstance(message, ClipAnnouncement):
+            clip, new = self.catalog.record_announcement(message, received_at=at)
+            if new:
+                self.puller.wake()
+            elif clip.state in (ClipState.STORED, ClipState.RECEIPTED):
+                self._queue_receipt(clip)  # announced again: the unit missed the receipt
+        elif isinstance(message, Status):
+            self.catalog.upsert_status(topic.site, topic.device, message, seen_at=at)
+        elif isinstance(message, Telemetry):
+            self.catalog.record_telemetry(topic.site, topic.device, message, seen_at=at)
+        elif isinstance(message, Event):
+            self.catalog.record_event(topic.site, topic.device, message, received_at=at)
+
+    # --- receipts --------------------------------------------------------------------------
+
+    def _queue_receipt(self, clip: ClipRecord) -> None:
+        # Sent from a thread of its own: waiting for the broker's acknowledgement on paho's
+        # network thread (a re-announcement) would wait for the very thread that reads it.
+        self._receipts.submit(self._send_receipt, clip)
+
+    def _send_receipt(self, clip: ClipRecord) -> None:
+        receipt = sign_receipt(
+            self.receipt_key,
+            site_id=clip.site_id,
+            device_id=clip.device_id,
+            clip_id=clip.clip_id,
+            sha256=clip.sha256,
+            receiver_id=self.config.site.receiver_id,
+            stored_at=clip.stored_at or datetime.now(UTC),
+        )
+        handle = self.link.publish(receipt)
+        if not handle.wait(_RECEIPT_ACK_S):
+            # Not lost: the unit announces the clip again until it has a receipt, and the
+            # receipt is re-sent then.
+            log.warning("receipt for %s not acknowledged: %s", clip.clip_id, handle.reason)
+            return
+        if clip.state is ClipState.STORED:
+            self.catalog.mark_receipted(clip.clip_id, at=datetime.now(UTC))
+        log.info("receipt sent for %s", clip.clip_id)
