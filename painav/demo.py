@@ -34,7 +34,7 @@ from provisioning.devices import add_device
 from provisioning.receiver import receiver_config
 from provisioning.site import Site, init_site
 
-from .localsite import HOST, broker_user, free_port, unit_config
+from .localsite import HOST, broker_accepts_logins, broker_user, free_port, unit_config
 
 if TYPE_CHECKING:
     from server.service import ReceiverService
@@ -215,26 +215,11 @@ def _start_broker(stack: ExitStack, broker_dir: Path, port: int, site: Site) -> 
         ["mosquitto", "-c", str(broker_dir / "mosquitto.conf")], stdout=log, stderr=log
     )
     stack.callback(_terminate, process)
-    import socket
-    import ssl
-
-    ctx = ssl.create_default_context(cafile=str(site.paths.root_cert))
-    ctx.load_cert_chain(
-        str(site.paths.receiver_dir / "tls.crt"), str(site.paths.receiver_dir / "tls.key")
-    )
 
     def ready() -> bool:
-        try:
-            with (
-                socket.create_connection((HOST, port), timeout=1) as raw,
-                ctx.wrap_socket(raw, server_hostname=HOST),
-            ):
-                return True
-        except OSError:
-            if process.poll() is not None:
-                log_file = broker_dir / "mosquitto.log"
-                raise RuntimeError(f"mosquitto exited; see {log_file}") from None
-            return False
+        if process.poll() is not None:
+            raise RuntimeError(f"mosquitto exited; see {broker_dir / 'mosquitto.log'}")
+        return broker_accepts_logins(site, port)
 
     _wait(ready, "the broker", 15)
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import pwd
 import socket
+import ssl
 from pathlib import Path
 
 from provisioning.site import Site
 
-__all__ = ["HOST", "broker_user", "free_port", "unit_config"]
+__all__ = ["HOST", "broker_accepts_logins", "broker_user", "free_port", "unit_config"]
 
 HOST = "127.0.0.1"
 
@@ -20,6 +21,21 @@ def free_port() -> int:
         s.bind((HOST, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def broker_accepts_logins(site: Site, port: int) -> bool:
+    """Whether the broker on *port* completes a TLS login with the receiver's certificate."""
+    ctx = ssl.create_default_context(cafile=str(site.paths.root_cert))
+    rdir = site.paths.receiver_dir
+    ctx.load_cert_chain(str(rdir / "tls.crt"), str(rdir / "tls.key"))
+    try:
+        with (
+            socket.create_connection((HOST, port), timeout=1) as raw,
+            ctx.wrap_socket(raw, server_hostname=HOST),
+        ):
+            return True
+    except OSError:
+        return False
 
 
 def broker_user() -> str:

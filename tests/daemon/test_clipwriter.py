@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from fractions import Fraction
 from pathlib import Path
@@ -15,6 +14,7 @@ from daemon.clipwriter import ClipWriter
 from daemon.hardware.base import AudioBlock, VideoPacket
 from protocol.signing import SigningKey, verify_clip
 from protocol.x25519 import X25519Identity
+from tests.support.unit import probe_seconds
 
 FPS, RATE = 30, 48_000
 
@@ -44,30 +44,6 @@ def keys(tmp_path: Path) -> tuple[X25519Identity, Path, SigningKey]:
     key_file = tmp_path / "data-key.txt"
     key_file.write_text(f"{identity}\n")
     return identity, key_file, SigningKey.generate()
-
-
-def probe(media: Path) -> dict[str, float]:
-    """Last packet end time per stream type, as ffprobe reads the file."""
-    result = subprocess.run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-show_entries",
-            "packet=codec_type,pts_time,duration_time",
-            "-of",
-            "json",
-            str(media),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    ends: dict[str, float] = {}
-    for p in json.loads(result.stdout)["packets"]:
-        end = float(p["pts_time"]) + float(p.get("duration_time") or 0)
-        ends[p["codec_type"]] = max(ends.get(p["codec_type"], 0.0), end)
-    return ends
 
 
 def test_a_clip_decrypts_with_age_and_plays(tmp_path: Path, keys) -> None:
@@ -103,7 +79,7 @@ def test_a_clip_decrypts_with_age_and_plays(tmp_path: Path, keys) -> None:
     assert binding.sha256 == sealed.sha256
     media = tmp_path / "clip.mkv"
     subprocess.run(["age", "-d", "-i", str(key_file), "-o", str(media), str(part)], check=True)
-    ends = probe(media)
+    ends = probe_seconds(media)
     assert abs(ends["video"] - 3.0) < 0.1 and abs(ends["audio"] - 3.0) < 0.1
 
 

@@ -8,7 +8,6 @@ import queue
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -25,6 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from painav.localsite import HOST as HOST
+from painav.localsite import broker_accepts_logins
 from painav.localsite import broker_user as broker_user
 from painav.localsite import free_port as free_port
 from provisioning.broker import CONFIG_FILE, write_broker_config
@@ -96,7 +96,7 @@ class Broker:
                 stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not _tls_ready(self.port, self.site):
+        while not broker_accepts_logins(self.site, self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"mosquitto did not start:\n{self.log()}")
             time.sleep(0.02)
@@ -126,20 +126,6 @@ class Broker:
             if time.monotonic() > deadline:
                 raise AssertionError("Mosquitto did not reload on SIGHUP")
             time.sleep(0.01)
-
-
-def _tls_ready(port: int, site: Site) -> bool:
-    ctx = ssl.create_default_context(cafile=str(site.paths.root_cert))
-    rdir = site.paths.receiver_dir
-    ctx.load_cert_chain(str(rdir / "tls.crt"), str(rdir / "tls.key"))
-    try:
-        with (
-            socket.create_connection((HOST, port), timeout=1) as raw,
-            ctx.wrap_socket(raw, server_hostname=HOST),
-        ):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture
