@@ -69,16 +69,38 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors a person acts on, by module: looked up only in modules the command already loaded,
+# so that naming them here imports nothing heavy.
+_ERRORS = (
+    ("protocol.errors", "ProtocolError"),
+    ("provisioning.errors", "ProvisioningError"),
+    ("daemon.hardware.base", "HardwareError"),
+    ("daemon.outbox", "OutboxError"),
+    ("daemon.control", "ControlError"),
+    ("daemon.announcer", "AnnouncerError"),
+    ("server.catalog.errors", "CatalogError"),
+    ("server.store", "StoreError"),
+    ("server.fetch", "FetchError"),
+    ("server.mqtt", "ReceiverLinkError"),
+)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    found: list[type[BaseException]] = [OSError]
+    for module_name, class_name in _ERRORS:
+        module = sys.modules.get(module_name)
+        if module is not None:
+            found.append(getattr(module, class_name))
+    return tuple(found)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     module_name, _, func_name = args.handler.partition(":")
     handler = getattr(importlib.import_module(module_name), func_name)
-    from protocol.errors import ProtocolError
-    from provisioning.errors import ProvisioningError
-
     try:
         return int(handler(args))
-    except (ProtocolError, ProvisioningError, OSError) as exc:
+    except _user_errors() as exc:
         # One line a person can act on; the exception text already names what and where.
         print(f"painav: error: {exc}", file=sys.stderr)
         return 1

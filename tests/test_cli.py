@@ -146,3 +146,14 @@ def test_demo_runs_end_to_end_and_keeps_its_files(request_cleanup: list[Path]) -
     for path in work.rglob("*"):
         if path.is_file() and not path.is_socket():
             assert b"\x1a\x45\xdf\xa3" not in path.read_bytes(), path
+
+
+def test_every_listed_user_error_class_exists() -> None:
+    """The CLI's one-line error handling names classes by module: keep the names true."""
+    import importlib
+
+    from painav.cli import _ERRORS
+
+    for module_name, class_name in _ERRORS:
+        cls = getattr(importlib.import_module(module_name), class_name)
+        assert issubclass(cls, Exception)
