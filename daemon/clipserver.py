@@ -235,13 +235,17 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _listing(entry: OutboxEntry) -> dict[str, object]:
-    sealed = entry.sealed_at
+    # With the manifest and signature, an entry is all an announcement carries but the URL: the
+    # receiver's reconciliation catalogues a clip whose announcement was lost from it alone.
+    sealed, manifest = entry.sealed_at, entry.manifest_json
     return {
         "clip_id": entry.clip_id,
         "size_bytes": entry.size_bytes,
         "sha256": entry.sha256,
         "state": str(entry.state),
         "sealed_at": None if sealed is None else format_timestamp(sealed),
+        "manifest": None if manifest is None else json.loads(manifest),
+        "signature": entry.signature,
     }
 
 
@@ -251,9 +255,10 @@ class ClipServer:
     The TLS handshake asks for a client certificate chaining to *ca_file* (the site root only);
     then the certificate must be issued directly by that root and name *receiver_id* as its CN,
     so a unit's certificate (issued by the device CA) never passes as the receiver's. Read-only:
-    ``GET``/``HEAD`` of ``/v1/clips`` (the pending list) and ``/v1/clips/<id>.age[.minisig]``
-    with byte ranges. At most *max_connections* at once; each socket operation times out after
-    *timeout_s* seconds, so a stalled client cannot hold a thread forever::
+    ``GET``/``HEAD`` of ``/v1/clips`` (the pending list, each clip with its manifest and
+    signature) and ``/v1/clips/<id>.age[.minisig]`` with byte ranges. At most *max_connections*
+    at once; each socket operation times out after *timeout_s* seconds, so a stalled client
+    cannot hold a thread forever::
 
         server = ClipServer(outbox, port=0, cert_file=..., key_file=..., ca_file=...,
                             receiver_id="receiver")

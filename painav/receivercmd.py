@@ -26,6 +26,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     units = sub.add_parser("units", parents=[common], help="units, last seen and status")
     units.add_argument("--json", action="store_true")
     units.set_defaults(handler="painav.receivercmd:units")
+    reconcile = sub.add_parser(
+        "reconcile",
+        parents=[common],
+        help="list online units' outboxes once, catalogue missed clips",
+    )
+    reconcile.set_defaults(handler="painav.receivercmd:reconcile")
     audit = commands.add_parser("audit", help="the append-only audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     verify = audit_sub.add_parser("verify", parents=[common], help="check the hash chain")
@@ -123,6 +129,32 @@ def units(args: argparse.Namespace) -> int:
             f"{u.last_seen_at:%Y-%m-%d %H:%M:%S}Z  queue {queue}"
         )
     return 0
+
+
+def reconcile(args: argparse.Namespace) -> int:
+    import logging
+    from datetime import UTC, datetime
+
+    from server.catalog import Catalog
+    from server.config import load_config
+    from server.fetch import FetchClient
+    from server.reconcile import reconcile_once
+
+    # What went wrong with a unit is logged (one line each), the counts printed.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = load_config(args.config)
+    tls = config.tls
+    fetcher = FetchClient(
+        cert_file=tls.cert, key_file=tls.key, ca_file=tls.ca, timeout_s=config.pull.timeout_s
+    )
+    catalog = Catalog(config.catalog.url)
+    try:
+        report = reconcile_once(catalog, fetcher, now=datetime.now(UTC))
+    finally:
+        catalog.close()
+    # A running receiver's pullers find new clips in the catalog within their idle poll.
+    print(report)
+    return 1 if report.errors else 0
 
 
 def audit_verify(args: argparse.Namespace) -> int:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from protocol.registry import Registry
 
-from .catalog import Catalog
+from .catalog import Catalog, ClipState
+from .catalog.errors import IllegalTransitionError, LeaseLostError
 from .catalog.records import ClipRecord
 from .fetch import Backoff, FetchClient, FetchError
 from .store import ClipStore
@@ -141,10 +142,19 @@ class Puller:
             self._quarantine(clip, verdict.reason.value, verdict.detail, part)
             return
         key = self._store.put(clip.sha256, part, signature)
-        stored = self._catalog.mark_stored(
-            clip.clip_id, store_key=key, stored_at=datetime.now(UTC), worker=worker
-        )
         part.unlink(missing_ok=True)
+        try:
+            stored = self._catalog.mark_stored(
+                clip.clip_id, store_key=key, stored_at=datetime.now(UTC), worker=worker
+            )
+        except (LeaseLostError, IllegalTransitionError):
+            # The clip changed hands while we fetched. Quarantined meanwhile (re-announced with
+            # another hash): its bytes must not stay in the store. Taken over by another worker:
+            # that worker stores the same bytes under the same key, so they stay.
+            if self._catalog.clip(clip.clip_id).state is ClipState.QUARANTINED:
+                self._store.delete(clip.sha256)
+            log.warning("%s changed hands while it was fetched; not marked stored", clip.clip_id)
+            return
         log.info(
             "stored %s from %s (%d bytes, %d transferred%s)",
             clip.clip_id,

@@ -4,7 +4,9 @@ Announcements are recorded in the catalog from the MQTT thread before the broker
 acknowledged, so one the receiver dies on is delivered again (and recorded once). The puller's
 workers do the network and disk work; a stored clip's receipt is signed with the receipt key
 and published QoS 1; the clip is marked receipted once the broker has it. A clip announced
-again after that gets its receipt again: the unit may have missed it.
+again after that gets its receipt again: the unit may have missed it. Every
+``pull.reconcile_interval_s`` the main thread lists the online units' outboxes
+(:mod:`server.reconcile`), so a clip whose announcement was lost is pulled all the same.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -25,6 +28,7 @@ from .config import ReceiverConfig
 from .fetch import FetchClient
 from .mqtt import Incoming, ReceiverLink
 from .puller import Puller, PullSettings
+from .reconcile import reconcile_once
 from .store import LocalStore
 
 __all__ = ["ReceiverService"]
@@ -32,6 +36,7 @@ __all__ = ["ReceiverService"]
 log = logging.getLogger("painav.receiver")
 
 _RECEIPT_ACK_S = 10.0
+_AUDIT_HEAD_S = 60.0
 
 
 class ReceiverService:
@@ -59,15 +64,13 @@ class ReceiverService:
             on_connect=lambda: log.info("connected to the broker"),
         )
         self._receipts = ThreadPoolExecutor(1, thread_name_prefix="receipts")
+        self.fetcher = FetchClient(
+            cert_file=tls.cert, key_file=tls.key, ca_file=tls.ca, timeout_s=config.pull.timeout_s
+        )
         self.puller = Puller(
             catalog=self.catalog,
             store=self.store,
-            fetcher=FetchClient(
-                cert_file=tls.cert,
-                key_file=tls.key,
-                ca_file=tls.ca,
-                timeout_s=config.pull.timeout_s,
-            ),
+            fetcher=self.fetcher,
             registry_path=site.registry,
             data_key_recipient=site.data_key_recipient,
             spool=config.store.spool,
@@ -84,16 +87,38 @@ class ReceiverService:
         self.link.start()
         self.puller.start()
         log.info("receiver for site %s running", self.config.site.site_id)
+        # The first pass waits a whole interval: the broker's queued announcements and retained
+        # statuses arrive first, so a pass at start-up would find nothing they do not bring.
+        interval_s = self.config.pull.reconcile_interval_s
+        now = time.monotonic()
+        next_audit, next_reconcile = now + _AUDIT_HEAD_S, now + interval_s
         try:
-            while not stop.wait(60):
-                head = self.catalog.audit.head()
-                # The audit chain's head in the journal: a rewrite of the whole table shows.
-                log.info("audit head: %s", head)
+            while not stop.wait(max(0.0, min(next_audit, next_reconcile) - time.monotonic())):
+                now = time.monotonic()
+                if now >= next_audit:
+                    next_audit = now + _AUDIT_HEAD_S
+                    # The audit chain's head in the journal: a rewrite of the whole table shows.
+                    log.info("audit head: %s", self.catalog.audit.head())
+                if now >= next_reconcile:
+                    self.reconcile()
+                    # Counted from the end of a pass, so a slow pass never runs back to back.
+                    next_reconcile = time.monotonic() + interval_s
         finally:
             self.puller.stop()
             self._receipts.shutdown(wait=True)
             self.link.stop()
             self.catalog.close()
+
+    def reconcile(self) -> None:
+        """One reconciliation pass (in the caller's thread); never raises."""
+        try:
+            report = reconcile_once(self.catalog, self.fetcher, now=datetime.now(UTC))
+        except Exception:  # a database hiccup: the next pass tries again
+            log.exception("reconciliation failed")
+            return
+        if report.recorded_new:
+            self.puller.wake()
+        log.info("%s", report)
 
     # --- MQTT (paho's thread: quick, and never raises) ---------------------------------------
 

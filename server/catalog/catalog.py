@@ -269,6 +269,14 @@ class Catalog:
         with self._session(write=False) as s:
             return [ClipRecord.of(row) for row in s.scalars(query)]
 
+    def latest_clip(self, device_id: str) -> ClipRecord | None:
+        """The unit's most recently announced clip, or None if it never announced one."""
+        query = select(Clip).where(Clip.device_id == device_id)
+        query = query.order_by(Clip.announced_at.desc(), Clip.clip_id.desc()).limit(1)
+        with self._session(write=False) as s:
+            row = s.scalars(query).one_or_none()
+            return None if row is None else ClipRecord.of(row)
+
     def _locked(self, s: Session, clip_id: str) -> Clip:
         clip = s.execute(
             select(Clip).where(Clip.clip_id == clip_id).with_for_update()

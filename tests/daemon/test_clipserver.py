@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -166,8 +167,23 @@ def test_list_shows_only_pending_clips(server: ClipServer, outbox: Outbox, creds
         ("clip-1", "sealed", 1000),
         ("clip-2", "announced", 2000),
     ]
-    first = outbox.get("clip-1")
-    assert listing[0]["sha256"] == first.sha256 and listing[0]["sealed_at"].endswith("Z")
+    for listed, clip_id in zip(listing, ("clip-1", "clip-2"), strict=True):
+        entry = outbox.get(clip_id)
+        assert entry.manifest_json is not None and entry.sealed_at is not None
+        # Exactly these keys: with the manifest and signature, all an announcement carries.
+        assert listed == {
+            "clip_id": clip_id,
+            "size_bytes": entry.size_bytes,
+            "sha256": entry.sha256,
+            "state": str(entry.state),
+            "sealed_at": listed["sealed_at"],
+            "manifest": json.loads(entry.manifest_json),
+            "signature": entry.signature,
+        }
+        assert datetime.fromisoformat(listed["sealed_at"]) == entry.sealed_at
+        assert listed["sealed_at"].endswith("Z")
+        assert listed["signature"].startswith("untrusted comment:")
+        assert listed["manifest"]["sha256"] == entry.sha256
     head = fetch(server.port, creds, "/v1/clips", method="HEAD")
     assert head.status == 200 and head.body == b""
     assert head.headers["Content-Length"] == str(len(reply.body))

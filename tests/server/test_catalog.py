@@ -459,6 +459,17 @@ def test_an_announcement_makes_its_unit_known(catalog: Catalog, announce: Announ
     assert [clip.clip_id for clip in catalog.clips(device_id=A)] == ["clip-1", "clip-3"]
 
 
+def test_a_units_latest_clip_gives_its_address(catalog: Catalog, announce: Announce) -> None:
+    assert catalog.latest_clip(A) is None
+    catalog.record_announcement(announce("clip-2", A), received_at=T0 + timedelta(seconds=5))
+    catalog.record_announcement(announce("clip-1", A), received_at=T0)
+    catalog.record_announcement(announce("clip-3", B), received_at=T0 + timedelta(seconds=9))
+    latest = catalog.latest_clip(A)
+    assert latest is not None and latest.clip_id == "clip-2"  # by announcement, not by id
+    assert latest.url.startswith(f"https://{A}.ward7.example:8443/")
+    assert catalog.latest_clip("cart-99") is None
+
+
 def test_unit_events_are_kept_once(catalog: Catalog) -> None:
     event = Event(kind="discarded", at=T0, clip_id="clip-9", reason="nurse_discard")
     assert catalog.record_event(SITE, C, event, received_at=T0) is True

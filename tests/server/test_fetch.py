@@ -70,18 +70,20 @@ def receiver_client(ward: Ward, **options: float) -> FetchClient:
     )
 
 
-def seal_clip(outbox: Outbox, ward: Ward, clip_id: str, plaintext_bytes: int) -> OutboxEntry:
-    """Record a real clip on the unit: encrypted to the data key, signed, sealed."""
+def seal_clip(
+    outbox: Outbox, ward: Ward, clip_id: str, plaintext_bytes: int, device_id: str = UNIT
+) -> OutboxEntry:
+    """Record a real clip on *device_id*: encrypted to the data key, signed, sealed."""
     part = outbox.begin(clip_id, participant="PAIN-0042", visit="baseline", started_at=T0)
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as file, EnvelopeWriter(file, [ward.data_key]) as writer:
         writer.write(os.urandom(plaintext_bytes))
-    signature, binding = sign_clip(ward.signing_key(UNIT), part, clip_id, UNIT)
+    signature, binding = sign_clip(ward.signing_key(device_id), part, clip_id, device_id)
     size = part.stat().st_size
     announced = manifest(
         clip_id=clip_id,
         site_id="ward7",
-        device_id=UNIT,
+        device_id=device_id,
         sha256=binding.sha256,
         size_bytes=size,
         recipients=(ward.data_key,),
@@ -179,6 +181,9 @@ def test_the_list_of_pending_clips(
         (e.clip_id, e.size_bytes, e.sha256) for e in (first, second)
     ]
     assert all(c.state == "sealed" and c.sealed_at is not None for c in listed)
+    assert [(c.manifest.model_dump_json(), c.signature) for c in listed] == [
+        (e.manifest_json, e.signature) for e in (first, second)
+    ]
 
 
 def range_get(port: int, ward: Ward, path: str, first: int, last: int) -> bytes:
