@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from protocol.message_codec import describe
 from protocol.messages import ClipAnnouncement
 
-from .catalog import Catalog
+from .catalog import Catalog, ClipState
+from .catalog.records import ClipRecord
 from .fetch import FetchClient, FetchError
 
 __all__ = ["ONLINE", "ReconcileReport", "clip_server_url", "reconcile_once"]
@@ -34,11 +35,14 @@ class ReconcileReport:
     recorded_new: int = 0
     errors: int = 0
     skipped: int = 0
+    # Stored here yet still on their unit: the receipt was lost, and is to be sent again.
+    unreceipted: tuple[ClipRecord, ...] = ()
 
     def __str__(self) -> str:
         return (
             f"reconcile: {self.units_checked} units checked ({self.skipped} skipped), "
-            f"{self.listed} clips listed, {self.recorded_new} new, {self.errors} errors"
+            f"{self.listed} clips listed, {self.recorded_new} new, "
+            f"{len(self.unreceipted)} receipts to send again, {self.errors} errors"
         )
 
 
@@ -63,6 +67,7 @@ def reconcile_once(catalog: Catalog, fetcher: FetchClient, *, now: datetime) -> 
     ``errors``, and the pass goes on; only a catalog failure ends it (raised).
     """
     checked = listed = recorded = errors = skipped = 0
+    unreceipted: list[ClipRecord] = []
     for unit in catalog.units():
         latest = catalog.latest_clip(unit.device_id) if unit.status in ONLINE else None
         if latest is None:
@@ -94,8 +99,10 @@ def reconcile_once(catalog: Catalog, fetcher: FetchClient, *, now: datetime) -> 
                 log.warning("%s: not an announcement: %s", where, describe(exc))
                 errors += 1
                 continue
-            _, new = catalog.record_announcement(announcement, received_at=now)
+            record, new = catalog.record_announcement(announcement, received_at=now)
             if new:
                 log.info("%s: catalogued; its announcement never arrived", where)
                 recorded += 1
-    return ReconcileReport(checked, listed, recorded, errors, skipped)
+            elif record.state in (ClipState.STORED, ClipState.RECEIPTED):
+                unreceipted.append(record)
+    return ReconcileReport(checked, listed, recorded, errors, skipped, tuple(unreceipted))

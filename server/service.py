@@ -118,6 +118,8 @@ class ReceiverService:
             return
         if report.recorded_new:
             self.puller.wake()
+        for clip in report.unreceipted:
+            self._queue_receipt(clip)
         log.info("%s", report)
 
     # --- MQTT (paho's thread: quick, and never raises) ---------------------------------------

@@ -333,7 +333,10 @@ def test_painav_receiver_reconcile(
         announce(catalog, announced, f"https://{HOST}:{unit.port}")
         assert main(["receiver", "reconcile", "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    assert out == "reconcile: 1 units checked (0 skipped), 2 clips listed, 1 new, 0 errors\n"
+    assert out == (
+        "reconcile: 1 units checked (0 skipped), 2 clips listed, 1 new, "
+        "0 receipts to send again, 0 errors\n"
+    )
     assert catalog.clip("clip-0002").state is ClipState.ANNOUNCED
 
 
