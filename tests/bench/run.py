@@ -73,6 +73,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--readme", type=Path, help="write the tables into this README")
     parser.add_argument("--recorder-runs", type=int, default=3)
+    parser.add_argument("--ingest-runs", type=int, default=3)
     args = parser.parse_args()
 
     # tmpfs when there is room: this compares the envelope code, not a virtual disk's
@@ -145,13 +146,16 @@ def main() -> int:
     if args.readme:
         write_section(args.readme, "envelope", table)
 
-    from . import recorder
+    from . import ingest, recorder
 
-    figures = recorder.measure(args.recorder_runs)
-    recorder_table = recorder.table(figures)
-    print(recorder_table)
-    if args.readme:
-        write_section(args.readme, "recorder", recorder_table)
+    sections = (
+        ("recorder", recorder.table(recorder.measure(args.recorder_runs))),
+        ("ingest", ingest.table(ingest.measure(args.ingest_runs))),
+    )
+    for section_name, section in sections:
+        print(section)
+        if args.readme:
+            write_section(args.readme, section_name, section)
     return 0
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.control import ControlClient, ControlError
+from daemon.outbox import Outbox, OutboxEntry
 from painav.localsite import unit_config
 from protocol.messages import ClipAnnouncement, Event
 from protocol.minisign import SigningKey
@@ -274,3 +275,194 @@ def start_receiver(
             raise AssertionError("receiver did not connect")
         time.sleep(0.02)
     return Receiver(service, stop, thread)
+
+
+# --- receiver-side fault tests and the ingest benchmark ---------------------------------------
+
+
+def make_h264(path: Path, *, seconds: float = 2.0, width: int = 640, height: int = 360) -> Path:
+    """A noisy 30 fps H.264 (Annex B) stream for :func:`use_replay_camera`.
+
+    Noise defeats the encoder's compression, so the stream runs at ~17 Mbit/s whatever the
+    nominal bitrate: a unit replaying it seals megabytes in a fraction of a second, which the
+    receiver tests need (downloads long enough to interrupt) without recording for minutes.
+    """
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi",
+         "-i", f"testsrc2=size={width}x{height}:rate=30,noise=alls=20:allf=t",
+         "-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "12M",
+         "-maxrate", "12M", "-bufsize", "24M", "-bf", "0", "-g", "30", "-f", "h264", str(path)],
+        check=True,
+    )  # fmt: skip
+    return path
+
+
+def edit_config(unit: Unit, old: str, new: str) -> None:
+    """Replace *old* by *new* in the unit's ``device.toml`` (before :meth:`Unit.start`)."""
+    text = unit.config.read_text()
+    if old not in text:
+        raise AssertionError(f"{unit.config} has no {old!r}")
+    unit.config.write_text(text.replace(old, new, 1))
+
+
+def use_replay_camera(unit: Unit, video: Path) -> None:
+    """The unit's camera replays *video* (see :func:`make_h264`) instead of encoding live."""
+    edit_config(
+        unit,
+        '[camera]\nbackend = "simulated"',
+        f'[camera]\nbackend = "replay"\nreplay_file = "{video}"',
+    )
+
+
+def clip_server_port(unit: Unit) -> int:
+    """The port the unit's clip server listens on, from its ``device.toml``."""
+    import tomllib
+
+    port: int = tomllib.loads(unit.config.read_text())["clip_server"]["port"]
+    return port
+
+
+@dataclass
+class ReceiverProcess:
+    """``painav receiver run --config FILE`` as systemd runs it: a process of its own, which a
+    test can SIGKILL and start again. Its log (INFO and up) is kept in ``receiver.log``."""
+
+    config: Path
+    work: Path
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.work / "receiver.log"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def start(self) -> ReceiverProcess:
+        """Start it; return once it has connected to the broker."""
+        self.starts += 1
+        connected = self.log().count("connected to the broker")
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- start {self.starts} ---\n".encode())
+            log.flush()
+            self.process = subprocess.Popen(
+                [str(PAINAV), "receiver", "run", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while self.log().count("connected to the broker") == connected:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"receiver did not start:\n{self.log()[-4000:]}")
+            time.sleep(0.02)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up at all, as a power cut or the OOM killer leaves it."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def stop(self) -> int:
+        """SIGTERM, as systemd stops it; returns the exit code."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.terminate()
+        try:
+            return self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"receiver did not stop on SIGTERM:\n{self.log()}") from None
+
+
+def receiver_process(
+    site: Site, broker: Broker, work: Path, *, catalog_url: str | None = None, **pull: float
+) -> ReceiverProcess:
+    """A not yet started :class:`ReceiverProcess` with its ``receiver.toml`` in *work*; *pull*
+    overrides ``[pull]`` settings (e.g. ``lease_s=5``, ``concurrency=2``)."""
+    from provisioning.receiver import receiver_config
+
+    work.mkdir(parents=True, exist_ok=True)
+    text = receiver_config(
+        site,
+        catalog_url=catalog_url or f"sqlite:///{work / 'catalog.db'}",
+        store_dir=work / "store",
+        spool_dir=work / "spool",
+        broker_host=HOST,
+        broker_port=broker.port,
+    )
+    head, section = text.split("[pull]\n", 1)
+    lines = [line for line in section.splitlines() if line.split(" = ", 1)[0] not in pull]
+    lines += [f"{key} = {value!r}" for key, value in pull.items()]
+    text = head + "[pull]\n" + "\n".join(lines) + "\n"
+    config = work / "receiver.toml"
+    config.write_text(text)
+    return ReceiverProcess(config, work)
+
+
+def seal_synthetic_clip(
+    outbox: Outbox, site: Site, device_id: str, clip_id: str, plaintext_bytes: int
+) -> OutboxEntry:
+    """Seal a clip into *outbox* as *device_id* would, without recording: random bytes
+    encrypted to the site's recipients, signed with the unit's key, a manifest naming hash, size
+    and recipients. The receiver never decrypts, so to it this is a clip like any other; the
+    ingest benchmark makes 160 MiB of clips this way in seconds."""
+    from protocol.envelope import EnvelopeWriter
+    from protocol.messages import AudioTrack, ClipManifest, VideoTrack
+    from protocol.signing import sign_clip
+
+    started = datetime.now(UTC)
+    part = outbox.begin(clip_id, participant=None, visit=None, started_at=started)
+    recipients = site.recipients()
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as file, EnvelopeWriter(file, recipients) as writer:
+        block = os.urandom(1 << 20)
+        for offset in range(0, plaintext_bytes, len(block)):
+            writer.write(block[: plaintext_bytes - offset])
+    key = SigningKey.from_file(site.paths.devices_dir / device_id / "keys" / "signing.key")
+    signature, binding = sign_clip(key, part, clip_id, device_id)
+    size = part.stat().st_size
+    manifest = ClipManifest(
+        clip_id=clip_id,
+        site_id=site.name,
+        device_id=device_id,
+        participant=None,
+        started_at=started,
+        duration_s=10.0,
+        container="matroska",
+        video=VideoTrack(
+            codec="h264", width=1280, height=720, frame_rate_hz=30.0, frames=300, dropped_frames=0
+        ),
+        audio=AudioTrack(
+            codec="opus", sample_rate_hz=48000, channels=1, frames=480_000, overruns=0
+        ),
+        av_offset_ms=0.0,
+        clock_synced=True,
+        stop_reason="button",
+        software_version="0.1.0",
+        size_bytes=size,
+        sha256=binding.sha256,
+        recipients=tuple(str(r) for r in recipients),
+    )
+    return outbox.seal(
+        clip_id,
+        manifest_json=manifest.model_dump_json(by_alias=True),
+        signature=signature.to_text(),
+        sha256=binding.sha256,
+        size_bytes=size,
+    )
+
+
+def announcement_of(entry: OutboxEntry, host: str, port: int) -> ClipAnnouncement:
+    """The announcement a unit publishes for an outbox *entry* served at *host*:*port*."""
+    from protocol.messages import ClipManifest
+
+    assert entry.manifest_json is not None and entry.signature is not None
+    return ClipAnnouncement(
+        manifest=ClipManifest.model_validate_json(entry.manifest_json),
+        signature=entry.signature,
+        url=f"https://{host}:{port}/v1/clips/{entry.clip_id}.age",
+    )
