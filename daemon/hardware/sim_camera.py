@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import threading
@@ -44,7 +45,7 @@ class _FrameClock:
         return not stop.wait(delay_s) if delay_s > 0 else not stop.is_set()
 
 
-class _Worker:
+class _Worker(abc.ABC):
     """Start/stop plumbing shared by the simulated cameras: one thread per recording."""
 
     _name = "camera"
@@ -65,8 +66,9 @@ class _Worker:
     def dropped_frames(self) -> int:
         return self._dropped
 
+    @abc.abstractmethod
     def _run(self, sink: Sink) -> None:
-        raise NotImplementedError
+        """Produce packets into *sink* until told to stop (each camera its own way)."""
 
     def _deliver(self, sink: Sink, packet: VideoPacket) -> None:
         try:
@@ -97,7 +99,7 @@ class _Worker:
         )
         self._thread.start()
 
-    def _prepare(self) -> None:
+    def _prepare(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Set up what a recording needs, on the caller's thread, so errors raise from start()."""
 
     def stop(self) -> None:
