@@ -46,10 +46,9 @@ def keys(tmp_path: Path) -> tuple[X25519Identity, Path, SigningKey]:
     return identity, key_file, SigningKey.generate()
 
 
-def test_a_clip_decrypts_with_age_and_plays(tmp_path: Path, keys) -> None:
-    identity, key_file, signing = keys
-    part = tmp_path / "clip.age.part"
-    writer = ClipWriter(
+def new_writer(part: Path, identity: X25519Identity, signing: SigningKey) -> ClipWriter:
+    """A writer for 320x240 video at FPS and mono audio at RATE."""
+    return ClipWriter(
         part,
         recipients=[identity.recipient],
         signing_key=signing,
@@ -59,6 +58,12 @@ def test_a_clip_decrypts_with_age_and_plays(tmp_path: Path, keys) -> None:
         sample_rate_hz=RATE,
         channels=1,
     )
+
+
+def test_a_clip_decrypts_with_age_and_plays(tmp_path: Path, keys) -> None:
+    identity, key_file, signing = keys
+    part = tmp_path / "clip.age.part"
+    writer = new_writer(part, identity, signing)
     t0 = 5_000_000_000
     block = RATE // 50  # 20 ms
     # Audio starts 100 ms before the first frame: trimmed to the clip's start.
@@ -86,16 +91,7 @@ def test_a_clip_decrypts_with_age_and_plays(tmp_path: Path, keys) -> None:
 def test_video_before_a_key_frame_is_skipped_and_no_frames_fails(tmp_path: Path, keys) -> None:
     identity, _, signing = keys
     part = tmp_path / "c.age.part"
-    writer = ClipWriter(
-        part,
-        recipients=[identity.recipient],
-        signing_key=signing,
-        width=320,
-        height=240,
-        frame_rate_hz=FPS,
-        sample_rate_hz=RATE,
-        channels=1,
-    )
+    writer = new_writer(part, identity, signing)
     packets = h264_packets(5)
     writer.video(VideoPacket(packets[1][0], 0, False))  # not a key frame: skipped
     with pytest.raises(RuntimeError, match="no video key frame"):
@@ -105,16 +101,7 @@ def test_video_before_a_key_frame_is_skipped_and_no_frames_fails(tmp_path: Path,
 def test_abort_leaves_nothing(tmp_path: Path, keys) -> None:
     identity, _, signing = keys
     part = tmp_path / "c.age.part"
-    writer = ClipWriter(
-        part,
-        recipients=[identity.recipient],
-        signing_key=signing,
-        width=320,
-        height=240,
-        frame_rate_hz=FPS,
-        sample_rate_hz=RATE,
-        channels=1,
-    )
+    writer = new_writer(part, identity, signing)
     for i, (data, key) in enumerate(h264_packets(10)):
         writer.video(VideoPacket(data, i * 33_333_333, key))
     writer.abort()
@@ -125,16 +112,7 @@ def test_audio_is_placed_by_its_earliest_implied_origin(tmp_path: Path, keys) ->
     """The first block reported 15 ms late (as PortAudio on ALSA can): the track is placed by
     the blocks after it, so the measured offset is the true one, not the late report."""
     identity, _, signing = keys
-    writer = ClipWriter(
-        tmp_path / "c.age.part",
-        recipients=[identity.recipient],
-        signing_key=signing,
-        width=320,
-        height=240,
-        frame_rate_hz=FPS,
-        sample_rate_hz=RATE,
-        channels=1,
-    )
+    writer = new_writer(tmp_path / "c.age.part", identity, signing)
     t0, block = 1_000_000_000, RATE // 50
     packets = h264_packets(FPS)
     writer.video(VideoPacket(packets[0][0], t0, True))

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +35,21 @@ START_TIMEOUT_S = 30.0
 def device_toml(site: Site, device_id: str, work: Path, broker_port: int, **options: Any) -> str:
     """A config for *device_id* from its provisioning bundle, with simulated hardware."""
     return unit_config(site, device_id, work, broker_port, **options)
+
+
+def stop_process(
+    process: subprocess.Popen[bytes] | None, name: str, timeout_s: float, log: Callable[[], str]
+) -> int:
+    """SIGTERM *process* and return its exit code; fail with its log if it does not stop."""
+    if process is None or process.poll() is not None:
+        return process.returncode if process else 0
+    process.terminate()
+    try:
+        return process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise AssertionError(f"{name} did not stop on SIGTERM:\n{log()}") from None
 
 
 @dataclass
@@ -108,16 +124,7 @@ class Unit:
 
     def stop(self) -> int:
         """SIGTERM, as systemd stops it; returns the exit code."""
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.terminate()
-        try:
-            return self.process.wait(timeout=25)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            log = self.log()
-            raise AssertionError(f"{self.device_id} did not stop on SIGTERM:\n{log}") from None
+        return stop_process(self.process, self.device_id, 25, self.log)
 
 
 def make_unit(
@@ -367,15 +374,7 @@ class ReceiverProcess:
 
     def stop(self) -> int:
         """SIGTERM, as systemd stops it; returns the exit code."""
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.terminate()
-        try:
-            return self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(f"receiver did not stop on SIGTERM:\n{self.log()}") from None
+        return stop_process(self.process, "receiver", 60, self.log)
 
 
 def receiver_process(
