@@ -24,6 +24,8 @@ from .minisign import DEFAULT_UNTRUSTED_COMMENT, PublicKey, Signature, SigningKe
 
 __all__ = [
     "ClipBinding",
+    "ClipDigests",
+    "ClipHasher",
     "ClipSigner",
     "PublicKey",
     "Signature",
@@ -31,6 +33,7 @@ __all__ = [
     "sign_clip",
     "sign_receipt",
     "verify_clip",
+    "verify_clip_digests",
     "verify_receipt",
 ]
 
@@ -80,40 +83,60 @@ class ClipBinding:
         return cls(clip_id, device_id, sha256, int(timestamp))
 
 
+@dataclass(frozen=True)
+class ClipDigests:
+    """What one pass over a clip's ciphertext yields: its size, its SHA-256 (what bindings,
+    announcements and the store name) and its BLAKE2b-512 (what the minisign signature covers)."""
+
+    size: int
+    sha256: str
+    blake2b: bytes
+
+
+class ClipHasher:
+    """Both digests of a clip, fed incrementally; memory stays flat however long the clip."""
+
+    def __init__(self) -> None:
+        self.blake2b = hashlib.blake2b()
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def update(self, chunk: bytes | bytearray | memoryview) -> None:
+        self.blake2b.update(chunk)
+        self.sha256.update(chunk)
+        self.size += memoryview(chunk).nbytes
+
+    def digests(self) -> ClipDigests:
+        return ClipDigests(self.size, self.sha256.hexdigest(), self.blake2b.digest())
+
+
 class ClipSigner:
-    """A clip signer fed incrementally: hashes ciphertext as it flows, signs at :meth:`finish`.
+    """A clip signer fed incrementally: hashes ciphertext as it flows, signs at :meth:`finish`::
 
-    One pass computes BLAKE2b-512 (what the signature covers) and SHA-256 (what the binding
-    names); memory stays flat however long the clip::
-
-        signer = ClipSigner(key)
-        for chunk in ciphertext_chunks:
-            signer.update(chunk)
-        signature, binding = signer.finish("clip-0042", "cart-3")
+    signer = ClipSigner(key)
+    for chunk in ciphertext_chunks:
+        signer.update(chunk)
+    signature, binding = signer.finish("clip-0042", "cart-3")
     """
 
     def __init__(self, key: SigningKey) -> None:
         self._key = key
-        self._blake2b = hashlib.blake2b()
-        self._sha256 = hashlib.sha256()
-        self._size = 0
+        self._hasher = ClipHasher()
         self._finished = False
 
     @property
     def sha256_hex(self) -> str:
-        return self._sha256.hexdigest()
+        return self._hasher.sha256.hexdigest()
 
     @property
     def size(self) -> int:
         """Bytes fed so far."""
-        return self._size
+        return self._hasher.size
 
     def update(self, chunk: bytes | bytearray | memoryview) -> None:
         if self._finished:
             raise ValueError("ClipSigner: update after finish")
-        self._blake2b.update(chunk)
-        self._sha256.update(chunk)
-        self._size += memoryview(chunk).nbytes
+        self._hasher.update(chunk)
 
     def write(self, chunk: bytes | bytearray | memoryview) -> int:
         """Like :meth:`update`, shaped as a file's ``write`` so the signer can sit in a tee."""
@@ -134,7 +157,7 @@ class ClipSigner:
         when = int(time.time()) if timestamp is None else timestamp
         binding = ClipBinding(clip_id, device_id, self.sha256_hex, when)
         signature = self._key.sign_digest(
-            self._blake2b.digest(), binding.to_comment(), untrusted_comment
+            self._hasher.blake2b.digest(), binding.to_comment(), untrusted_comment
         )
         self._finished = True
         return signature, binding
@@ -168,24 +191,38 @@ def verify_clip(
 ) -> ClipBinding:
     """Check a clip's signature and binding, streaming the clip; return the binding.
 
-    Raises :class:`BadSignatureError` for another key, altered data or an altered trusted
-    comment, :class:`BindingError` for a comment naming another clip, device or hash, and
-    :class:`SignatureFormatError` for a legacy (non-prehashed) signature, which clips never use.
+    Raises as :func:`verify_clip_digests`, which it calls with the clip's digests.
+    """
+    hasher = ClipHasher()
+    _feed(source, hasher.update)
+    return verify_clip_digests(
+        public_key, signature, hasher.digests(), clip_id=clip_id, device_id=device_id
+    )
+
+
+def verify_clip_digests(
+    public_key: PublicKey,
+    signature: Signature,
+    digests: ClipDigests,
+    *,
+    clip_id: str | None = None,
+    device_id: str | None = None,
+) -> ClipBinding:
+    """Check a clip's signature and binding against the clip's *digests*; return the binding.
+
+    For a caller that hashed the clip as it arrived (the receiver, while downloading) and so
+    need not read it again. Raises :class:`BadSignatureError` for another key, altered data or
+    an altered trusted comment, :class:`BindingError` for a comment naming another clip, device
+    or hash, and :class:`SignatureFormatError` for a legacy (non-prehashed) signature, which
+    clips never use.
     """
     if not signature.prehashed:
         raise SignatureFormatError("legacy non-prehashed ('Ed') signature; clips are signed 'ED'")
     public_key.check_key_id(signature)
-    blake2b, sha256 = hashlib.blake2b(), hashlib.sha256()
-
-    def update(chunk: bytes) -> None:
-        blake2b.update(chunk)
-        sha256.update(chunk)
-
-    _feed(source, update)
-    public_key.verify_message(signature, blake2b.digest())
+    public_key.verify_message(signature, digests.blake2b)
     binding = ClipBinding.from_comment(signature.trusted_comment)
-    if binding.sha256 != sha256.hexdigest():
-        raise BindingError(f"binding names SHA-256 {binding.sha256}, clip has {sha256.hexdigest()}")
+    if binding.sha256 != digests.sha256:
+        raise BindingError(f"binding names SHA-256 {binding.sha256}, clip has {digests.sha256}")
     if clip_id is not None and binding.clip_id != clip_id:
         raise BindingError(f"signature is for clip {binding.clip_id!r}, expected {clip_id!r}")
     if device_id is not None and binding.device_id != device_id:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import hashlib
 import http.client
 import json
 import os
@@ -11,6 +10,7 @@ import random
 import re
 import ssl
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from protocol.clip_manifest import ClipManifest
 from protocol.message_codec import describe
 from protocol.message_fields import CLIP_ID_PATTERN
+from protocol.signing import ClipDigests, ClipHasher
 
 __all__ = [
     "Backoff",
@@ -34,6 +35,7 @@ __all__ = [
     "FetchErrorKind",
     "FetchResult",
     "ListedClip",
+    "UnitConnection",
 ]
 
 _SHA256: Final = re.compile(r"[0-9a-f]{64}")
@@ -90,12 +92,19 @@ class FetchError(Exception):
 
 @dataclass(frozen=True)
 class FetchResult:
-    """A completed download: the whole file's size and SHA-256, and what this call added."""
+    """A completed download: the whole file's digests, and what this call added."""
 
-    size: int
-    sha256: str
+    digests: ClipDigests
     transferred: int
     resumed: bool
+
+    @property
+    def size(self) -> int:
+        return self.digests.size
+
+    @property
+    def sha256(self) -> str:
+        return self.digests.sha256
 
 
 @dataclass(frozen=True)
@@ -183,13 +192,16 @@ class FetchClient:
     The unit is reached by IP or a DHCP name, so the host name is not checked; instead, after
     the handshake, the unit's certificate must chain to the site root (*ca_file*, checked by
     OpenSSL), be issued by the device CA rather than by the root itself, and name the expected
-    device as its CN. Each call opens one connection and closes it; every socket operation
-    times out after *timeout_s* seconds. Every failure is a :class:`FetchError`::
+    device as its CN. Every socket operation times out after *timeout_s* seconds. Every failure
+    is a :class:`FetchError`. :meth:`connect` keeps one connection for several requests (a clip
+    and its signature); the other calls open one each::
 
         client = FetchClient(cert_file=rdir / "tls.crt", key_file=rdir / "tls.key",
                              ca_file=rdir / "ca.pem")
-        result = client.fetch(announcement.url, spool / f"{clip_id}.age", device_id="cart-01",
-                              expected_size=manifest.size_bytes, expected_sha256=manifest.sha256)
+        with client.connect(announcement.url, device_id="cart-01") as unit:
+            result = unit.fetch(announcement.url, spool / f"{clip_id}.age",
+                                expected_size=manifest.size_bytes, expected_sha256=manifest.sha256)
+            signature = unit.fetch_signature(announcement.url + ".minisig")
     """
 
     def __init__(
@@ -214,102 +226,35 @@ class FetchClient:
         self.timeout_s = timeout_s
         self.chunk_bytes = chunk_bytes
 
-    # --- public calls -------------------------------------------------------------------------
+    @contextmanager
+    def connect(self, url: str, *, device_id: str) -> Iterator[UnitConnection]:
+        """A connection to the clip server of *url*, which must be unit *device_id*; closed on
+        leaving. Nothing is sent until the first request."""
+        target = _target(url)
+        connection = UnitConnection(self, target.host, target.port, device_id)
+        try:
+            yield connection
+        finally:
+            connection.close()
 
     def fetch(
         self, url: str, dest: Path, *, device_id: str, expected_size: int, expected_sha256: str
     ) -> FetchResult:
-        """Download the clip at *url* into *dest*, resuming from what *dest* already holds.
-
-        A non-empty *dest* is re-hashed and the rest asked for with ``Range`` and ``If-Range``
-        (the clip server's ETag is the SHA-256, so the announced one is the validator); a unit
-        that answers with the whole file gets it written afresh. The body streams to disk in
-        *chunk_bytes* pieces. More bytes than *expected_size* are refused, never written. The
-        returned SHA-256 is of the whole file; comparing it is the verifier's decision. A *dest*
-        already *expected_size* long is not fetched again (``transferred == 0``): if its hash is
-        wrong, the caller removes it and fetches afresh.
-        """
-        if expected_size <= 0 or not _SHA256.fullmatch(expected_sha256):
-            raise ValueError("expected_size must be positive, expected_sha256 64 hex digits")
-        target = _target(url)
-        where = f"unit {device_id}: GET {target.path}"
-        try:
-            fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise FetchError(FetchErrorKind.LOCAL, f"{where}: cannot open {dest}: {exc}") from exc
-        with os.fdopen(fd, "r+b") as file:
-            offset, digest = self._rehash(file, expected_size, where)
-            if offset == expected_size:
-                return FetchResult(expected_size, digest.hexdigest(), 0, resumed=True)
-            headers = {}
-            if offset:
-                headers = {"Range": f"bytes={offset}-", "If-Range": f'"{expected_sha256}"'}
-            with self._exchange(target, device_id, headers) as response:
-                start = _body_start(response, where, offset, expected_size, expected_sha256)
-                if start != offset:  # the unit sent the whole file: start over
-                    digest = hashlib.sha256()
-                    self._local(where, file.seek, 0)
-                    self._local(where, file.truncate)
-                transferred = self._stream(response, file, digest, expected_size - start, where)
-            self._local(where, file.flush)
-        return FetchResult(expected_size, digest.hexdigest(), transferred, resumed=start > 0)
+        """:meth:`UnitConnection.fetch` on a connection of its own."""
+        with self.connect(url, device_id=device_id) as unit:
+            return unit.fetch(
+                url, dest, expected_size=expected_size, expected_sha256=expected_sha256
+            )
 
     def fetch_signature(self, url: str, *, device_id: str) -> str:
-        """The text of a clip's ``.minisig`` (small: read into memory, at most 16 KiB)."""
-        target = _target(url)
-        where = f"unit {device_id}: GET {target.path}"
-        with self._exchange(target, device_id, {}) as response:
-            body = _small_body(response, where, _MAX_SIGNATURE_BYTES)
-        try:
-            return body.decode("ascii")
-        except UnicodeDecodeError:
-            raise FetchError(FetchErrorKind.PROTOCOL, f"{where}: signature is not ASCII") from None
+        """:meth:`UnitConnection.fetch_signature` on a connection of its own."""
+        with self.connect(url, device_id=device_id) as unit:
+            return unit.fetch_signature(url)
 
     def list_clips(self, base_url: str, *, device_id: str) -> list[ListedClip]:
         """The clips *device_id* still holds (``GET <base_url>/v1/clips``), for reconciliation."""
-        target = _target(base_url.rstrip("/") + "/v1/clips")
-        where = f"unit {device_id}: GET {target.path}"
-        with self._exchange(target, device_id, {}) as response:
-            body = _small_body(response, where, _MAX_LISTING_BYTES)
-        try:
-            return _parse_listing(json.loads(body), device_id)
-        except (ValueError, TypeError, RecursionError) as exc:
-            raise FetchError(
-                FetchErrorKind.PROTOCOL, f"{where}: malformed clip list: {exc}"
-            ) from None
-
-    # --- the exchange -------------------------------------------------------------------------
-
-    @contextmanager
-    def _exchange(
-        self, target: _Target, device_id: str, headers: Mapping[str, str]
-    ) -> Iterator[http.client.HTTPResponse]:
-        """Connect, check the unit's identity, send a GET; map every failure to FetchError."""
-        where = f"unit {device_id}: GET {target.path}"
-        conn = http.client.HTTPSConnection(
-            target.host, target.port, timeout=self.timeout_s, context=self._context
-        )
-        phase = "connecting"
-        try:
-            conn.connect()
-            assert isinstance(conn.sock, ssl.SSLSocket)  # HTTPSConnection with a context
-            problem = self._identity_problem(conn.sock, device_id)
-            if problem is not None:
-                raise FetchError(FetchErrorKind.IDENTITY, f"{where}: {problem}")
-            phase = "waiting for the response"
-            conn.request("GET", target.path, headers=dict(headers))
-            response = conn.getresponse()
-            phase = "reading the body"
-            try:
-                yield response
-            finally:
-                # A response that ends with the connection owns the socket: conn.close()
-                # alone would leave it open.
-                response.close()
-        except (OSError, http.client.HTTPException) as exc:
-            raise _network_error(exc, f"{where}: {phase}", self.timeout_s) from exc
-        finally:
-            conn.close()
+        with self.connect(base_url, device_id=device_id) as unit:
+            return unit.list_clips(base_url)
 
     def _identity_problem(self, sock: ssl.SSLSocket, device_id: str) -> str | None:
         der = sock.getpeercert(binary_form=True)
@@ -333,63 +278,228 @@ class FetchClient:
             pass
         return None
 
+
+class UnitConnection:
+    """One kept-alive connection to a unit's clip server (from :meth:`FetchClient.connect`).
+
+    Requests go one after another; when the unit closes the connection, the next request opens
+    a new one and checks the unit's identity again.
+    """
+
+    def __init__(self, client: FetchClient, host: str, port: int, device_id: str) -> None:
+        self._client = client
+        self.device_id = device_id
+        self._conn = http.client.HTTPSConnection(
+            host, port, timeout=client.timeout_s, context=client._context
+        )
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def fetch(
+        self, url: str, dest: Path, *, expected_size: int, expected_sha256: str
+    ) -> FetchResult:
+        """Download the clip at *url* into *dest*, resuming from what *dest* already holds.
+
+        A non-empty *dest* is re-hashed and the rest asked for with ``Range`` and ``If-Range``
+        (the clip server's ETag is the SHA-256, so the announced one is the validator); a unit
+        that answers with the whole file gets it written afresh. The body streams to disk in
+        *chunk_bytes* pieces, hashed on the way (SHA-256 and BLAKE2b, on threads of their own
+        while the next piece arrives), so nothing needs to read the file again. More bytes than
+        *expected_size* are refused, never written. The returned digests are of the whole file;
+        comparing them is the verifier's decision. A *dest* already *expected_size* long is not
+        fetched again (``transferred == 0``): if its hash is wrong, the caller removes it and
+        fetches afresh.
+        """
+        if expected_size <= 0 or not _SHA256.fullmatch(expected_sha256):
+            raise ValueError("expected_size must be positive, expected_sha256 64 hex digits")
+        target = _target(url)
+        where = f"unit {self.device_id}: GET {target.path}"
+        try:
+            fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise FetchError(FetchErrorKind.LOCAL, f"{where}: cannot open {dest}: {exc}") from exc
+        with os.fdopen(fd, "r+b") as file:
+            hasher = self._rehash(file, expected_size, where)
+            offset = hasher.size
+            if offset == expected_size:
+                return FetchResult(hasher.digests(), 0, resumed=True)
+            headers = {}
+            if offset:
+                headers = {"Range": f"bytes={offset}-", "If-Range": f'"{expected_sha256}"'}
+            with self._exchange(target, headers) as response:
+                start = _body_start(response, where, offset, expected_size, expected_sha256)
+                if start != offset:  # the unit sent the whole file: start over
+                    hasher = ClipHasher()
+                    _local(where, file.seek, 0)
+                    _local(where, file.truncate)
+                transferred = self._stream(response, file, hasher, expected_size - start, where)
+            _local(where, file.flush)
+        return FetchResult(hasher.digests(), transferred, resumed=start > 0)
+
+    def fetch_signature(self, url: str) -> str:
+        """The text of a clip's ``.minisig`` (small: read into memory, at most 16 KiB)."""
+        target = _target(url)
+        where = f"unit {self.device_id}: GET {target.path}"
+        with self._exchange(target, {}) as response:
+            body = _small_body(response, where, _MAX_SIGNATURE_BYTES)
+        try:
+            return body.decode("ascii")
+        except UnicodeDecodeError:
+            raise FetchError(FetchErrorKind.PROTOCOL, f"{where}: signature is not ASCII") from None
+
+    def list_clips(self, base_url: str) -> list[ListedClip]:
+        """The clips the unit still holds (``GET <base_url>/v1/clips``)."""
+        target = _target(base_url.rstrip("/") + "/v1/clips")
+        where = f"unit {self.device_id}: GET {target.path}"
+        with self._exchange(target, {}) as response:
+            body = _small_body(response, where, _MAX_LISTING_BYTES)
+        try:
+            return _parse_listing(json.loads(body), self.device_id)
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise FetchError(
+                FetchErrorKind.PROTOCOL, f"{where}: malformed clip list: {exc}"
+            ) from None
+
+    # --- the exchange -------------------------------------------------------------------------
+
+    @contextmanager
+    def _exchange(
+        self, target: _Target, headers: Mapping[str, str]
+    ) -> Iterator[http.client.HTTPResponse]:
+        """Connect if need be (checking the unit's identity), send a GET; map every failure to
+        FetchError. A failed exchange closes the connection: its state is unknown."""
+        where = f"unit {self.device_id}: GET {target.path}"
+        conn = self._conn
+        phase = "connecting"
+        try:
+            if conn.sock is None:
+                # http.client would reconnect on its own at the next request, unchecked: the
+                # identity is checked here on every new connection instead.
+                conn.connect()
+                assert isinstance(conn.sock, ssl.SSLSocket)  # HTTPSConnection with a context
+                problem = self._client._identity_problem(conn.sock, self.device_id)
+                if problem is not None:
+                    raise FetchError(FetchErrorKind.IDENTITY, f"{where}: {problem}")
+            phase = "waiting for the response"
+            conn.request("GET", target.path, headers=dict(headers))
+            response = conn.getresponse()
+            phase = "reading the body"
+            try:
+                yield response
+                # A body left unread would be taken for the next response: drop the connection.
+                if not response.isclosed():
+                    conn.close()
+            finally:
+                # A response that ends with the connection owns the socket: conn.close()
+                # alone would leave it open.
+                response.close()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise _network_error(exc, f"{where}: {phase}", self._client.timeout_s) from exc
+        except BaseException:
+            conn.close()
+            raise
+
     # --- the body -----------------------------------------------------------------------------
 
-    def _rehash(self, file: IO[bytes], expected_size: int, where: str) -> tuple[int, hashlib._Hash]:
-        """Hash what *file* holds already (so the result covers the whole file); a file longer
+    def _rehash(self, file: IO[bytes], expected_size: int, where: str) -> ClipHasher:
+        """Hash what *file* holds already (so the digests cover the whole file); a file longer
         than the clip cannot be a prefix of it and is emptied."""
-        digest = hashlib.sha256()
+        hasher = ClipHasher()
         try:
-            size = os.fstat(file.fileno()).st_size
-            if size > expected_size:
+            if os.fstat(file.fileno()).st_size > expected_size:
                 file.truncate(0)
-                return 0, digest
-            while chunk := file.read(self.chunk_bytes):
-                digest.update(chunk)
+                return hasher
+            while chunk := file.read(self._client.chunk_bytes):
+                hasher.update(chunk)
         except OSError as exc:
             raise FetchError(
                 FetchErrorKind.LOCAL, f"{where}: cannot read the spool file: {exc}"
             ) from exc
-        return size, digest
+        return hasher
 
     def _stream(
         self,
         response: http.client.HTTPResponse,
         file: IO[bytes],
-        digest: hashlib._Hash,
+        hasher: ClipHasher,
         wanted: int,
         where: str,
     ) -> int:
-        buffer = memoryview(bytearray(self.chunk_bytes))
         received = 0
-        while True:
-            # One byte more than still wanted: a body without a length that runs on is caught
-            # with one byte read and none written.
-            n = response.readinto(buffer[: min(len(buffer), wanted - received + 1)])
-            if not n:
-                break
-            if received + n > wanted:
-                raise FetchError(
-                    FetchErrorKind.TOO_LARGE, f"{where}: more than the {wanted} bytes expected"
-                )
-            self._local(where, file.write, buffer[:n])
-            digest.update(buffer[:n])
-            received += n
+        with _BackgroundHashing(hasher, self._client.chunk_bytes) as hashing:
+            while True:
+                buffer = hashing.free_buffer()
+                # One byte more than still wanted: a body without a length that runs on is
+                # caught with one byte read and none written.
+                n = response.readinto(buffer[: min(len(buffer), wanted - received + 1)])
+                if not n:
+                    break
+                if received + n > wanted:
+                    raise FetchError(
+                        FetchErrorKind.TOO_LARGE, f"{where}: more than the {wanted} bytes expected"
+                    )
+                hashing.submit(n)
+                _local(where, file.write, buffer[:n])
+                received += n
         if received < wanted:
             raise FetchError(
                 FetchErrorKind.TRUNCATED, f"{where}: body ended after {received} of {wanted} bytes"
             )
         return received
 
-    @staticmethod
-    def _local(where: str, action: Callable[..., object], *args: object) -> None:
-        """Run a spool-file operation: its OSError is the receiver's trouble, not the unit's."""
-        try:
-            action(*args)
-        except OSError as exc:
-            raise FetchError(
-                FetchErrorKind.LOCAL, f"{where}: cannot write the spool file: {exc}"
-            ) from exc
+
+class _BackgroundHashing:
+    """Feeds a :class:`ClipHasher` from a ring of buffers on two threads, one per digest, while
+    the caller receives into the next buffer (hashlib releases the GIL on large updates).
+
+    BLAKE2b costs more than TLS and the disk together; hashed in line, it would halve a
+    download's speed. A buffer is handed out again only once both digests have taken it.
+    """
+
+    _RING = 3
+
+    def __init__(self, hasher: ClipHasher, chunk_bytes: int) -> None:
+        self._hasher = hasher
+        self._buffers = [memoryview(bytearray(chunk_bytes)) for _ in range(self._RING)]
+        self._pending: list[list[Future[None]]] = [[] for _ in range(self._RING)]
+        self._next = 0
+        self._threads = [ThreadPoolExecutor(1, thread_name_prefix="fetch-hash") for _ in range(2)]
+
+    def __enter__(self) -> _BackgroundHashing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for pool in self._threads:
+            pool.shutdown(wait=True)  # every submitted update done, in order
+
+    def free_buffer(self) -> memoryview:
+        """The next buffer of the ring, once its previous contents are hashed."""
+        for future in self._pending[self._next]:
+            future.result()
+        return self._buffers[self._next]
+
+    def submit(self, n: int) -> None:
+        """Hash the first *n* bytes of the buffer :meth:`free_buffer` last returned."""
+        chunk = self._buffers[self._next][:n]
+        blake2b, sha256 = self._hasher.blake2b, self._hasher.sha256
+        self._pending[self._next] = [
+            self._threads[0].submit(blake2b.update, chunk),
+            self._threads[1].submit(sha256.update, chunk),
+        ]
+        self._hasher.size += n
+        self._next = (self._next + 1) % self._RING
+
+
+def _local(where: str, action: Callable[..., object], *args: object) -> None:
+    """Run a spool-file operation: its OSError is the receiver's trouble, not the unit's."""
+    try:
+        action(*args)
+    except OSError as exc:
+        raise FetchError(
+            FetchErrorKind.LOCAL, f"{where}: cannot write the spool file: {exc}"
+        ) from exc
 
 
 def _status_error(response: http.client.HTTPResponse, where: str) -> FetchError:

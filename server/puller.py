@@ -72,6 +72,11 @@ class Puller:
         spool.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def start(self) -> None:
+        # Leases held under our name are from a run that ended without releasing them (killed,
+        # power cut): their fetches are dead, so they are due now, not when the leases expire.
+        released = self._catalog.release_leases(f"{self._worker_id}/", now=datetime.now(UTC))
+        if released:
+            log.info("took back %d clips this receiver was fetching when it stopped", len(released))
         for n in range(self._settings.concurrency):
             name = f"{self._worker_id}/{n}"
             thread = threading.Thread(target=self._work, args=(name,), name=name, daemon=True)
@@ -111,16 +116,12 @@ class Puller:
         """Fetch, verify and store one claimed clip."""
         part = self._spool / f"{clip.clip_id}.part"
         try:
-            result = self._fetcher.fetch(
-                clip.url,
-                part,
-                device_id=clip.device_id,
-                expected_size=clip.size_bytes,
-                expected_sha256=clip.sha256,
-            )
-            signature = self._fetcher.fetch_signature(
-                clip.url + ".minisig", device_id=clip.device_id
-            )
+            # Clip and signature over one connection: one handshake, one identity check.
+            with self._fetcher.connect(clip.url, device_id=clip.device_id) as unit:
+                result = unit.fetch(
+                    clip.url, part, expected_size=clip.size_bytes, expected_sha256=clip.sha256
+                )
+                signature = unit.fetch_signature(clip.url + ".minisig")
         except FetchError as exc:
             if exc.retryable:
                 self._retry(clip, worker, str(exc))
@@ -136,22 +137,26 @@ class Puller:
             clip_file=part,
             data_key_recipient=self._data_key,
             manifest_recipients=list(clip.manifest.recipients),
+            digests=result.digests,  # hashed as it arrived: the file is not read again
         )
         if not verdict.ok:
             assert verdict.reason is not None
             self._quarantine(clip, verdict.reason.value, verdict.detail, part)
             return
-        key = self._store.put(clip.sha256, part, signature)
-        part.unlink(missing_ok=True)
+        # The spool file is moved, not copied: its hash was computed while it arrived.
+        key = self._store.put(clip.sha256, part, signature, move=True)
         try:
             stored = self._catalog.mark_stored(
                 clip.clip_id, store_key=key, stored_at=datetime.now(UTC), worker=worker
             )
         except (LeaseLostError, IllegalTransitionError):
             # The clip changed hands while we fetched. Quarantined meanwhile (re-announced with
-            # another hash): its bytes must not stay in the store. Taken over by another worker:
-            # that worker stores the same bytes under the same key, so they stay.
-            if self._catalog.clip(clip.clip_id).state is ClipState.QUARANTINED:
+            # another hash): its bytes must not stay in the store, unless another clip that is
+            # stored has the same hash (then they are that clip's too). Taken over by another
+            # worker: that worker stores the same bytes under the same key, so they stay.
+            if self._catalog.clip(
+                clip.clip_id
+            ).state is ClipState.QUARANTINED and not self._catalog.stored_with_hash(clip.sha256):
                 self._store.delete(clip.sha256)
             log.warning("%s changed hands while it was fetched; not marked stored", clip.clip_id)
             return

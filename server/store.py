@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -51,7 +52,11 @@ class ClipStore(Protocol):
 
     - ``put`` stores the clip whole or not at all: until it returns, nothing is visible under the
       key, and a crash leaves at most an unreferenced temporary object. It stores only bytes
-      that hash to the key (:class:`HashMismatchError` otherwise). It is idempotent: a key
+      that hash to the key (:class:`HashMismatchError` otherwise). With ``move=True`` the
+      caller hands the file over (it is gone from its name afterwards, stored or not) and
+      vouches for its hash, computed as the bytes arrived: a backend that can take the file
+      without copying it (a link on the same file system) need not read it again. It is
+      idempotent: a key
       already stored is not rewritten (the first signature stored is kept), and the key is
       returned. Same hash means same ciphertext, so there is nothing to update.
     - ``exists`` is true only once ``put`` has returned (or a crash hit after its commit point).
@@ -71,7 +76,9 @@ class ClipStore(Protocol):
     point, so ``exists`` is a ``HEAD`` of it, and ``delete`` removes the clip object first.
     """
 
-    def put(self, sha256: str, clip_file: Path, signature_text: str) -> str: ...
+    def put(
+        self, sha256: str, clip_file: Path, signature_text: str, *, move: bool = False
+    ) -> str: ...
 
     def exists(self, sha256: str) -> bool: ...
 
@@ -102,7 +109,9 @@ class LocalStore:
     """A :class:`ClipStore` in a local folder: ``root/ab/cd/<sha256>.age`` and ``.age.minisig``.
 
     Files are mode 0640 and folders 0750, so that the extraction service, sharing the folder's
-    group, reads clips and nothing else does. Writes are temp file, fsync, link, fsync folder::
+    group, reads clips and nothing else does. Writes are temp file, fsync, link, fsync folder;
+    a moved file is renamed into the folder as the temp file, so a spool on the same file system
+    is never copied::
 
         store = LocalStore(Path("/var/lib/painav/store"))
         key = store.put(sha256, Path("spool/clip.age"), signature_text)
@@ -126,25 +135,34 @@ class LocalStore:
     def exists(self, sha256: str) -> bool:
         return self.clip_path(sha256).is_file()
 
-    def put(self, sha256: str, clip_file: Path, signature_text: str) -> str:
+    def put(self, sha256: str, clip_file: Path, signature_text: str, *, move: bool = False) -> str:
         """Store *clip_file* and its signature under *sha256*; return the key.
 
         The ``.minisig`` is written first and the clip's link into place is the commit point,
         so a stored clip always has its signature. Raises :class:`HashMismatchError` (nothing
         stored) if the file's bytes do not hash to *sha256*, and ``OSError`` for I/O failures.
+        With *move*, the file is renamed into the store unread when it is on the same file
+        system (the caller vouches for its hash), copied and checked otherwise, and removed
+        from its own name in every case.
         """
         target = self.clip_path(sha256)
-        if target.is_file():
-            return sha256  # same hash, same ciphertext: no rewrite
         signature = signature_text.encode("utf-8")
         if len(signature) > _MAX_SIGNATURE_BYTES:
             raise StoreError(f"signature for {sha256} is over {_MAX_SIGNATURE_BYTES} bytes")
-        with open(clip_file, "rb") as source:
+        try:
+            if target.is_file():
+                return sha256  # same hash, same ciphertext: no rewrite
             self._make_dirs(target.parent)
             # Replacing a signature left without its clip (crash between the two writes) is
             # safe: nothing reads a signature whose clip is not there.
             self._write_temp_then(target.parent, self.signature_path(sha256), signature, None)
-            self._write_temp_then(target.parent, target, source, sha256)
+            if not (move and self._take(Path(clip_file), target)):
+                with open(clip_file, "rb") as source:
+                    self._write_temp_then(target.parent, target, source, sha256)
+        finally:
+            if move:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(clip_file)
         return sha256
 
     def open(self, sha256: str) -> BinaryIO:
@@ -188,6 +206,35 @@ class LocalStore:
                     path.unlink()
                     removed.append(path)
         return removed
+
+    def _take(self, clip_file: Path, target: Path) -> bool:
+        """Rename *clip_file* into *target*'s folder as a temp file and link it into place;
+        False if it is on another file system (nothing done then: copy it instead).
+
+        Renamed first, so the caller's name is gone before the clip is visible: a spool file
+        that a resumed download could write to never shares its bytes with a stored clip.
+        """
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
+        try:
+            os.rename(clip_file, tmp)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                return False
+            raise
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fchmod(fd, _FILE_MODE)  # a spool file is the receiver's alone
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            with contextlib.suppress(FileExistsError):  # stored meanwhile by another process
+                os.link(tmp, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        _fsync_dir(target.parent)
+        return True
 
     def _make_dirs(self, folder: Path) -> None:
         for directory in (folder.parent, folder):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import enum
-import hashlib
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,7 @@ from protocol.errors import (
 )
 from protocol.format import Header, b64decode, parse_header
 from protocol.registry import Registry
-from protocol.signing import ClipBinding, Signature, verify_clip
+from protocol.signing import ClipBinding, ClipDigests, ClipHasher, Signature, verify_clip_digests
 from protocol.x25519 import STANZA_TYPE, X25519Recipient
 
 __all__ = ["Reason", "Verdict", "verify_clip_file"]
@@ -54,23 +52,6 @@ class Verdict:
         return cls(ok=False, reason=reason, detail=" ".join(detail.split())[:300])
 
 
-class _HashingRaw(io.RawIOBase):
-    """A read-only file that hashes what passes through, so one pass both verifies the
-    signature and computes the SHA-256 independently of the signature code."""
-
-    def __init__(self, file: io.BufferedReader) -> None:
-        self._file = file
-        self.sha256 = hashlib.sha256()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        n = self._file.readinto(buffer)
-        self.sha256.update(memoryview(buffer)[:n])
-        return n
-
-
 def verify_clip_file(
     registry: Registry,
     *,
@@ -81,6 +62,7 @@ def verify_clip_file(
     clip_file: Path,
     data_key_recipient: str | X25519Recipient,
     manifest_recipients: Sequence[str],
+    digests: ClipDigests | None = None,
 ) -> Verdict:
     """Decide whether *clip_file*, announced by *device_id* as *clip_id*, is accepted.
 
@@ -102,7 +84,9 @@ def verify_clip_file(
     holds the key, finds out at decrypt time (``NoIdentityMatchError``) and quarantines the clip
     then. The signature makes such a clip attributable to the unit that signed it.
 
-    Pure: reads *clip_file* once (streaming) and its header again; no network, no decryption.
+    *digests* are the file's, computed by the caller as the bytes arrived (the fetch does);
+    without them, the file is read once to compute them. Either way the header is read from
+    *clip_file*. No network, no decryption.
     Raises only for the caller's mistakes: ``OSError`` if *clip_file* cannot be read,
     ``KeyFormatError`` if *data_key_recipient* is not an ``age1…`` key.
     """
@@ -120,23 +104,22 @@ def verify_clip_file(
         signature = Signature.from_text(signature_text)
     except SignatureError as exc:
         return Verdict.refuse(Reason.BAD_SIGNATURE, f"unreadable signature: {exc}")
-    with open(clip_file, "rb") as raw:
-        tee = _HashingRaw(raw)
-        try:
-            with io.BufferedReader(tee) as reader:
-                binding = verify_clip(key, signature, reader, clip_id=clip_id, device_id=device_id)
-        except BindingError as exc:
-            # Checked after the signature verifies: the unit did sign this comment.
-            return Verdict.refuse(Reason.WRONG_BINDING, str(exc))
-        except SignatureError as exc:  # another key, altered bytes or comment, legacy format
-            return Verdict.refuse(Reason.BAD_SIGNATURE, str(exc))
-    actual = tee.sha256.hexdigest()
+    if digests is None:
+        digests = _digests_of(clip_file)
+    try:
+        binding = verify_clip_digests(key, signature, digests, clip_id=clip_id, device_id=device_id)
+    except BindingError as exc:
+        # Checked after the signature verifies: the unit did sign this comment.
+        return Verdict.refuse(Reason.WRONG_BINDING, str(exc))
+    except SignatureError as exc:  # another key, altered bytes or comment, legacy format
+        return Verdict.refuse(Reason.BAD_SIGNATURE, str(exc))
+    actual = digests.sha256
 
     if actual != announced_sha256:
         return Verdict.refuse(
             Reason.HASH_MISMATCH, f"file has SHA-256 {actual}, announced {announced_sha256}"
         )
-    if binding.sha256 != actual:  # verify_clip checks this too; the decision must not rest on it
+    if binding.sha256 != actual:  # checked by verify_clip_digests too; not left to it
         return Verdict.refuse(
             Reason.HASH_MISMATCH, f"file has SHA-256 {actual}, signed {binding.sha256}"
         )
@@ -149,6 +132,14 @@ def verify_clip_file(
     if problem is not None:
         return Verdict.refuse(Reason.NOT_FOR_DATA_KEY, problem)
     return Verdict(ok=True, binding=binding)
+
+
+def _digests_of(clip_file: Path) -> ClipDigests:
+    hasher = ClipHasher()
+    with open(clip_file, "rb") as file:
+        while chunk := file.read(1 << 20):
+            hasher.update(chunk)
+    return hasher.digests()
 
 
 def _read_header(clip_file: Path) -> Header:

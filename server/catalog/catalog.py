@@ -225,6 +225,45 @@ class Catalog:
             )
             return ClipRecord.of(clip)
 
+    def release_leases(self, worker_prefix: str, *, now: datetime) -> list[str]:
+        """Put back in the queue, due now, the clips held by workers whose name starts with
+        *worker_prefix* (a receiver's own, at its start: they died with its last run, and
+        need not wait for their leases to expire). Returns the clip ids."""
+        now = utc(now, "now")
+        _bounded(worker_prefix, "worker_prefix", 64)
+        held = (
+            select(Clip)
+            .where(
+                Clip.state == ClipState.FETCHING,
+                Clip.lease_owner.startswith(worker_prefix, autoescape=True),
+            )
+            .with_for_update()
+        )
+        with self._session(write=True) as s:
+            released = []
+            for clip in s.scalars(held):
+                owner = clip.lease_owner
+                self._move(s, clip, ClipState.ANNOUNCED, at=now)
+                clip.attempts += 1
+                clip.last_error = f"{owner} stopped while fetching"
+                clip.next_attempt_at = now
+                detail = {"error": clip.last_error, "attempts": clip.attempts}
+                self.audit.append(
+                    s, "fetch_failed", clip_id=clip.clip_id, actor=self._actor, detail=detail
+                )
+                released.append(clip.clip_id)
+            return released
+
+    def stored_with_hash(self, sha256: str) -> bool:
+        """Whether some clip whose bytes are in the store (stored or later) has *sha256*."""
+        query = select(Clip.clip_id).where(
+            Clip.sha256 == sha256,
+            Clip.store_key.is_not(None),
+            Clip.state.not_in((ClipState.QUARANTINED,)),
+        )
+        with self._session(write=False) as s:
+            return s.scalars(query.limit(1)).first() is not None
+
     def quarantine(self, clip_id: str, reason: str, *, at: datetime | None = None) -> ClipRecord:
         """Set a clip aside for a person to look at; *reason* is a code like ``bad_signature``."""
         when = self._clock() if at is None else utc(at, "at")

@@ -10,8 +10,9 @@ server with the receiver's certificate, in one invocation (one connection, kept 
 interleaved, after one warm-up round, and each painav run starts on an empty catalog, store and
 spool. Everything is on tmpfs when there is room: this compares code, not a virtual disk (the
 store's fsyncs cost nothing there). The network part alone (``FetchClient`` fetching clip and
-signature into the spool, as the puller does) is timed as well, to show what verification and
-storage add.
+signature into the spool, hashing as the puller does) is timed as well, and so is the same
+verification done with the standard tools after curl (``minisign -V`` and ``sha256sum`` on
+each fetched clip), to show what checking every byte costs whoever does it.
 
 (b) Burst. 20 units, each with its own provisioned certificate and signing key, each holding 5
 clips of ~2 MiB, announce them all at once, each from its own certificate, to the real receiver
@@ -41,6 +42,7 @@ from pathlib import Path
 from daemon.clipserver import ClipServer
 from daemon.outbox import Outbox, OutboxEntry
 from protocol.messages import ClipAnnouncement
+from protocol.registry import Registry
 from protocol.topics import Kind, topic
 from provisioning.broker import write_broker_config
 from provisioning.devices import add_device
@@ -67,6 +69,7 @@ class IngestFigures:
     pull_s: list[float]  # painav: claim → fetch → verify → store → stored, all clips
     fetch_s: list[float]  # painav's fetch of clips and signatures alone
     curl_s: list[float]  # curl, all clips and signatures
+    tools_s: list[float]  # curl, then minisign -V and sha256sum on each clip
     units: int
     burst_clips: int
     burst_clip_bytes: int
@@ -226,9 +229,31 @@ def curl_all(site: Site, run_dir: Path, port: int, announcements: list[ClipAnnou
     return time.perf_counter() - started
 
 
+def tools_verify(site: Site, run_dir: Path, announcements: list[ClipAnnouncement]) -> float:
+    """What curl leaves unchecked, checked with the standard tools: ``minisign -V`` with the
+    unit's key and ``sha256sum`` of every clip curl fetched into *run_dir*; their seconds."""
+    unit = announcements[0].manifest.device_id
+    public_key = Registry.load(site.paths.registry).devices[unit].signing_key
+    clips = [run_dir / f"{a.manifest.clip_id}.age" for a in announcements]
+    started = time.perf_counter()
+    for clip in clips:
+        subprocess.run(
+            ["minisign", "-V", "-q", "-P", public_key, "-m", str(clip)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    sums = subprocess.run(
+        ["sha256sum", *map(str, clips)], check=True, capture_output=True, text=True
+    ).stdout.split()[::2]
+    elapsed = time.perf_counter() - started
+    if sums != [a.manifest.sha256 for a in announcements]:
+        raise SystemExit("bench: sha256sum disagrees with the announcements")
+    return elapsed
+
+
 def measure_throughput(
     site: Site, work: Path, runs: int
-) -> tuple[int, list[float], list[float], list[float]]:
+) -> tuple[int, list[float], list[float], list[float], list[float]]:
 
     entries = fill_outbox(site, work, "cart-01", CLIPS, CLIP_MIB * MIB)
     servers = UnitServers(site, work, ["cart-01"])
@@ -237,6 +262,7 @@ def measure_throughput(
     pull_s: list[float] = []
     fetch_s: list[float] = []
     curl_s: list[float] = []
+    tools_s: list[float] = []
     try:
         for round_ in range(runs + 1):  # the first round warms caches up and is dropped
             run = work / f"run-{round_}"
@@ -245,14 +271,17 @@ def measure_throughput(
                 fetch_all(site, run / "fetch", announcements),
                 curl_all(site, run / "curl", port, announcements),
             )
+            checked = tools_verify(site, run / "curl", announcements)
             shutil.rmtree(run)
             if round_:
                 pull_s.append(times[0])
                 fetch_s.append(times[1])
                 curl_s.append(times[2])
+                tools_s.append(times[2] + checked)
     finally:
         servers.close()
-    return sum(a.manifest.size_bytes for a in announcements), pull_s, fetch_s, curl_s
+    size = sum(a.manifest.size_bytes for a in announcements)
+    return size, pull_s, fetch_s, curl_s, tools_s
 
 
 # --- (b) a burst of announcements from 20 units ----------------------------------------------
@@ -328,10 +357,10 @@ def measure(runs: int = 3) -> IngestFigures:
         os.chmod(work, 0o755)  # the broker drops to its own account and must reach its config
         site = init_site(work / "site", "bench", broker_hosts=("127.0.0.1", "localhost"))
         add_device(site, "cart-01")
-        size, pull_s, fetch_s, curl_s = measure_throughput(site, work / "a", runs)
+        size, pull_s, fetch_s, curl_s, tools_s = measure_throughput(site, work / "a", runs)
         burst_size, once, latency, drain = measure_burst(site, work / "b")
     return IngestFigures(
-        CLIPS, size // CLIPS, pull_s, fetch_s, curl_s,
+        CLIPS, size // CLIPS, pull_s, fetch_s, curl_s, tools_s,
         UNITS, UNITS * CLIPS_PER_UNIT, burst_size, once, latency, drain,
     )  # fmt: skip
 
@@ -342,7 +371,9 @@ def _percentile(values: list[float], p: float) -> float:
 
 def table(fig: IngestFigures) -> str:
     total_mib = fig.clips * fig.clip_bytes / MIB
-    pull, fetch, curl = (statistics.median(v) for v in (fig.pull_s, fig.fetch_s, fig.curl_s))
+    pull, fetch, curl, tools = (
+        statistics.median(v) for v in (fig.pull_s, fig.fetch_s, fig.curl_s, fig.tools_s)
+    )
     return "\n".join(
         [
             f"Ingest, median of {len(fig.pull_s)} interleaved runs after one warm-up: "
@@ -356,8 +387,12 @@ def table(fig: IngestFigures) -> str:
             "| --- | --- | --- | --- | --- |",
             f"| pull → verify → store, {total_mib:.0f} MiB | {total_mib / pull:.0f} MiB/s "
             f"| {total_mib / curl:.0f} MiB/s | **{curl / pull:.2f}×** | ≥ 0.9× |",
-            f"| fetch alone (clips and signatures into the spool) | {total_mib / fetch:.0f} MiB/s "
-            f"| {total_mib / curl:.0f} MiB/s | **{curl / fetch:.2f}×** | |",
+            f"| pull → verify → store, against curl then `minisign -V` and `sha256sum` "
+            f"| {total_mib / pull:.0f} MiB/s | {total_mib / tools:.0f} MiB/s "
+            f"| **{tools / pull:.2f}×** | |",
+            f"| fetch alone (clips and signatures into the spool, hashed) "
+            f"| {total_mib / fetch:.0f} MiB/s | {total_mib / curl:.0f} MiB/s "
+            f"| **{curl / fetch:.2f}×** | |",
             f"| burst: {fig.burst_clips} clips stored exactly once with their hash "
             f"| {'yes' if fig.stored_once else '**no**'} | | | yes |",
             f"| burst: announcement → stored, p50 / p95 "

@@ -6,6 +6,7 @@ import base64
 import contextlib
 import dataclasses
 import hashlib
+import io
 import itertools
 import os
 import stat
@@ -25,12 +26,15 @@ from protocol.errors import (
 from protocol.minisign import PassphraseError
 from protocol.signing import (
     ClipBinding,
+    ClipDigests,
+    ClipHasher,
     ClipSigner,
     PublicKey,
     Signature,
     SigningKey,
     sign_clip,
     verify_clip,
+    verify_clip_digests,
 )
 
 # libsodium's *_INTERACTIVE scrypt limits (N=2^14): minisign accepts them in a key file, and they
@@ -124,6 +128,28 @@ def test_sign_and_verify_clip_stream_in_bounded_chunks() -> None:
     again = Zeros()
     assert verify_clip(KEY.public_key, signature, again) == binding  # type: ignore[arg-type]
     assert source.largest <= 1 << 20 and again.largest <= 1 << 20
+
+
+def test_verifying_from_digests_decides_as_reading_the_clip() -> None:
+    signature, binding = sign_clip(KEY, io.BytesIO(CLIP), "clip-1", "cart-3")
+    hasher = ClipHasher()
+    hasher.update(CLIP[:1000])
+    hasher.update(memoryview(CLIP)[1000:])
+    digests = hasher.digests()
+    assert digests == ClipDigests(
+        len(CLIP), hashlib.sha256(CLIP).hexdigest(), hashlib.blake2b(CLIP).digest()
+    )
+    assert verify_clip_digests(KEY.public_key, signature, digests, clip_id="clip-1") == binding
+    altered = dataclasses.replace(digests, blake2b=hashlib.blake2b(CLIP + b"x").digest())
+    with pytest.raises(BadSignatureError):
+        verify_clip_digests(KEY.public_key, signature, altered)
+    # The signature covers the BLAKE2b; a SHA-256 that disagrees with the signed one is caught.
+    with pytest.raises(BindingError, match="binding names SHA-256"):
+        verify_clip_digests(
+            KEY.public_key, signature, dataclasses.replace(digests, sha256="0" * 64)
+        )
+    with pytest.raises(BindingError, match="for device"):
+        verify_clip_digests(KEY.public_key, signature, digests, device_id="cart-4")
 
 
 def test_binding_round_trip_and_strict_parse() -> None:

@@ -332,6 +332,45 @@ def test_an_expired_lease_is_taken_over(catalog: Catalog, announce: Announce) ->
     assert catalog.audit.entries(clip_id="clip-1")[2].detail["taken_from"] == "w1"
 
 
+def test_a_restarted_receiver_takes_back_its_own_leases_at_once(
+    catalog: Catalog, announce: Announce
+) -> None:
+    for n, worker in enumerate(("rx@host/0", "rx@host/1", "rx@other/0", "rx_host/0")):
+        catalog.record_announcement(announce(f"clip-{n}", f"cart-0{n}"), received_at=T0)
+        assert catalog.claim_next(worker=worker, now=T0, lease_s=LONG_LEASE_S) is not None
+    later = T0 + timedelta(seconds=5)
+    # Only this receiver's workers ("_" is a LIKE wildcard: escaped, it matches only itself).
+    assert sorted(catalog.release_leases("rx@host/", now=later)) == ["clip-0", "clip-1"]
+    released = catalog.clip("clip-0")
+    assert (released.state, released.lease_owner, released.attempts) == (
+        ClipState.ANNOUNCED,
+        None,
+        1,
+    )
+    assert released.last_error == "rx@host/0 stopped while fetching"
+    assert actions(catalog, "clip-0")[-1] == "fetch_failed"
+    assert catalog.clip("clip-2").state is catalog.clip("clip-3").state is ClipState.FETCHING
+    # Due now, not when the lease would have ended.
+    again = catalog.claim_next(worker="rx@host/0", now=later, lease_s=LONG_LEASE_S)
+    assert again is not None and again.clip_id in ("clip-0", "clip-1")
+    assert catalog.release_leases("nobody/", now=later) == []
+
+
+def test_stored_with_hash_sees_only_clips_whose_bytes_are_kept(
+    catalog: Catalog, announce: Announce
+) -> None:
+    ann = announce("clip-1")
+    sha256 = ann.manifest.sha256
+    catalog.record_announcement(ann, received_at=T0)
+    assert not catalog.stored_with_hash(sha256)
+    catalog.claim_next(worker="w", now=T0, lease_s=LONG_LEASE_S)
+    assert not catalog.stored_with_hash(sha256)
+    catalog.mark_stored("clip-1", store_key=sha256, stored_at=T0, worker="w")
+    assert catalog.stored_with_hash(sha256)
+    catalog.quarantine("clip-1", "found_later")
+    assert not catalog.stored_with_hash(sha256)
+
+
 def test_concurrent_claimers_never_share_a_clip(db_url: str, announce: Announce) -> None:
     total, units = 200, [f"cart-{n:02d}" for n in range(1, 6)]
     # Two catalogs are two engines (two receivers); two threads each share an engine.

@@ -171,6 +171,39 @@ def test_a_whole_clip_is_pulled_verified_and_stored(
     assert store.signature(entry.sha256) == entry.signature
 
 
+def test_one_connection_serves_a_clip_its_signature_and_the_list(
+    unit: ClipServer, outbox: Outbox, ward: Ward, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry = seal_clip(outbox, ward, "clip-0001", 300_000)
+    assert entry.size_bytes is not None and entry.sha256 is not None
+    admitted: list[socket.socket] = []
+    admit = unit._admit
+
+    def counted(conn: socket.socket) -> bool:
+        admitted.append(conn)
+        return admit(conn)
+
+    monkeypatch.setattr(unit, "_admit", counted)
+    url = clip_url(unit.port, "clip-0001")
+    dest = tmp_path / "spool.age"
+    with receiver_client(ward, chunk_bytes=64 * 1024).connect(url, device_id=UNIT) as conn:
+        result = conn.fetch(url, dest, expected_size=entry.size_bytes, expected_sha256=entry.sha256)
+        assert conn.fetch_signature(url + ".minisig") == entry.signature
+        assert [c.clip_id for c in conn.list_clips(f"https://{HOST}:{unit.port}")] == ["clip-0001"]
+        assert len(admitted) == 1
+        # A refusal whose body is left unread ends the connection; the next request opens a
+        # new one (and checks the unit again) rather than reading that body as its answer.
+        with pytest.raises(FetchError, match="HTTP 404"):
+            conn.fetch_signature(clip_url(unit.port, "clip-9999") + ".minisig")
+        assert conn.fetch_signature(url + ".minisig") == entry.signature
+    assert len(admitted) == 2
+    # Hashed on the way in: both digests are of the file as written.
+    data = dest.read_bytes()
+    assert result.digests.sha256 == hashlib.sha256(data).hexdigest() == entry.sha256
+    assert result.digests.blake2b == hashlib.blake2b(data).digest()
+    assert result.digests.size == len(data) == entry.size_bytes
+
+
 def test_the_list_of_pending_clips(
     unit: ClipServer, outbox: Outbox, ward: Ward, tmp_path: Path
 ) -> None:
@@ -281,6 +314,7 @@ def test_resume_after_the_connection_is_cut_mid_body(
     result = pull(client, unit.port, entry, dest)
     assert (result.resumed, result.transferred) == (True, entry.size_bytes - kept)
     assert result.sha256 == entry.sha256
+    assert result.digests.blake2b == hashlib.blake2b(dest.read_bytes()).digest()
     assert dest.read_bytes() == outbox.clip_path("clip-0001").read_bytes()
 
 

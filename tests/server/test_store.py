@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -193,3 +195,45 @@ def test_death_just_before_the_commit_leaves_nothing_under_the_key(tmp_path: Pat
     assert store.put(key, source, SIGNATURE) == key
     with store.open(key) as stored:
         assert stored.read() == source.read_bytes()
+
+
+def test_a_moved_file_is_renamed_into_place_not_copied(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    source, key = clip_file(spool)
+    os.chmod(source, 0o600)
+    inode = source.stat().st_ino
+    assert store.put(key, source, SIGNATURE, move=True) == key
+    assert not source.exists()
+    stored = store.clip_path(key)
+    assert stored.stat().st_ino == inode  # the same file: no copy was made
+    assert stored.stat().st_nlink == 1  # and the spool's name is gone, not a second link
+    assert mode(stored) == 0o640
+    assert visible(tmp_path / "store") == [f"{key}.age", f"{key}.age.minisig"]
+    assert not list((tmp_path / "store").rglob("*.tmp"))
+    # Moved again under a key already stored: nothing rewritten, the file still consumed.
+    again, _ = clip_file(spool, name="again.age")
+    assert store.put(key, again, "another\n", move=True) == key
+    assert not again.exists()
+    assert store.signature(key) == SIGNATURE and stored.stat().st_ino == inode
+
+
+def test_a_file_moved_from_another_file_system_is_copied_and_checked(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.fail("/dev/shm and the test folder share a file system: no cross-device move")
+    store = LocalStore(tmp_path / "store")
+    other = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        source, key = clip_file(other)
+        assert store.put(key, source, SIGNATURE, move=True) == key
+        assert not source.exists()
+        assert hashlib.sha256(store.clip_path(key).read_bytes()).hexdigest() == key
+        # Across file systems the bytes are read, so a wrong hash is still caught.
+        wrong, _ = clip_file(other, name="wrong.age")
+        with pytest.raises(HashMismatchError):
+            store.put("0" * 64, wrong, SIGNATURE, move=True)
+        assert not wrong.exists() and not store.exists("0" * 64)
+    finally:
+        shutil.rmtree(other)
