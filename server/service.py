@@ -5,8 +5,11 @@ acknowledged, so one the receiver dies on is delivered again (and recorded once)
 workers do the network and disk work; a stored clip's receipt is signed with the receipt key
 and published QoS 1; the clip is marked receipted once the broker has it. A clip announced
 again after that gets its receipt again: the unit may have missed it. Every
-``pull.reconcile_interval_s`` the main thread lists the online units' outboxes
-(:mod:`server.reconcile`), so a clip whose announcement was lost is pulled all the same.
+``pull.reconcile_interval_s``, and a few seconds after every connection to the broker, the main
+thread lists the online units' outboxes (:mod:`server.reconcile`), so a clip whose announcement
+was lost is pulled all the same. After a connection is the likely time: Mosquitto (2.0) does not
+restore shared subscriptions when it restarts, so what units announce between its restart and
+the receiver's return reaches no one.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ log = logging.getLogger("painav.receiver")
 
 _RECEIPT_ACK_S = 10.0
 _AUDIT_HEAD_S = 60.0
+# After a connection, time for the retained statuses (which units are online) to come in.
+_RECONCILE_AFTER_CONNECT_S = 5.0
+_TICK_S = 1.0
 
 
 class ReceiverService:
@@ -61,8 +67,9 @@ class ReceiverService:
             session_expiry_s=config.mqtt.session_expiry_s,
             on_message=self._on_message,
             on_bad_message=lambda topic, error: None,  # counted and logged by the link
-            on_connect=lambda: log.info("connected to the broker"),
+            on_connect=self._connected,
         )
+        self._connects = 0  # connections to the broker so far; each is followed by a pass
         self._receipts = ThreadPoolExecutor(1, thread_name_prefix="receipts")
         self.fetcher = FetchClient(
             cert_file=tls.cert, key_file=tls.key, ca_file=tls.ca, timeout_s=config.pull.timeout_s
@@ -87,14 +94,16 @@ class ReceiverService:
         self.link.start()
         self.puller.start()
         log.info("receiver for site %s running", self.config.site.site_id)
-        # The first pass waits a whole interval: the broker's queued announcements and retained
-        # statuses arrive first, so a pass at start-up would find nothing they do not bring.
         interval_s = self.config.pull.reconcile_interval_s
         now = time.monotonic()
         next_audit, next_reconcile = now + _AUDIT_HEAD_S, now + interval_s
+        connects = 0
         try:
-            while not stop.wait(max(0.0, min(next_audit, next_reconcile) - time.monotonic())):
+            while not stop.wait(_TICK_S):
                 now = time.monotonic()
+                if self._connects != connects:
+                    connects = self._connects
+                    next_reconcile = min(next_reconcile, now + _RECONCILE_AFTER_CONNECT_S)
                 if now >= next_audit:
                     next_audit = now + _AUDIT_HEAD_S
                     # The audit chain's head in the journal: a rewrite of the whole table shows.
@@ -123,6 +132,10 @@ class ReceiverService:
         log.info("%s", report)
 
     # --- MQTT (paho's thread: quick, and never raises) ---------------------------------------
+
+    def _connected(self) -> None:
+        log.info("connected to the broker")
+        self._connects += 1  # read by run(): a reconciliation pass follows
 
     def _on_message(self, incoming: Incoming) -> None:
         message, topic, at = incoming.message, incoming.topic, incoming.received_at

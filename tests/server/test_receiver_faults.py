@@ -294,11 +294,12 @@ def test_broker_restart_mid_download_every_clip_ends_receipted(
     site = broker_site
     video = make_h264(tmp_path / "camera.h264")
     unit, port = slow_unit(site, broker, tmp_path / "unit", video, max_seconds=0.5)
-    # Reconciliation every 5 s: Mosquitto (2.0.11) does not restore shared subscriptions from
-    # its persistence file, so an announcement the unit makes after the restart but before the
-    # receiver has subscribed again is acknowledged to the unit and delivered to no one; the
-    # receiver's periodic listing of the units' outboxes is what finds that clip.
-    config = receiver_process(site, broker, tmp_path / "receiver", reconcile_interval_s=5).config
+    # Mosquitto (2.0.11) does not restore shared subscriptions from its persistence file, so
+    # an announcement the unit makes after the restart but before the receiver has subscribed
+    # again is acknowledged to the unit and delivered to no one; the listing of the units'
+    # outboxes that follows every reconnect finds that clip. The periodic pass is set an hour
+    # away so that it cannot be what finds it.
+    config = receiver_process(site, broker, tmp_path / "receiver", reconcile_interval_s=3600).config
     receiver = run_in_process(config)
     spool = tmp_path / "receiver" / "spool"
     pressed: list[str] = []
@@ -340,7 +341,8 @@ def test_a_receipt_lost_in_a_broker_restart_is_sent_again(
     site = broker_site
     video = make_h264(tmp_path / "camera.h264")
     unit, port = slow_unit(site, broker, tmp_path / "unit", video, max_seconds=0.5)
-    receiver = receiver_process(site, broker, tmp_path / "receiver", reconcile_interval_s=5)
+    # The periodic pass an hour away: the pass after the reconnect must be what sends it.
+    receiver = receiver_process(site, broker, tmp_path / "receiver", reconcile_interval_s=3600)
     spool = receiver.work / "spool"
     with ThrottledProxy((SLOW_HOST, port), (HOST, port), rate=300_000) as proxy:
         unit.start()
@@ -362,9 +364,9 @@ def test_a_receipt_lost_in_a_broker_restart_is_sent_again(
             broker.start()
             wait_for(lambda: unit.log().count(f"announced {clip_id}") > announced, "a replay")
             receiver.process.send_signal(signal.SIGCONT)
-            # The next reconciliation pass finds the stored clip still on the unit and sends
-            # its receipt again.
-            wait_for(lambda: unit.status()["queue"] == [], "the unit's outbox to empty", 20)
+            # The pass after the receiver reconnects (its back-off may have reached 30 s)
+            # finds the stored clip still on the unit and sends its receipt again.
+            wait_for(lambda: unit.status()["queue"] == [], "the unit's outbox to empty", 60)
             assert "1 receipts to send again" in receiver.log()
         finally:
             assert unit.stop() == 0, unit.log()
