@@ -19,9 +19,10 @@ from typing import Any, BinaryIO, Final, Literal
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from protocol.message_fields import format_timestamp
+from protocol.registry import names_a_receiver
 
 from .outbox import Outbox, OutboxEntry, OutboxError, check_clip_id
 
@@ -256,8 +257,10 @@ class ClipServer:
     """The unit's clip server: pending clips over HTTPS, to the receiver's certificate only.
 
     The TLS handshake asks for a client certificate chaining to *ca_file* (the site root only);
-    then the certificate must be issued directly by that root and name *receiver_id* as its CN,
-    so a unit's certificate (issued by the device CA) never passes as the receiver's. Read-only:
+    then the certificate must be issued directly by that root, be for TLS clients, and name a
+    receiver of the site as its CN (*receiver_id*, or ``<receiver_id>-<name>`` for the receivers
+    added to it), so a unit's certificate (issued by the device CA) and the broker's (a server
+    certificate) never pass as a receiver's. Read-only:
     ``GET``/``HEAD`` of ``/v1/clips`` (the pending list, each clip with its manifest and
     signature) and ``/v1/clips/<id>.age[.minisig]`` with byte ranges. At most *max_connections*
     at once; each socket operation times out after *timeout_s* seconds, so a stalled client
@@ -373,8 +376,14 @@ class ClipServer:
         cn = str(names[0].value) if len(names) == 1 else "?"
         if not any(_directly_issued(cert, root) for root in self._roots):
             return cn, f"certificate of {cn!r} is not issued directly by the site root"
-        if cn != self.receiver_id:
-            return cn, f"certificate names {cn!r}, not the receiver {self.receiver_id!r}"
+        if not names_a_receiver(cn, self.receiver_id):
+            return cn, f"certificate names {cn!r}, not a receiver ({self.receiver_id!r})"
+        try:
+            usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            usages = x509.ExtendedKeyUsage([])
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+            return cn, f"certificate of {cn!r} is not for TLS clients"
         return cn, None
 
 

@@ -64,6 +64,32 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(handler="painav.provisioncmd:device_list")
 
+    receiver = sub.add_parser("receiver", help="receivers and their config").add_subparsers(
+        dest="receiver_command", required=True, metavar="ACTION"
+    )
+    radd = receiver.add_parser(
+        "add",
+        parents=[common, broker_dir],
+        help="add a receiver that shares the work (its own certificate: <receiver_id>-NAME)",
+    )
+    radd.add_argument("name", help="e.g. 2, giving receiver-2")
+    radd.set_defaults(handler="painav.provisioncmd:receiver_add")
+    rconfig = receiver.add_parser(
+        "config", parents=[common], help="print a receiver.toml for one of the site's receivers"
+    )
+    rconfig.add_argument("--id", help="the receiver's id (default: the site's first)")
+    rconfig.add_argument(
+        "--catalog-url", required=True, help="sqlite:///… or postgresql+psycopg://…"
+    )
+    rconfig.add_argument("--store", type=Path, required=True, help="the clip store folder")
+    rconfig.add_argument(
+        "--spool", type=Path, required=True, help="partial downloads (same file system)"
+    )
+    rconfig.add_argument(
+        "--credentials", type=Path, help="where its TLS files and receipt key will be"
+    )
+    rconfig.set_defaults(handler="painav.provisioncmd:receiver_config")
+
     broker = sub.add_parser(
         "broker-config", parents=[common], help="write a Mosquitto configuration for the site"
     )
@@ -116,6 +142,34 @@ def device_revoke(args: argparse.Namespace) -> int:
     site = _site(args)
     revoke_device(site, args.id, report=print)
     _sync_broker(site, args.broker_dir)
+    return 0
+
+
+def receiver_add(args: argparse.Namespace) -> int:
+    from provisioning.receivers import add_receiver
+
+    site = _site(args)
+    add_receiver(site, args.name, report=print)
+    _sync_broker(site, args.broker_dir)
+    return 0
+
+
+def receiver_config(args: argparse.Namespace) -> int:
+    from provisioning.errors import SiteError
+    from provisioning.receiver import receiver_config
+
+    site = _site(args)
+    if args.id is not None and args.id not in site.registry().receiver_ids():
+        raise SiteError(f"--id {args.id!r}: not a receiver of site {site.name}")
+    text = receiver_config(
+        site,
+        catalog_url=args.catalog_url,
+        store_dir=args.store,
+        spool_dir=args.spool,
+        credentials_dir=args.credentials,
+        receiver_id=args.id,
+    )
+    print(text, end="")
     return 0
 
 

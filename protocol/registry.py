@@ -19,9 +19,18 @@ from .message_codec import Part
 from .message_fields import DeviceId, ReceiverId, SiteId, Timestamp
 from .minisign import PublicKey
 
-__all__ = ["DeviceEntry", "Registry", "RegistryError", "RetiredKey"]
+__all__ = ["DeviceEntry", "Registry", "RegistryError", "RetiredKey", "names_a_receiver"]
 
 _MAX_BYTES = 16 * 1024 * 1024
+
+
+def names_a_receiver(cn: str, receiver_id: str) -> bool:
+    """Whether certificate name *cn* is one of a site's receivers: its first receiver's id
+    *receiver_id*, or that id, ``-`` and a name (``receiver-2``), as ``provision receiver add``
+    names the others. A name only: the caller must also check the site root issued it."""
+    return cn == receiver_id or (
+        cn.startswith(receiver_id + "-") and len(cn) > len(receiver_id) + 1
+    )
 
 
 class RegistryError(ProtocolError, ValueError):
@@ -62,6 +71,14 @@ class Registry(Part):
     receiver_id: ReceiverId
     updated_at: Timestamp
     devices: dict[DeviceId, DeviceEntry] = Field(default_factory=dict)
+    receivers: list[ReceiverId] = Field(
+        default_factory=list,
+        description="Receivers added to the first one, each with a certificate of its own.",
+    )
+
+    def receiver_ids(self) -> list[str]:
+        """Every receiver of the site, the first one first."""
+        return [self.receiver_id, *self.receivers]
 
     def active_key(self, device_id: str) -> PublicKey | None:
         """The signing key of *device_id* if it is registered and not revoked, else None."""

@@ -131,10 +131,13 @@ def _site_topic(site: Site, who: str, kind: Kind) -> str:
     return f"{PREFIX}/{site.name}/{who}/{kind.value}"
 
 
-def acl_text(site: Site, revoked: Iterable[str] = ()) -> str:
-    """The ACL file for *site*; *revoked* unit ids lose all access, even in an open session."""
-    receiver = site.receiver_id
-    for value in (site.name, receiver, *revoked):
+def acl_text(
+    site: Site, revoked: Iterable[str] = (), receivers: Iterable[str] | None = None
+) -> str:
+    """The ACL file for *site*; *revoked* unit ids lose all access, even in an open session.
+    *receivers* are the site's receiver ids (default: the first one alone)."""
+    receiver_ids = [site.receiver_id] if receivers is None else list(receivers)
+    for value in (site.name, *receiver_ids, *revoked):
         if not _ID_RE.fullmatch(value):
             raise BrokerConfigError(f"id {value!r} cannot appear in the ACL (not a painav id)")
     to_hospital = [k for k, r in ROUTES.items() if r.direction is Direction.UNIT_TO_HOSPITAL]
@@ -145,19 +148,22 @@ def acl_text(site: Site, revoked: Iterable[str] = ()) -> str:
         "# message is published and reads when it is delivered (not at SUBSCRIBE).",
         "",
         "# Units. %u is the unit's certificate CN, its device id (use_identity_as_username).",
-        "# Patterns hold for every client, the receiver too: its own name is denied below.",
+        "# Patterns hold for every client, the receivers too: their own names are denied below.",
     ]
     lines += [f"pattern write {_site_topic(site, '%u', k)}" for k in to_hospital]
     lines += [f"pattern read {_site_topic(site, '%u', k)}" for k in to_unit]
     lines += [
         "",
-        "# The receiver reads every unit and sends arm commands and receipts; it can never",
+        "# Receivers read every unit and send arm commands and receipts; they can never",
         "# publish as a unit. Deny lines are checked first.",
-        f"user {receiver}",
-        f"topic deny {PREFIX}/{site.name}/{receiver}/#",
-        f"topic read {PREFIX}/{site.name}/#",
     ]
-    lines += [f"topic write {_site_topic(site, '+', k)}" for k in to_unit]
+    for receiver in receiver_ids:
+        lines += [
+            f"user {receiver}",
+            f"topic deny {PREFIX}/{site.name}/{receiver}/#",
+            f"topic read {PREFIX}/{site.name}/#",
+        ]
+        lines += [f"topic write {_site_topic(site, '+', k)}" for k in to_unit]
     revoked_ids = sorted(set(revoked))
     if revoked_ids:
         lines += [
@@ -398,7 +404,7 @@ def write_broker_config(
     data = _check_path("data folder", data_dir if data_dir is not None else out / DATA_DIR)
     with locked(site.dir):  # CRL and registry from one moment, not from either side of a change
         crl_data, next_update = _load_crls(site)
-        acl = acl_text(site, _revoked_ids(site))
+        acl = acl_text(site, _revoked_ids(site), site.registry().receiver_ids())
         cert_data, key_data = _load_broker_credentials(site)
         try:
             ca_data = site.paths.ca_bundle.read_bytes()
@@ -471,7 +477,7 @@ def sync_revocation(site: Site, out: Path, *, report: Report = lambda _: None) -
     with locked(site.dir):
         crl_data, next_update = _load_crls(site)
         revoked = _revoked_ids(site)
-        acl = acl_text(site, revoked)
+        acl = acl_text(site, revoked, site.registry().receiver_ids())
     # The ACL first: were the CRL replaced and the ACL not, a reload would let a revoked unit's
     # open session keep its access.
     write_atomic(out / ACL_FILE, acl.encode(), mode=0o644, overwrite=True)

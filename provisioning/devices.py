@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from protocol.errors import MessageError
-from protocol.registry import DeviceEntry, RetiredKey
+from protocol.registry import DeviceEntry, RetiredKey, names_a_receiver
 from protocol.signing import SigningKey
 from protocol.topics import validate_device_id
 
@@ -57,8 +57,11 @@ def _check_id(site: Site, device_id: str) -> None:
         validate_device_id(device_id)
     except MessageError as exc:
         raise DeviceError(str(exc)) from None
-    if device_id == site.receiver_id:
-        raise DeviceError(f"device id {device_id!r} is the receiver's id; choose another")
+    if names_a_receiver(device_id, site.receiver_id):
+        raise DeviceError(
+            f"device id {device_id!r} is a receiver's name ({site.receiver_id!r} or "
+            f"{site.receiver_id}-…); choose another"
+        )
 
 
 def device_config(site: Site, device_id: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .receivers import receiver_dir
 from .site import Site
 
 __all__ = ["receiver_config"]
@@ -19,18 +20,20 @@ def receiver_config(
     broker_port: int | None = None,
     credentials_dir: Path | None = None,
     concurrency: int = 4,
+    receiver_id: str | None = None,
 ) -> str:
-    """``receiver.toml`` for *site*. *credentials_dir* is where the receiver's TLS files and
-    receipt key are (default: the site's ``receiver/`` folder; under systemd, its credentials
-    directory)."""
-    creds = credentials_dir or site.paths.receiver_dir
+    """``receiver.toml`` for *site*'s receiver *receiver_id* (default: the first one).
+    *credentials_dir* is where the receiver's TLS files and receipt key are (default: its folder
+    in the site; under systemd, its credentials directory)."""
+    receiver_id = receiver_id or site.receiver_id
+    creds = credentials_dir or receiver_dir(site, receiver_id)
     recipient = site.recipients()[0]
     return f"""\
 # painav receiver of site {site.name}, made by painav provisioning.
 
 [site]
 site_id = "{site.name}"
-receiver_id = "{site.receiver_id}"
+receiver_id = "{receiver_id}"
 registry = "{site.paths.registry}"
 data_key_recipient = "{recipient}"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -296,6 +297,32 @@ def test_a_unit_certificate_cannot_pose_as_the_receiver(
         reply = fetch(server.port, creds, path, who=creds.other_unit)
         assert reply.status == 403 and b"clip" not in reply.body
     assert "'cart-02' is not issued directly by the site root" in caplog.text
+
+
+def test_the_sites_other_receivers_are_served_other_root_certificates_are_not(
+    server: ClipServer, outbox: Outbox, creds: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sealed_clip(outbox, "clip-1", 1000)
+    root = creds.site.root()
+
+    def issued(name: str, *, client: bool) -> Credentials:
+        leaf = pki.issue_leaf(root, name, "ward7", days=30, server=not client, client=client)
+        pki.write_private_key(tmp_path / f"{name}.key", leaf.key)
+        pki.write_cert(tmp_path / f"{name}.crt", leaf.cert)
+        return Credentials(tmp_path / f"{name}.crt", tmp_path / f"{name}.key")
+
+    # Named as provision receiver add names them: served, with no change on the unit.
+    assert (
+        fetch(server.port, creds, "/v1/clips", who=issued("receiver-2", client=True)).status == 200
+    )
+    caplog.set_level(logging.INFO, logger="daemon.clipserver")
+    reply = fetch(server.port, creds, "/v1/clips", who=issued("nurse-pc", client=True))
+    assert reply.status == 403
+    assert "certificate names 'nurse-pc', not a receiver" in caplog.text
+    # A server certificate (the broker's kind) named like a receiver: never a client.
+    with contextlib.suppress(ssl.SSLError, ConnectionError):
+        reply = fetch(server.port, creds, "/v1/clips", who=issued("receiver-9", client=False))
+        assert reply.status == 403 and "not for TLS clients" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -8,11 +8,14 @@ have been too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
+import queue
 import socket
 import ssl
 import stat
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,6 +38,7 @@ from provisioning.broker import (
 )
 from provisioning.crl import refresh_crl
 from provisioning.devices import revoke_device
+from provisioning.receivers import add_receiver, receiver_dir
 from provisioning.site import Site, init_site
 from tests.support.mosquitto import (
     HOST,
@@ -492,6 +496,40 @@ def test_receiver_cannot_speak_for_a_unit(broker: Broker, make_client: MakeClien
     receiver.publish(t("cart-01", Kind.RECEIPTS), b"marker")
     receiver.expect(t("cart-01", Kind.RECEIPTS))
     assert receiver.received() == []
+
+
+def test_an_added_receiver_shares_the_clips_with_its_own_certificate(
+    broker: Broker, make_client: MakeClient
+) -> None:
+    site = broker.site
+    second = add_receiver(site, "2")
+    folder = receiver_dir(site, second)
+    sync_revocation(site, broker.out)  # the ACL gains the receiver's block
+    broker.reload()
+    receivers = [
+        make_client(receiver_identity(site)).connect(),
+        make_client(Identity(second, folder / "tls.crt", folder / "tls.key")).connect(),
+    ]
+    for receiver in receivers:  # both at once: one certificate each, one session each
+        assert not receiver.subscribe(shared("receivers", site_filter(SITE, Kind.CLIPS)))[
+            0
+        ].is_failure
+    unit = make_client(unit_identity(site, "cart-01")).connect()
+    for n in range(6):
+        assert not unit.publish(t("cart-01", Kind.CLIPS), b"%d" % n).is_failure
+    # The group splits the clips: each once, between the two (Mosquitto takes turns).
+    got: list[list[bytes]] = [[], []]
+    deadline = time.monotonic() + 10
+    while sum(map(len, got)) < 6 and time.monotonic() < deadline:
+        for receiver, payloads in zip(receivers, got, strict=True):
+            with contextlib.suppress(queue.Empty):
+                payloads.append(bytes(receiver.messages.get(timeout=0.1).payload))
+    assert sorted(got[0] + got[1]) == [b"%d" % n for n in range(6)], got
+    assert got[0] and got[1], got
+    # The added receiver may send receipts, and may not speak for a unit.
+    assert not receivers[1].publish(t("cart-01", Kind.RECEIPTS), b"r").is_failure
+    assert receivers[1].publish(t("cart-01", Kind.CLIPS), b"forged").value == NOT_AUTHORIZED
+    assert receivers[1].publish(t(second, Kind.CLIPS), b"forged").value == NOT_AUTHORIZED
 
 
 def test_broker_runs_as_the_unprivileged_account(broker: Broker) -> None:

@@ -19,9 +19,11 @@ from protocol.registry import Registry
 from protocol.signing import SigningKey
 from protocol.x25519 import X25519Identity
 from provisioning import pki
+from provisioning.broker import acl_text
 from provisioning.crl import CRL_DAYS, refresh_crl
 from provisioning.devices import BUNDLE_FILES, add_device, list_devices, revoke_device
 from provisioning.errors import DeviceError, KeyFileError, SiteError
+from provisioning.receivers import add_receiver, receiver_dir
 from provisioning.site import Site, init_site, load_site
 
 REPO = Path(__file__).resolve().parents[2]
@@ -177,7 +179,12 @@ def test_revocation_updates_registry_and_crl(site: Site) -> None:
 
 @pytest.mark.parametrize(
     ("device_id", "message"),
-    [("Cart_01", "device id"), ("receiver", "receiver's id"), ("a" * 40, "device id")],
+    [
+        ("Cart_01", "device id"),
+        ("receiver", "receiver's name"),
+        ("receiver-2", "receiver's name"),  # the form added receivers take
+        ("a" * 40, "device id"),
+    ],
 )
 def test_bad_unit_ids_change_nothing(site: Site, device_id: str, message: str) -> None:
     before = snapshot(site.dir)
@@ -185,6 +192,38 @@ def test_bad_unit_ids_change_nothing(site: Site, device_id: str, message: str) -
         add_device(site, device_id)
     with pytest.raises(DeviceError):
         revoke_device(site, device_id)
+    assert snapshot(site.dir) == before
+
+
+def test_an_added_receiver_has_its_own_certificate_and_the_sites_receipt_key(
+    site: Site,
+) -> None:
+    add_device(site, "cart-01")
+    second = add_receiver(site, "2")
+    assert second == "receiver-2"
+    folder = receiver_dir(site, second)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "ca.pem",
+        "receipt.key",
+        "receipt.pub",
+        "tls.crt",
+        "tls.key",
+    ]
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE((folder / "tls.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((folder / "receipt.key").stat().st_mode) == 0o600
+    first = site.paths.receiver_dir
+    assert (folder / "receipt.key").read_bytes() == (first / "receipt.key").read_bytes()
+    cert = x509.load_pem_x509_certificate((folder / "tls.crt").read_bytes())
+    assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == second
+    assert openssl_verify(site, folder / "tls.crt").returncode == 0
+    assert site.registry().receiver_ids() == ["receiver", "receiver-2"]
+    assert "user receiver-2\n" in acl_text(site, (), site.registry().receiver_ids())
+    # Refused, nothing changed: taken, a unit's id, not an id.
+    before = snapshot(site.dir)
+    for name, message in (("2", "exists already"), ("Two!", "receiver name")):
+        with pytest.raises(SiteError, match=message):
+            add_receiver(site, name)
     assert snapshot(site.dir) == before
 
 

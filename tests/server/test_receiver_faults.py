@@ -29,6 +29,8 @@ from protocol.messages import ClipAnnouncement, Status
 from protocol.minisign import SigningKey
 from protocol.signing import sign_clip
 from protocol.topics import Kind, topic
+from provisioning.broker import sync_revocation
+from provisioning.receivers import add_receiver
 from provisioning.site import Site
 from server.audit import verify
 from server.catalog import Catalog, ClipState
@@ -44,6 +46,7 @@ from tests.support.unit import (
     make_h264,
     make_unit,
     receiver_process,
+    seal_synthetic_clip,
     start_receiver,
     use_replay_camera,
 )
@@ -438,6 +441,70 @@ def test_duplicate_and_out_of_order_announcements_store_each_clip_once(
     finally:
         assert unit.stop() == 0, unit.log()
         receiver.stop()
+
+
+def test_two_receivers_split_the_clips_and_store_each_once(
+    broker_site: Site, broker: Broker, make_client: MakeClient, tmp_path: Path, postgres_url: str
+) -> None:
+    """The deployment the shared subscription is for: two receivers, each with its own
+    certificate, one PostgreSQL catalog, one store."""
+    from daemon.clipserver import ClipServer
+    from daemon.outbox import Outbox
+
+    site = broker_site
+    second = add_receiver(site, "2")
+    sync_revocation(site, broker.out)  # the broker's ACL gains the second receiver
+    broker.reload()
+    store = tmp_path / "store"
+    receivers = [
+        start_receiver(site, broker, tmp_path / rid, postgres_url, receiver_id=rid, store_dir=store)
+        for rid in (site.receiver_id, second)
+    ]
+    bundle = site.paths.devices_dir / "cart-01"
+    with Outbox(tmp_path / "outbox", quota_bytes=1 << 30, min_free_bytes=0) as outbox:
+        entries = [
+            seal_synthetic_clip(outbox, site, "cart-01", f"clip-{n:02d}", 300_000) for n in range(8)
+        ]
+        server = ClipServer(
+            outbox,
+            host=HOST,
+            port=0,
+            cert_file=bundle / "certs" / "tls.crt",
+            key_file=bundle / "keys" / "tls.key",
+            ca_file=bundle / "certs" / "ca-chain.pem",
+            receiver_id=site.receiver_id,  # the unit knows only the first; the rest by name
+        )
+        server.start()
+        # Slowed, so that no one receiver can drain the queue before the other starts.
+        try:
+            with ThrottledProxy((SLOW_HOST, server.port), (HOST, server.port), 2_000_000):
+                announcements = [announcement_of(e, SLOW_HOST, server.port) for e in entries]
+                kick(make_client, site, "cart-01", *announcements)
+                catalog = receivers[0].service.catalog
+                wait_for(
+                    lambda: (
+                        len(catalog.clips()) == 8
+                        and all(c.state is ClipState.RECEIPTED for c in catalog.clips())
+                    ),
+                    "eight receipted clips",
+                    60,
+                )
+        finally:
+            server.stop()
+            for receiver in receivers:
+                receiver.stop()
+    with Catalog(postgres_url) as catalog:
+        clips = catalog.clips()
+        fetched_by = {
+            entry.actor.split("@")[0]
+            for clip in clips
+            for entry in catalog.audit.entries(clip_id=clip.clip_id)
+            if entry.action == "stored"
+        }
+    assert sorted(c.clip_id for c in clips) == [e.clip_id for e in entries]
+    assert stored_files(store) == {e.sha256: e.sha256 for e in entries}  # each once, intact
+    assert fetched_by == {site.receiver_id, second}, fetched_by  # the work was shared
+    assert verify(postgres_url).ok
 
 
 # --- 4. tampered clips ----------------------------------------------------------------------

@@ -252,8 +252,16 @@ class Receiver:
 
 
 def start_receiver(
-    site: Site, broker: Broker, work: Path, catalog_url: str | None = None
+    site: Site,
+    broker: Broker,
+    work: Path,
+    catalog_url: str | None = None,
+    *,
+    receiver_id: str | None = None,
+    store_dir: Path | None = None,
 ) -> Receiver:
+    """The receiver *receiver_id* (default: the site's first) running in a thread, connected;
+    its config, spool, catalog and store (unless *store_dir*) in *work*."""
     import threading
 
     from provisioning.receiver import receiver_config
@@ -266,10 +274,11 @@ def start_receiver(
         receiver_config(
             site,
             catalog_url=catalog_url or f"sqlite:///{work / 'catalog.db'}",
-            store_dir=work / "store",
+            store_dir=store_dir or work / "store",
             spool_dir=work / "spool",
             broker_host=HOST,
             broker_port=broker.port,
+            receiver_id=receiver_id,
         )
     )
     service = ReceiverService(load_config(config))

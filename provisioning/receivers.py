@@ -1,0 +1,72 @@
+"""Receivers beyond the first: a certificate each, the site's receipt key shared.
+
+Several receivers split the units' clips between them (MQTT shared subscription, one catalog on
+PostgreSQL). Each needs a certificate of its own: the broker takes a client's certificate name
+as its client id, so two receivers with one certificate would push each other off. The added
+receivers are named ``<receiver_id>-<name>`` (``receiver-2``), which is how a unit's clip server
+recognises them without a new bundle; unit ids of that form are refused. They sign receipts
+with the site's one receipt key, the key every unit already trusts.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from protocol.atomic import write_atomic
+from protocol.errors import MessageError
+from protocol.registry import names_a_receiver
+from protocol.topics import validate_device_id
+
+from . import pki
+from .errors import SiteError
+from .site import SERVICE_DAYS, Report, Site, locked
+
+__all__ = ["add_receiver", "receiver_dir"]
+
+
+def receiver_dir(site: Site, receiver_id: str) -> Path:
+    """Where the credentials of *receiver_id* are: the first receiver's folder, or
+    ``receivers/<id>/`` for an added one."""
+    if receiver_id == site.receiver_id:
+        return site.paths.receiver_dir
+    return site.dir / "receivers" / receiver_id
+
+
+def add_receiver(site: Site, name: str, *, report: Report = lambda _: None) -> str:
+    """Add receiver ``<receiver_id>-<name>``: its TLS client certificate and key, the site root,
+    and a copy of the receipt key, in ``receivers/<id>/`` (keys 0600). Returns its id. Refuses
+    an id already taken by a receiver or a unit, and changes nothing then.
+
+    Then, on the broker host, run ``provision broker-config`` again (the ACL gains the
+    receiver) and reload the broker.
+    """
+    receiver_id = f"{site.receiver_id}-{name}"
+    try:
+        validate_device_id(receiver_id)  # the same rule: an MQTT user name and a certificate CN
+    except MessageError as exc:
+        raise SiteError(f"receiver name {name!r}: {exc}") from None
+    with locked(site.dir):
+        registry = site.registry()
+        if receiver_id in registry.receiver_ids():
+            raise SiteError(f"receiver {receiver_id!r} exists already; nothing changed")
+        if receiver_id in registry.devices:
+            raise SiteError(f"{receiver_id!r} is a unit's id; choose another receiver name")
+        assert names_a_receiver(receiver_id, site.receiver_id)
+        issued = pki.issue_leaf(
+            site.root(), receiver_id, site.name, days=SERVICE_DAYS, server=False, client=True
+        )
+        folder = receiver_dir(site, receiver_id)
+        folder.mkdir(parents=True, mode=0o700)
+        first = site.paths.receiver_dir
+        pki.write_private_key(folder / "tls.key", issued.key)
+        pki.write_cert(folder / "tls.crt", issued.cert)
+        for file_name, mode in (("ca.pem", 0o644), ("receipt.pub", 0o644), ("receipt.key", 0o600)):
+            data = (first / file_name).read_bytes()
+            write_atomic(folder / file_name, data, mode=mode, overwrite=False)
+        receivers = [*registry.receivers, receiver_id]
+        update = {"receivers": receivers, "updated_at": datetime.now(UTC)}
+        registry.model_copy(update=update).save(site.paths.registry)
+    report(f"receiver {receiver_id}: {folder}/ (TLS client certificate, key, receipt key)")
+    report("now run 'painav provision broker-config' for the broker and reload it")
+    return receiver_id
