@@ -271,8 +271,18 @@ def test_cli_prints_what_it_did_and_one_line_errors(
     assert str(site_dir / "devices" / "cart-01.tar") in capsys.readouterr().out
     assert main(["provision", "device", "list", "--json", "--dir", str(site_dir)]) == 0
     assert json.loads(capsys.readouterr().out)[0]["device_id"] == "cart-01"
+    assert main(["provision", "receiver", "add", "2", "--dir", str(site_dir)]) == 0
+    assert str(site_dir / "receivers" / "receiver-2") in capsys.readouterr().out
+    config_argv = ["provision", "receiver", "config", "--dir", str(site_dir), "--id"]
+    paths = ["--catalog-url", "sqlite:////srv/c.db", "--store", "/srv/s", "--spool", "/srv/p"]
+    assert main([*config_argv, "receiver-2", *paths]) == 0
+    config = capsys.readouterr().out
+    assert 'receiver_id = "receiver-2"' in config
+    assert f'cert = "{site_dir / "receivers" / "receiver-2" / "tls.crt"}"' in config
     for argv in (
         ["provision", "site", "init", "--site", "ward7", "--dir", str(site_dir)],
+        ["provision", "receiver", "add", "2", "--dir", str(site_dir)],
+        [*config_argv, "receiver-3", *paths],
         ["provision", "device", "revoke", "cart-09", "--dir", str(site_dir)],
         ["provision", "device", "add", "cart-02", "--dir", str(tmp_path / "none")],
     ):
