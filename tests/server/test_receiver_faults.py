@@ -25,6 +25,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
+from daemon.clipserver import ClipServer
+from daemon.outbox import Outbox
 from protocol.messages import ClipAnnouncement, Status
 from protocol.minisign import SigningKey
 from protocol.signing import sign_clip
@@ -186,6 +188,23 @@ def stored_files(store: Path) -> dict[str, str]:
         path.name.removesuffix(".age"): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in store.rglob("*.age")
     }
+
+
+def unit_clip_server(site: Site, unit_id: str, outbox: Outbox) -> ClipServer:
+    """The clip server of unit *unit_id* over *outbox*, with the unit's certificate, started:
+    a unit whose MQTT side the test plays itself."""
+    bundle = site.paths.devices_dir / unit_id
+    server = ClipServer(
+        outbox,
+        host=HOST,
+        port=0,
+        cert_file=bundle / "certs" / "tls.crt",
+        key_file=bundle / "keys" / "tls.key",
+        ca_file=bundle / "certs" / "ca-chain.pem",
+        receiver_id=site.receiver_id,
+    )
+    server.start()
+    return server
 
 
 def kick(make_client: MakeClient, site: Site, unit_id: str, *publish: ClipAnnouncement) -> None:
@@ -382,9 +401,6 @@ def test_a_receipt_lost_in_a_broker_restart_is_sent_again(
 def test_duplicate_and_out_of_order_announcements_store_each_clip_once(
     broker_site: Site, broker: Broker, make_client: MakeClient, tmp_path: Path
 ) -> None:
-    from daemon.clipserver import ClipServer
-    from daemon.outbox import Outbox
-
     site = broker_site
     unit = make_unit(site, broker, tmp_path / "unit", max_seconds=0.5).start()
     try:
@@ -393,19 +409,9 @@ def test_duplicate_and_out_of_order_announcements_store_each_clip_once(
         assert unit.stop() == 0, unit.log()
     # The unit's own outbox and clip server, in this process, with the unit's certificate:
     # its MQTT side is ours, so the order and repetition of announcements are the test's.
-    bundle = site.paths.devices_dir / "cart-01"
     receiver = start_receiver(site, broker, tmp_path / "receiver")
     with Outbox(unit.work / "outbox", quota_bytes=1 << 30, min_free_bytes=0) as outbox:
-        server = ClipServer(
-            outbox,
-            host=HOST,
-            port=0,
-            cert_file=bundle / "certs" / "tls.crt",
-            key_file=bundle / "keys" / "tls.key",
-            ca_file=bundle / "certs" / "ca-chain.pem",
-            receiver_id=site.receiver_id,
-        )
-        server.start()
+        server = unit_clip_server(site, "cart-01", outbox)
         try:
             entries = {e.clip_id: e for e in outbox.pending()}
             assert sorted(entries) == sorted(pressed)
@@ -448,9 +454,6 @@ def test_two_receivers_split_the_clips_and_store_each_once(
 ) -> None:
     """The deployment the shared subscription is for: two receivers, each with its own
     certificate, one PostgreSQL catalog, one store."""
-    from daemon.clipserver import ClipServer
-    from daemon.outbox import Outbox
-
     site = broker_site
     second = add_receiver(site, "2")
     sync_revocation(site, broker.out)  # the broker's ACL gains the second receiver
@@ -460,21 +463,12 @@ def test_two_receivers_split_the_clips_and_store_each_once(
         start_receiver(site, broker, tmp_path / rid, postgres_url, receiver_id=rid, store_dir=store)
         for rid in (site.receiver_id, second)
     ]
-    bundle = site.paths.devices_dir / "cart-01"
     with Outbox(tmp_path / "outbox", quota_bytes=1 << 30, min_free_bytes=0) as outbox:
         entries = [
             seal_synthetic_clip(outbox, site, "cart-01", f"clip-{n:02d}", 300_000) for n in range(8)
         ]
-        server = ClipServer(
-            outbox,
-            host=HOST,
-            port=0,
-            cert_file=bundle / "certs" / "tls.crt",
-            key_file=bundle / "keys" / "tls.key",
-            ca_file=bundle / "certs" / "ca-chain.pem",
-            receiver_id=site.receiver_id,  # the unit knows only the first; the rest by name
-        )
-        server.start()
+        # The unit knows the first receiver's id only; the second is served by its name.
+        server = unit_clip_server(site, "cart-01", outbox)
         # Slowed, so that no one receiver can drain the queue before the other starts.
         try:
             with ThrottledProxy((SLOW_HOST, server.port), (HOST, server.port), 2_000_000):
