@@ -6,14 +6,12 @@ import enum
 import http.client
 import json
 import os
-import random
 import re
 import ssl
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import IO, Final
 from urllib.parse import urlsplit
@@ -21,30 +19,16 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
-from pydantic import ValidationError
 
-from protocol.clip_manifest import ClipManifest
-from protocol.message_codec import describe
-from protocol.message_fields import CLIP_ID_PATTERN
 from protocol.signing import ClipDigests, ClipHasher
 
-__all__ = [
-    "Backoff",
-    "FetchClient",
-    "FetchError",
-    "FetchErrorKind",
-    "FetchResult",
-    "ListedClip",
-    "UnitConnection",
-]
+from .listing import MAX_SIGNATURE_BYTES, ListedClip, parse_listing
+
+__all__ = ["FetchClient", "FetchError", "FetchErrorKind", "FetchResult", "UnitConnection"]
 
 _SHA256: Final = re.compile(r"[0-9a-f]{64}")
 _CONTENT_RANGE: Final = re.compile(r"bytes ([0-9]{1,18})-([0-9]{1,18})/([0-9]{1,18})")
-_MAX_SIGNATURE_BYTES: Final = 16 * 1024  # a minisign signature is under 1 KiB
 _MAX_LISTING_BYTES: Final = 4 * 1024 * 1024  # thousands of pending clips; a unit holds tens
-_LISTED_KEYS: Final = frozenset(
-    {"clip_id", "size_bytes", "sha256", "state", "sealed_at", "manifest", "signature"}
-)
 
 
 class FetchErrorKind(enum.StrEnum):
@@ -105,62 +89,6 @@ class FetchResult:
     @property
     def sha256(self) -> str:
         return self.digests.sha256
-
-
-@dataclass(frozen=True)
-class ListedClip:
-    """One entry of a unit's ``/v1/clips`` list: a sealed clip it still holds, with what its
-    announcement carries (manifest, minisign text), checked to agree with the entry."""
-
-    clip_id: str
-    size_bytes: int
-    sha256: str
-    state: str
-    sealed_at: datetime | None
-    manifest: ClipManifest
-    signature: str
-
-
-class Backoff:
-    """Delays between retries: exponential with full jitter, capped.
-
-    Attempt *n* waits a uniform random time in ``[0, min(cap_s, base_s * factor**n)]``, so that
-    receivers retrying the same unit spread out instead of arriving together::
-
-        backoff = Backoff(base_s=1.0, cap_s=300.0)
-        time.sleep(backoff.next_s())  # after each failure
-        backoff.reset()  # after a success
-    """
-
-    def __init__(
-        self,
-        *,
-        base_s: float = 1.0,
-        cap_s: float = 300.0,
-        factor: float = 2.0,
-        rng: random.Random | None = None,
-    ) -> None:
-        if not 0 < base_s <= cap_s or factor < 1:
-            raise ValueError("Backoff needs 0 < base_s <= cap_s and factor >= 1")
-        self.base_s, self.cap_s, self.factor = base_s, cap_s, factor
-        self._rng = rng or random.Random()
-        self.attempts = 0
-
-    def ceiling_s(self, attempt: int) -> float:
-        """The longest delay before retry *attempt* (0 for the first retry)."""
-        try:
-            return min(self.cap_s, self.base_s * self.factor ** max(attempt, 0))
-        except OverflowError:  # after some thousand attempts
-            return self.cap_s
-
-    def next_s(self) -> float:
-        """The delay before the next retry; counts an attempt."""
-        delay = self._rng.uniform(0.0, self.ceiling_s(self.attempts))
-        self.attempts += 1
-        return delay
-
-    def reset(self) -> None:
-        self.attempts = 0
 
 
 @dataclass(frozen=True)
@@ -342,7 +270,7 @@ class UnitConnection:
         target = _target(url)
         where = f"unit {self.device_id}: GET {target.path}"
         with self._exchange(target, {}) as response:
-            body = _small_body(response, where, _MAX_SIGNATURE_BYTES)
+            body = _small_body(response, where, MAX_SIGNATURE_BYTES)
         try:
             return body.decode("ascii")
         except UnicodeDecodeError:
@@ -355,7 +283,7 @@ class UnitConnection:
         with self._exchange(target, {}) as response:
             body = _small_body(response, where, _MAX_LISTING_BYTES)
         try:
-            return _parse_listing(json.loads(body), self.device_id)
+            return parse_listing(json.loads(body), self.device_id)
         except (ValueError, TypeError, RecursionError) as exc:
             raise FetchError(
                 FetchErrorKind.PROTOCOL, f"{where}: malformed clip list: {exc}"
@@ -592,55 +520,3 @@ def _network_error(exc: BaseException, where: str, timeout_s: float) -> FetchErr
     elif isinstance(exc, OSError):
         kind, what = FetchErrorKind.UNREACHABLE, f"network error: {exc.strerror or exc}"
     return FetchError(kind, f"{where}: {what}")
-
-
-def _parse_listing(data: object, device_id: str) -> list[ListedClip]:
-    """The entries of a ``/v1/clips`` body; ValueError naming the first bad one.
-
-    One bad entry refuses the whole list: a unit that serves it is broken or not ours to trust.
-    """
-    if not isinstance(data, list):
-        raise ValueError("not a JSON list")
-    clips = []
-    for i, item in enumerate(data):
-        if not isinstance(item, dict):
-            raise ValueError(f"item {i} is not an object")
-        if item.keys() != _LISTED_KEYS:  # unknown keys refused, as in every painav message
-            missing = sorted(_LISTED_KEYS - item.keys())
-            unknown = sorted(item.keys() - _LISTED_KEYS)
-            what = f"missing {missing[0]!r}" if missing else f"unknown key {unknown[0][:40]!r}"
-            raise ValueError(f"item {i}: {what}")
-        clip_id, size, sha256 = item["clip_id"], item["size_bytes"], item["sha256"]
-        state, sealed_at = item["state"], item["sealed_at"]
-        manifest, signature = _listed_manifest(item["manifest"], i), item["signature"]
-        if not isinstance(clip_id, str) or not re.fullmatch(CLIP_ID_PATTERN, clip_id):
-            raise ValueError(f"item {i}: bad clip_id")
-        if type(size) is not int or size <= 0:
-            raise ValueError(f"item {i}: bad size_bytes")
-        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
-            raise ValueError(f"item {i}: bad sha256")
-        if not isinstance(state, str) or not isinstance(sealed_at, str | None):
-            raise ValueError(f"item {i}: bad state or sealed_at")
-        if not isinstance(signature, str) or not signature.isascii():
-            raise ValueError(f"item {i}: signature is not ASCII text")
-        if len(signature) > _MAX_SIGNATURE_BYTES:
-            raise ValueError(f"item {i}: signature longer than {_MAX_SIGNATURE_BYTES} bytes")
-        # The entry and its manifest must name the same clip, and a unit may only list its own
-        # clips: its certificate vouches for the list, not for another unit's recordings.
-        listed = (clip_id, size, sha256, device_id)
-        if (manifest.clip_id, manifest.size_bytes, manifest.sha256, manifest.device_id) != listed:
-            raise ValueError(f"item {i}: manifest disagrees with the entry or the unit")
-        when = None if sealed_at is None else datetime.fromisoformat(sealed_at)
-        clips.append(ListedClip(clip_id, size, sha256, state, when, manifest, signature))
-    return clips
-
-
-def _listed_manifest(data: object, i: int) -> ClipManifest:
-    # Through JSON text: the model is strict about Python types (a JSON array is no tuple), and
-    # must read the listing exactly as it reads an announcement's manifest.
-    try:
-        return ClipManifest.model_validate_json(json.dumps(data, allow_nan=False))
-    except ValidationError as exc:
-        raise ValueError(f"item {i}: manifest {describe(exc)}") from None
-    except ValueError:  # NaN or Infinity, which JSON does not have
-        raise ValueError(f"item {i}: manifest is not JSON") from None

@@ -19,10 +19,11 @@ from pathlib import Path
 
 from protocol.registry import Registry
 
+from .backoff import Backoff
 from .catalog import Catalog, ClipState
 from .catalog.errors import IllegalTransitionError, LeaseLostError
 from .catalog.records import ClipRecord
-from .fetch import Backoff, FetchClient, FetchError
+from .fetch import FetchClient, FetchError
 from .store import ClipStore
 from .verify import verify_clip_file
 

@@ -23,7 +23,8 @@ from protocol.envelope import EnvelopeWriter
 from protocol.registry import Registry
 from protocol.signing import sign_clip
 from provisioning import pki
-from server.fetch import Backoff, FetchClient, FetchError, FetchErrorKind
+from server.backoff import Backoff
+from server.fetch import FetchClient, FetchError, FetchErrorKind
 from server.store import LocalStore
 from server.verify import verify_clip_file
 from tests.daemon.test_outbox import open_outbox
