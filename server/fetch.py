@@ -224,6 +224,13 @@ class UnitConnection:
     def close(self) -> None:
         self._conn.close()
 
+    def _target(self, url: str) -> _Target:
+        """*url*, which must be on this connection's host and port."""
+        target = _target(url)
+        if (target.host, target.port) != (self._conn.host, self._conn.port):
+            raise ValueError(f"{url!r:.200} is not on {self._conn.host}:{self._conn.port}")
+        return target
+
     def fetch(
         self, url: str, dest: Path, *, expected_size: int, expected_sha256: str
     ) -> FetchResult:
@@ -241,7 +248,7 @@ class UnitConnection:
         """
         if expected_size <= 0 or not _SHA256.fullmatch(expected_sha256):
             raise ValueError("expected_size must be positive, expected_sha256 64 hex digits")
-        target = _target(url)
+        target = self._target(url)
         where = f"unit {self.device_id}: GET {target.path}"
         try:
             fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -267,7 +274,7 @@ class UnitConnection:
 
     def fetch_signature(self, url: str) -> str:
         """The text of a clip's ``.minisig`` (small: read into memory, at most 16 KiB)."""
-        target = _target(url)
+        target = self._target(url)
         where = f"unit {self.device_id}: GET {target.path}"
         with self._exchange(target, {}) as response:
             body = _small_body(response, where, MAX_SIGNATURE_BYTES)
@@ -278,7 +285,7 @@ class UnitConnection:
 
     def list_clips(self, base_url: str) -> list[ListedClip]:
         """The clips the unit still holds (``GET <base_url>/v1/clips``)."""
-        target = _target(base_url.rstrip("/") + "/v1/clips")
+        target = self._target(base_url.rstrip("/") + "/v1/clips")
         where = f"unit {self.device_id}: GET {target.path}"
         with self._exchange(target, {}) as response:
             body = _small_body(response, where, _MAX_LISTING_BYTES)

@@ -155,9 +155,8 @@ class Puller:
             # another hash): its bytes must not stay in the store, unless another clip that is
             # stored has the same hash (then they are that clip's too). Taken over by another
             # worker: that worker stores the same bytes under the same key, so they stay.
-            if self._catalog.clip(
-                clip.clip_id
-            ).state is ClipState.QUARANTINED and not self._catalog.stored_with_hash(clip.sha256):
+            quarantined = self._catalog.clip(clip.clip_id).state is ClipState.QUARANTINED
+            if quarantined and not self._catalog.stored_with_hash(clip.sha256):
                 self._store.delete(clip.sha256)
             log.warning("%s changed hands while it was fetched; not marked stored", clip.clip_id)
             return

@@ -56,9 +56,8 @@ class ClipStore(Protocol):
       caller hands the file over (it is gone from its name afterwards, stored or not) and
       vouches for its hash, computed as the bytes arrived: a backend that can take the file
       without copying it (a link on the same file system) need not read it again. It is
-      idempotent: a key
-      already stored is not rewritten (the first signature stored is kept), and the key is
-      returned. Same hash means same ciphertext, so there is nothing to update.
+      idempotent: a key already stored is not rewritten (the first signature stored is kept),
+      and the key is returned. Same hash means same ciphertext, so there is nothing to update.
     - ``exists`` is true only once ``put`` has returned (or a crash hit after its commit point).
     - ``open``/``signature`` raise :class:`NotStoredError` for an unknown key.
     - ``delete`` (consent withdrawal) removes both objects; deleting a missing key is a no-op.

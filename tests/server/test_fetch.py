@@ -197,6 +197,8 @@ def test_one_connection_serves_a_clip_its_signature_and_the_list(
         with pytest.raises(FetchError, match="HTTP 404"):
             conn.fetch_signature(clip_url(unit.port, "clip-9999") + ".minisig")
         assert conn.fetch_signature(url + ".minisig") == entry.signature
+        with pytest.raises(ValueError, match="is not on"):  # a connection serves its own host
+            conn.fetch_signature(f"https://{HOST}:{unit.port + 1}/v1/clips/clip-0001.age.minisig")
     assert len(admitted) == 2
     # Hashed on the way in: both digests are of the file as written.
     data = dest.read_bytes()
