@@ -10,6 +10,8 @@ with the site's one receipt key, the key every unit already trusts.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -53,20 +55,25 @@ def add_receiver(site: Site, name: str, *, report: Report = lambda _: None) -> s
         if receiver_id in registry.devices:
             raise SiteError(f"{receiver_id!r} is a unit's id; choose another receiver name")
         assert names_a_receiver(receiver_id, site.receiver_id)
+        (site.dir / "receivers").mkdir(mode=0o700, exist_ok=True)
         issued = pki.issue_leaf(
             site.root(), receiver_id, site.name, days=SERVICE_DAYS, server=False, client=True
         )
         folder = receiver_dir(site, receiver_id)
-        folder.mkdir(parents=True, mode=0o700)
+        # Made aside and renamed into place, then registered: an interrupted run leaves at most
+        # a folder no registry entry names, which the next run replaces.
+        staging = Path(tempfile.mkdtemp(prefix=f".{receiver_id}.", dir=folder.parent))
         first = site.paths.receiver_dir
-        pki.write_private_key(folder / "tls.key", issued.key)
-        pki.write_cert(folder / "tls.crt", issued.cert)
+        pki.write_private_key(staging / "tls.key", issued.key)
+        pki.write_cert(staging / "tls.crt", issued.cert)
         for file_name, mode in (("ca.pem", 0o644), ("receipt.pub", 0o644), ("receipt.key", 0o600)):
             data = (first / file_name).read_bytes()
-            write_atomic(folder / file_name, data, mode=mode, overwrite=False)
+            write_atomic(staging / file_name, data, mode=mode, overwrite=False)
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
         receivers = [*registry.receivers, receiver_id]
         update = {"receivers": receivers, "updated_at": datetime.now(UTC)}
         registry.model_copy(update=update).save(site.paths.registry)
     report(f"receiver {receiver_id}: {folder}/ (TLS client certificate, key, receipt key)")
-    report("now run 'painav provision broker-config' for the broker and reload it")
     return receiver_id

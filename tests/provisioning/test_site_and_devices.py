@@ -225,6 +225,13 @@ def test_an_added_receiver_has_its_own_certificate_and_the_sites_receipt_key(
         with pytest.raises(SiteError, match=message):
             add_receiver(site, name)
     assert snapshot(site.dir) == before
+    # What an interrupted run leaves (a folder no registry entry names) is replaced.
+    leftover = site.dir / "receivers" / "receiver-3"
+    leftover.mkdir()
+    (leftover / "tls.key").write_text("half")
+    assert add_receiver(site, "3") == "receiver-3"
+    assert (leftover / "tls.key").read_text().startswith("-----BEGIN PRIVATE KEY-----")
+    assert not [p for p in (site.dir / "receivers").iterdir() if p.name.startswith(".")]
 
 
 def test_unknown_unit_cannot_be_revoked(site: Site) -> None:
