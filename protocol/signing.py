@@ -30,6 +30,7 @@ __all__ = [
     "PublicKey",
     "Signature",
     "SigningKey",
+    "clip_digests",
     "sign_clip",
     "sign_receipt",
     "verify_clip",
@@ -172,6 +173,13 @@ def _feed(source: Source, update: Callable[[bytes], None]) -> None:
         update(chunk)
 
 
+def clip_digests(source: Source) -> ClipDigests:
+    """Both digests of a whole clip (a path or a binary file object), streaming it."""
+    hasher = ClipHasher()
+    _feed(source, hasher.update)
+    return hasher.digests()
+
+
 def sign_clip(
     key: SigningKey, source: Source, clip_id: str, device_id: str, *, timestamp: int | None = None
 ) -> tuple[Signature, ClipBinding]:
@@ -193,10 +201,8 @@ def verify_clip(
 
     Raises as :func:`verify_clip_digests`, which it calls with the clip's digests.
     """
-    hasher = ClipHasher()
-    _feed(source, hasher.update)
     return verify_clip_digests(
-        public_key, signature, hasher.digests(), clip_id=clip_id, device_id=device_id
+        public_key, signature, clip_digests(source), clip_id=clip_id, device_id=device_id
     )
 
 

@@ -75,7 +75,6 @@ from protocol.atomic import write_atomic
 from protocol.message_codec import MAX_PAYLOAD_BYTES
 from protocol.topics import ID_PATTERN, PREFIX, ROUTES, Direction, Kind
 
-from .devices import list_devices
 from .errors import ProvisioningError
 from .site import Report, Site, locked
 
@@ -324,8 +323,11 @@ def _load_broker_credentials(site: Site) -> tuple[bytes, bytes]:
     return cert_data, key_data
 
 
-def _revoked_ids(site: Site) -> list[str]:
-    return [e.device_id for e in list_devices(site) if e.status == "revoked"]
+def _current_acl(site: Site) -> tuple[str, list[str]]:
+    """The ACL for the registry as it is now, and the revoked unit ids it names."""
+    registry = site.registry()
+    revoked = [d for d, entry in registry.devices.items() if entry.status == "revoked"]
+    return acl_text(site, revoked, registry.receiver_ids()), revoked
 
 
 def _broker_account(user: str) -> tuple[int, int] | None:
@@ -404,7 +406,7 @@ def write_broker_config(
     data = _check_path("data folder", data_dir if data_dir is not None else out / DATA_DIR)
     with locked(site.dir):  # CRL and registry from one moment, not from either side of a change
         crl_data, next_update = _load_crls(site)
-        acl = acl_text(site, _revoked_ids(site), site.registry().receiver_ids())
+        acl, _ = _current_acl(site)
         cert_data, key_data = _load_broker_credentials(site)
         try:
             ca_data = site.paths.ca_bundle.read_bytes()
@@ -476,8 +478,7 @@ def sync_revocation(site: Site, out: Path, *, report: Report = lambda _: None) -
         )
     with locked(site.dir):
         crl_data, next_update = _load_crls(site)
-        revoked = _revoked_ids(site)
-        acl = acl_text(site, revoked, site.registry().receiver_ids())
+        acl, revoked = _current_acl(site)
     # The ACL first: were the CRL replaced and the ACL not, a reload would let a revoked unit's
     # open session keep its access.
     write_atomic(out / ACL_FILE, acl.encode(), mode=0o644, overwrite=True)

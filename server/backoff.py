@@ -39,9 +39,13 @@ class Backoff:
         except OverflowError:  # after some thousand attempts
             return self.cap_s
 
+    def delay_s(self, attempt: int) -> float:
+        """A delay before retry *attempt*, for a caller that counts attempts itself."""
+        return self._rng.uniform(0.0, self.ceiling_s(attempt))
+
     def next_s(self) -> float:
         """The delay before the next retry; counts an attempt."""
-        delay = self._rng.uniform(0.0, self.ceiling_s(self.attempts))
+        delay = self.delay_s(self.attempts)
         self.attempts += 1
         return delay
 

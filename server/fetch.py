@@ -22,11 +22,10 @@ from cryptography.x509.oid import NameOID
 
 from protocol.signing import ClipDigests, ClipHasher
 
-from .listing import MAX_SIGNATURE_BYTES, ListedClip, parse_listing
+from .listing import MAX_SIGNATURE_BYTES, SHA256_HEX, ListedClip, parse_listing
 
 __all__ = ["FetchClient", "FetchError", "FetchErrorKind", "FetchResult", "UnitConnection"]
 
-_SHA256: Final = re.compile(r"[0-9a-f]{64}")
 _CONTENT_RANGE: Final = re.compile(r"bytes ([0-9]{1,18})-([0-9]{1,18})/([0-9]{1,18})")
 _MAX_LISTING_BYTES: Final = 4 * 1024 * 1024  # thousands of pending clips; a unit holds tens
 
@@ -246,7 +245,7 @@ class UnitConnection:
         fetched again (``transferred == 0``): if its hash is wrong, the caller removes it and
         fetches afresh.
         """
-        if expected_size <= 0 or not _SHA256.fullmatch(expected_sha256):
+        if expected_size <= 0 or not SHA256_HEX.fullmatch(expected_sha256):
             raise ValueError("expected_size must be positive, expected_sha256 64 hex digits")
         target = self._target(url)
         where = f"unit {self.device_id}: GET {target.path}"

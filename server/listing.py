@@ -14,10 +14,10 @@ from protocol.clip_manifest import ClipManifest
 from protocol.message_codec import describe
 from protocol.message_fields import CLIP_ID_PATTERN
 
-__all__ = ["MAX_SIGNATURE_BYTES", "ListedClip", "parse_listing"]
+__all__ = ["MAX_SIGNATURE_BYTES", "SHA256_HEX", "ListedClip", "parse_listing"]
 
 MAX_SIGNATURE_BYTES: Final = 16 * 1024  # a minisign signature is under 1 KiB
-_SHA256: Final = re.compile(r"[0-9a-f]{64}")
+SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
 _LISTED_KEYS: Final = frozenset(
     {"clip_id", "size_bytes", "sha256", "state", "sealed_at", "manifest", "signature"}
 )
@@ -60,7 +60,7 @@ def parse_listing(data: object, device_id: str) -> list[ListedClip]:
             raise ValueError(f"item {i}: bad clip_id")
         if type(size) is not int or size <= 0:
             raise ValueError(f"item {i}: bad size_bytes")
-        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+        if not isinstance(sha256, str) or not SHA256_HEX.fullmatch(sha256):
             raise ValueError(f"item {i}: bad sha256")
         if not isinstance(state, str) or not isinstance(sealed_at, str | None):
             raise ValueError(f"item {i}: bad state or sealed_at")

@@ -10,7 +10,6 @@ reason, never receipted, and stays on the unit.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -172,7 +171,7 @@ class Puller:
 
     def _retry(self, clip: ClipRecord, worker: str, error: str) -> None:
         # Exponential backoff with full jitter, so a unit that comes back is not stampeded.
-        delay_s = random.uniform(0, self._backoff.ceiling_s(clip.attempts))
+        delay_s = self._backoff.delay_s(clip.attempts)
         retry_at = datetime.now(UTC) + timedelta(seconds=delay_s)
         log.warning("fetching %s failed, retrying: %s", clip.clip_id, error)
         try:

@@ -16,7 +16,13 @@ from protocol.errors import (
 )
 from protocol.format import Header, b64decode, parse_header
 from protocol.registry import Registry
-from protocol.signing import ClipBinding, ClipDigests, ClipHasher, Signature, verify_clip_digests
+from protocol.signing import (
+    ClipBinding,
+    ClipDigests,
+    Signature,
+    clip_digests,
+    verify_clip_digests,
+)
 from protocol.x25519 import STANZA_TYPE, X25519Recipient
 
 __all__ = ["Reason", "Verdict", "verify_clip_file"]
@@ -105,7 +111,7 @@ def verify_clip_file(
     except SignatureError as exc:
         return Verdict.refuse(Reason.BAD_SIGNATURE, f"unreadable signature: {exc}")
     if digests is None:
-        digests = _digests_of(clip_file)
+        digests = clip_digests(clip_file)
     try:
         binding = verify_clip_digests(key, signature, digests, clip_id=clip_id, device_id=device_id)
     except BindingError as exc:
@@ -132,14 +138,6 @@ def verify_clip_file(
     if problem is not None:
         return Verdict.refuse(Reason.NOT_FOR_DATA_KEY, problem)
     return Verdict(ok=True, binding=binding)
-
-
-def _digests_of(clip_file: Path) -> ClipDigests:
-    hasher = ClipHasher()
-    with open(clip_file, "rb") as file:
-        while chunk := file.read(1 << 20):
-            hasher.update(chunk)
-    return hasher.digests()
 
 
 def _read_header(clip_file: Path) -> Header:
