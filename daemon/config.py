@@ -66,6 +66,10 @@ class OutboxSection(_Section):
 class RecorderSection(_Section):
     max_seconds: float = Field(default=60.0, gt=0, le=60.0)
     require_clock_sync: bool = True
+    # What tells the daemon that NTP has set the clock (daemon/clock.py): the file
+    # systemd-timesyncd touches at every synchronisation. The sandbox (ProtectClock=) forbids
+    # asking the kernel; a unit running chrony instead is asked through `chronyc`.
+    clock_sync_file: Path = Path("/run/systemd/timesync/synchronized")
     # Expected clip size at the configured bitrates, for the free-space check at a press.
     reserve_bytes: int = Field(default=80 << 20, ge=0)
 
