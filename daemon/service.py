@@ -165,6 +165,7 @@ class Service:
         self._unsent_events: list[Event] = []
         self.latency = _Latency()
         self.last_error: str | None = None
+        self.last_refusal: Event | None = None
         self._started = time.monotonic()
         self.announcer = Announcer(
             site_id=cfg.unit.site_id,
@@ -191,7 +192,7 @@ class Service:
             ca_file=cfg.keys.ca_chain,
             receiver_id=cfg.clip_server.receiver_id,
         )
-        self.control = ControlServer(cfg.control.socket, self._control)
+        self.control = ControlServer(cfg.control.socket, self._control, owner=self.device_id)
         self.hardware.button.on_press(lambda: self.post("press"))
         self.hardware.button.on_long_press(lambda: self.post("long_press"))
 
@@ -214,6 +215,7 @@ class Service:
         self.announcer.start()
         self._execute(self.recorder.start_up())
         self.notifier.ready(f"{self.recorder.state}; {len(self.outbox.pending())} clip(s) queued")
+        self._warn_if_presses_would_be_refused()
         log.info(
             "unit %s ready (clip server on port %d)",
             self.device_id,
@@ -240,6 +242,28 @@ class Service:
                     next_telemetry = mono + self.config.mqtt.telemetry_interval_s
         finally:
             self._shut_down()
+
+    def _warn_if_presses_would_be_refused(self) -> None:
+        """Say at start what would refuse every press, rather than only at the first press."""
+        readiness = self._readiness()
+        problems = []
+        if self.config.recorder.require_clock_sync and not readiness.clock_synced:
+            problems.append(
+                "the clock is not synchronised (NTP); off a Pi, set [recorder] "
+                "require_clock_sync = false"
+            )
+        if not readiness.camera_present:
+            problems.append("no camera")
+        if not readiness.microphone_present:
+            problems.append("no microphone")
+        if readiness.storage_problem is not None:
+            problems.append(f"storage: {readiness.storage_problem}")
+        for problem in problems:
+            log.warning(
+                "presses will be refused until this is fixed: %s",
+                problem,
+                extra=log_fields(device_id=self.device_id),
+            )
 
     def _shut_down(self) -> None:
         self.notifier.stopping()
@@ -354,6 +378,8 @@ class Service:
                 device.stop()
             except Exception:
                 log.exception("stopping %s failed", type(device).__name__)
+        if capture is not None:
+            self._publish_status()  # no longer "recording"
         return capture
 
     def _stop(self, action: Stop) -> None:
@@ -443,7 +469,6 @@ class Service:
         if capture is not None:
             capture.writer.abort()
         self.outbox.abort(action.clip_id, action.reason[:200])
-        self._publish_status()
 
     def _report(self, report: Report) -> None:
         log.info(
@@ -460,6 +485,8 @@ class Service:
             reason=report.reason,
             detail=report.detail.replace("\n", " ")[:500],
         )
+        if event.kind == "refused":
+            self.last_refusal = event
         self._send_event(event)
 
     def _send_event(self, event: Event) -> None:
@@ -593,6 +620,8 @@ class Service:
             return {"ok": True}
         if command == "status":
             assignment = self.recorder.assignment
+            readiness = self._readiness()
+            refusal = self.last_refusal
             return {
                 "ok": True,
                 "device_id": self.device_id,
@@ -603,6 +632,15 @@ class Service:
                 "free_bytes": self.outbox.free_bytes(),
                 "connected": self.announcer.connected,
                 "last_error": self.last_error,
+                "last_refusal": (
+                    {"at": refusal.at.isoformat(), "reason": refusal.reason}
+                    if refusal is not None
+                    else None
+                ),
+                "clock_synced": readiness.clock_synced,
+                "require_clock_sync": self.config.recorder.require_clock_sync,
+                "camera_present": readiness.camera_present,
+                "microphone_present": readiness.microphone_present,
                 "press_to_first_frame_ms": self.latency.press_to_first_frame_ms,
                 "stop_to_announced_ms": self.latency.stop_to_announced_ms,
                 "pid": os.getpid(),

@@ -52,7 +52,7 @@ class _Unit:
 
     @property
     def control(self) -> ControlClient:
-        return ControlClient(self.work / "control.sock")
+        return ControlClient(self.work / "control.sock", device_id=self.device_id)
 
     def status(self) -> dict[str, Any]:
         return self.control.request(cmd="status")

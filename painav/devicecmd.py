@@ -35,6 +35,7 @@ def _fail(message: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from daemon.config import ConfigError, load_config
+    from daemon.control import ControlError
     from daemon.hardware.base import HardwareError
     from daemon.hardware.factory import make_button, make_camera, make_light, make_microphone
     from daemon.hardware.settings import (
@@ -56,8 +57,12 @@ def run(args: argparse.Namespace) -> int:
             button=make_button(ButtonSettings(**cfg.button.model_dump())),
             light=make_light(LightSettings(**cfg.light.model_dump())),
         )
+    except (ConfigError, HardwareError) as exc:
+        return _fail(str(exc))
+    try:
         service = Service(cfg, hardware)
-    except (ConfigError, HardwareError, OutboxError) as exc:
+    except (ControlError, OutboxError) as exc:
+        hardware.close()
         return _fail(str(exc))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -70,7 +75,9 @@ def _control(args: argparse.Namespace, **request: Any) -> dict[str, Any]:
     from daemon.config import load_config
     from daemon.control import ControlClient
 
-    return ControlClient(load_config(args.config).control.socket).request(**request)
+    cfg = load_config(args.config)
+    client = ControlClient(cfg.control.socket, device_id=cfg.unit.device_id)
+    return client.request(**request)
 
 
 def press(args: argparse.Namespace) -> int:
@@ -105,7 +112,11 @@ def status(args: argparse.Namespace) -> int:
         f"armed for   {answer['participant'] or '(nobody: clips are unassigned)'}",
         f"queue       {len(queue)} clip(s) waiting for the hospital",
         f"free space  {mb:,.0f} MB",
+        f"camera      {'present' if answer['camera_present'] else 'MISSING'}",
+        f"microphone  {'present' if answer['microphone_present'] else 'MISSING'}",
+        f"clock       {_clock(answer)}",
         f"last error  {answer['last_error'] or 'none'}",
+        f"refused     {_refusal(answer['last_refusal'])}",
     ]
     if answer.get("press_to_first_frame_ms") is not None:
         lines.append(
@@ -114,3 +125,15 @@ def status(args: argparse.Namespace) -> int:
         )
     print("\n".join(lines))
     return 0
+
+
+def _clock(answer: dict[str, Any]) -> str:
+    if answer["clock_synced"]:
+        return "synchronised"
+    if answer["require_clock_sync"]:
+        return "NOT SYNCHRONISED: every press is refused until NTP has set the clock"
+    return "not synchronised (allowed by [recorder] require_clock_sync = false)"
+
+
+def _refusal(refusal: dict[str, str] | None) -> str:
+    return f"{refusal['reason']} at {refusal['at']}" if refusal else "none"

@@ -66,7 +66,7 @@ class Unit:
 
     @property
     def control(self) -> ControlClient:
-        return ControlClient(self.work / "control.sock", timeout_s=5.0)
+        return ControlClient(self.work / "control.sock", timeout_s=5.0, device_id=self.device_id)
 
     @property
     def log_path(self) -> Path:
