@@ -19,12 +19,24 @@ class ConfigError(ProtocolError, ValueError):
     """A config file is missing, not TOML, or has a bad or unknown key."""
 
 
-def _describe(path: Path, error: ValidationError) -> str:
+def _valid_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
+    """The keys the model allows where *loc* (a path of keys ending in the bad one) points."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def _describe(path: Path, error: ValidationError, model: type[BaseModel]) -> str:
     errors = error.errors()
     first = errors[0]
     loc = [str(part) for part in first["loc"]]
     if first["type"] == "extra_forbidden":
-        what = "unknown key (a typo?)"
+        valid = _valid_keys(model, loc)
+        what = "unknown key (a typo?)" + (f"; valid keys: {', '.join(valid)}" if valid else "")
     elif first["type"] == "missing":
         what = "missing"
     else:
@@ -47,4 +59,4 @@ def load_toml(path: Path, model: type[Model]) -> Model:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(path, exc)) from None
+        raise ConfigError(_describe(path, exc, model)) from None
