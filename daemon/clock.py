@@ -15,7 +15,8 @@ daemon asks the time service instead, with nothing but a ``stat`` or an unprivil
 2. chrony writes no such file. It answers its monitoring commands (``chronyc tracking``) to
    any local user, over UDP on 127.0.0.1:323, which the unit's address filter allows; its
    privileged Unix socket is not needed. When the file is missing and ``chronyc`` is installed,
-   the daemon runs ``chronyc -c tracking`` and trusts any leap status but "Not synchronised".
+   the daemon runs ``chronyc -c tracking`` and trusts a leap status other than "Not
+   synchronised".
 
 Example::
 
@@ -37,8 +38,9 @@ from .config import RecorderSection
 
 __all__ = ["ClockSignal", "chrony_says_synchronised", "clock_synchronised"]
 
-# chronyc's leap status in CSV output; every other value means synchronised.
-_CHRONY_UNSYNCHRONISED = "Not synchronised"
+# chronyc's leap status (the last field of CSV tracking) while chronyd is synchronised; the
+# other value is "Not synchronised".
+_CHRONY_SYNCHRONISED = frozenset({"Normal", "Insert second", "Delete second"})
 
 
 def _installed_chronyc() -> tuple[str, ...] | None:
@@ -48,8 +50,8 @@ def _installed_chronyc() -> tuple[str, ...] | None:
 
 
 def chrony_says_synchronised(command: Sequence[str], *, timeout_s: float = 1.0) -> bool:
-    """Whether ``COMMAND tracking`` (``chronyc -c`` and its options) reports a leap status
-    other than "Not synchronised". A missing daemon, an error or a timeout count as no."""
+    """Whether ``COMMAND tracking`` (``chronyc -c`` and its options) reports a synchronised
+    leap status. "Not synchronised", no daemon, an error or a timeout all count as no."""
     try:
         result = subprocess.run(
             [*command, "tracking"],
@@ -63,9 +65,7 @@ def chrony_says_synchronised(command: Sequence[str], *, timeout_s: float = 1.0) 
     lines = result.stdout.strip().splitlines()
     if result.returncode != 0 or not lines:
         return False
-    fields = lines[-1].split(",")
-    # CSV tracking has 14 fields, the leap status last; anything else is not an answer.
-    return len(fields) == 14 and fields[-1] != _CHRONY_UNSYNCHRONISED
+    return lines[-1].split(",")[-1] in _CHRONY_SYNCHRONISED
 
 
 @dataclass
