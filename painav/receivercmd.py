@@ -23,9 +23,18 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     clips.add_argument("--json", action="store_true", help="machine-readable output")
     clips.add_argument("--state", help="only clips in this state (e.g. quarantined)")
     clips.set_defaults(handler="painav.receivercmd:clips")
-    units = sub.add_parser("units", parents=[common], help="units, last seen and status")
+    units = sub.add_parser(
+        "units", parents=[common], help="every registered unit: status (or revoked), last seen"
+    )
     units.add_argument("--json", action="store_true")
     units.set_defaults(handler="painav.receivercmd:units")
+    events = sub.add_parser(
+        "events", parents=[common], help="units' recent events (refused presses, errors, …)"
+    )
+    events.add_argument("--unit", help="only this unit's events")
+    events.add_argument("--limit", type=int, default=20, help="how many, newest first (20)")
+    events.add_argument("--json", action="store_true")
+    events.set_defaults(handler="painav.receivercmd:events")
     reconcile = sub.add_parser(
         "reconcile",
         parents=[common],
@@ -98,12 +107,16 @@ def _clip_json(c: object) -> dict[str, object]:
 
 
 def units(args: argparse.Namespace) -> int:
+    from protocol.registry import Registry
     from server.catalog import Catalog
     from server.config import load_config
+    from server.fleet import fleet
 
-    catalog = Catalog(load_config(args.config).catalog.url)
+    config = load_config(args.config)
+    registry = Registry.load(config.site.registry)
+    catalog = Catalog(config.catalog.url)
     try:
-        rows = catalog.units()
+        rows = fleet(catalog.units(), registry)
     finally:
         catalog.close()
     if args.json:
@@ -112,9 +125,15 @@ def units(args: argparse.Namespace) -> int:
                 [
                     {
                         "device_id": u.device_id,
-                        "status": u.status,
-                        "last_seen_at": u.last_seen_at.isoformat(),
-                        "queue_depth": u.last_telemetry.queue_depth if u.last_telemetry else None,
+                        "status": u.state,
+                        "last_seen_at": u.record.last_seen_at.isoformat() if u.record else None,
+                        "queue_depth": (
+                            u.record.last_telemetry.queue_depth
+                            if u.record and u.record.last_telemetry
+                            else None
+                        ),
+                        "revoked_at": u.revoked_at.isoformat() if u.revoked_at else None,
+                        "registered": u.registered,
                     }
                     for u in rows
                 ],
@@ -123,10 +142,45 @@ def units(args: argparse.Namespace) -> int:
         )
         return 0
     for u in rows:
-        queue = u.last_telemetry.queue_depth if u.last_telemetry else "?"
+        seen = f"{u.record.last_seen_at:%Y-%m-%d %H:%M:%S}Z" if u.record else "never"
+        telemetry = u.record.last_telemetry if u.record else None
+        queue = telemetry.queue_depth if telemetry else "?"
+        note = "" if u.registered else "  (not in the registry)"
+        print(f"{u.device_id:<16} {u.state:<10} last seen {seen:<20} queue {queue}{note}")
+    return 0
+
+
+def events(args: argparse.Namespace) -> int:
+    from server.catalog import Catalog
+    from server.config import load_config
+
+    catalog = Catalog(load_config(args.config).catalog.url)
+    try:
+        rows = catalog.events(device_id=args.unit, limit=max(args.limit, 1))
+    finally:
+        catalog.close()
+    if args.json:
         print(
-            f"{u.device_id:<16} {u.status or 'unknown':<10} last seen "
-            f"{u.last_seen_at:%Y-%m-%d %H:%M:%S}Z  queue {queue}"
+            json.dumps(
+                [
+                    {
+                        "device_id": e.device_id,
+                        "kind": e.kind,
+                        "reason": e.reason,
+                        "at": e.at.isoformat(),
+                        "clip_id": e.clip_id,
+                        "detail": e.detail,
+                    }
+                    for e in rows
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    for e in rows:
+        print(
+            f"{e.at:%Y-%m-%d %H:%M:%S}Z {e.device_id:<16} {e.kind:<10} {e.reason:<22} "
+            f"{e.clip_id or ''} {e.detail}".rstrip()
         )
     return 0
 
@@ -142,6 +196,7 @@ def reconcile(args: argparse.Namespace) -> int:
 
     # What went wrong with a unit is logged (one line each), the counts printed.
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl …" is not news
     config = load_config(args.config)
     tls = config.tls
     fetcher = FetchClient(
