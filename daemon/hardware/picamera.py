@@ -12,6 +12,15 @@ libcamera bug 254; the two differ only by time spent suspended, which a cart uni
 Because a wrong clock would silently shift video against audio, the first frame's age is checked
 when it arrives: if it is not between 0 and 2 s old, the sensor clock is not monotonic, a warning
 is logged and the frames are anchored to their arrival time instead.
+
+Frame rate. picamera2's ``LibavH264Encoder`` passes its ``framerate`` unchanged to PyAV's
+``add_stream(codec, rate=...)``, which since PyAV 13 takes only an int or a ``Fraction`` (a float
+raises ``AttributeError: ... 'numerator'``), so the encoders get the configured rate as a
+``Fraction``. The V4L2 encoder uses it only to choose the H.264 level.
+
+Picture size. libcamera may adjust the requested size when the camera is configured; the size
+it chose (picamera2's ``stream_configuration("main")``) is what the encoder is given, so it is
+what :attr:`PiCamera.width` and :attr:`PiCamera.height` report, with a warning if it differs.
 """
 
 from __future__ import annotations
@@ -21,12 +30,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
 from .base import HardwareError, VideoPacket
 
-__all__ = ["PiCamera", "hardware_encoder_present"]
+__all__ = ["PiCamera", "encoder_frame_rate", "hardware_encoder_present", "hidden_pyav"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +54,30 @@ def hardware_encoder_present(sysfs: Path = Path("/sys/class/video4linux")) -> bo
     return _CODEC_DEVICE in names
 
 
+def encoder_frame_rate(frame_rate_hz: float) -> Fraction:
+    """*frame_rate_hz* as the ``Fraction`` PyAV wants (29.97002997 -> 30000/1001, 30.0 -> 30)."""
+    return Fraction(frame_rate_hz).limit_denominator(1001)
+
+
+def hidden_pyav(picamera2: Any, av: Any) -> str | None:
+    """Why the PyAV that *av* is hides the one installed beside *picamera2*, or None.
+
+    picamera2's libav encoder imports whichever ``av`` comes first on ``sys.path``: in a venv, a
+    PyPI wheel in the venv before Raspberry Pi OS's python3-av, which picamera2 is built against.
+    """
+    picamera2_file, av_file = getattr(picamera2, "__file__", None), getattr(av, "__file__", None)
+    if not picamera2_file or not av_file:
+        return None
+    beside = Path(picamera2_file).resolve().parent.parent
+    used = Path(av_file).resolve().parent.parent
+    if used == beside or not (beside / "av").is_dir():
+        return None
+    return (
+        f"camera: PyAV {getattr(av, '__version__', '?')} in {used} hides the PyAV in {beside} "
+        "that picamera2 is built against; pip uninstall av in the venv"
+    )
+
+
 def _import_picamera2() -> tuple[Any, Any, Any]:
     try:
         picamera2 = importlib.import_module("picamera2")
@@ -52,7 +86,8 @@ def _import_picamera2() -> tuple[Any, Any, Any]:
     except ImportError as exc:
         raise HardwareError(
             "camera: picamera2 is not installed; on Raspberry Pi OS: sudo apt install "
-            "python3-picamera2, and create the venv with --system-site-packages"
+            "python3-picamera2, and create the venv with --system-site-packages; "
+            'off a Pi, set [camera] backend = "simulated" in the config'
         ) from exc
     return picamera2, encoders, outputs
 
@@ -63,6 +98,10 @@ class PiCamera:
     The hardware encoder (``H264Encoder``) is used where the board has one; a Pi 5 has none and
     gets picamera2's ``LibavH264Encoder`` (libx264). Each recording starts a fresh encoder, so
     the first packet is a key frame; every key frame repeats SPS/PPS.
+
+    *width* and *height* are asked for; after configuring, :attr:`width` and :attr:`height` are
+    the size the camera actually delivers (and the encoder encodes), :attr:`requested_size` the
+    size asked for.
 
     >>> camera = PiCamera(width=1280, height=720, frame_rate_hz=30, bitrate_bps=4_000_000)
     >>> camera.start(recorder.on_video); ...; camera.stop(); camera.close()
@@ -81,12 +120,20 @@ class PiCamera:
     ) -> None:
         picamera2, self._encoders, outputs = _import_picamera2()
         self.width, self.height = width, height
+        self.requested_size = (width, height)
         self.frame_rate_hz = frame_rate_hz
         self.bitrate_bps = bitrate_bps
         self.keyframe_interval_frames = keyframe_interval_frames
         if encoder == "auto":
             encoder = "hardware" if hardware_encoder_present() else "software"
         self.encoder_kind: Literal["hardware", "software"] = encoder
+        if encoder == "software":
+            try:
+                shadow = hidden_pyav(picamera2, importlib.import_module("av"))
+            except ImportError:
+                shadow = None  # picamera2's libav encoder will say so when it starts
+            if shadow:
+                log.warning("%s", shadow)
         self._interval_ns = 1e9 / frame_rate_hz
         self._lock = threading.Lock()
         self._sink: Callable[[VideoPacket], None] | None = None
@@ -120,6 +167,26 @@ class PiCamera:
                 f"camera: cannot configure {width}x{height} at {frame_rate_hz} Hz: {exc}"
             ) from exc
         self._camera = camera
+        self._read_back_size()
+
+    def _read_back_size(self) -> None:
+        """Take the size the camera was configured with, which libcamera may have adjusted."""
+        try:
+            size = self._camera.stream_configuration("main")["size"]
+            width, height = int(size[0]), int(size[1])
+        except Exception as exc:  # a picamera2 without it: keep the size asked for
+            log.warning("camera: cannot read back the configured size (%s)", exc)
+            return
+        if (width, height) != self.requested_size:
+            log.warning(
+                "camera: the camera delivers %dx%d, not the configured %dx%d; recording %dx%d",
+                width,
+                height,
+                *self.requested_size,
+                width,
+                height,
+            )
+        self.width, self.height = width, height
 
     @property
     def present(self) -> bool:
@@ -130,16 +197,15 @@ class PiCamera:
         return self._dropped
 
     def _make_encoder(self) -> Any:
+        options = {
+            "bitrate": self.bitrate_bps,
+            "repeat": True,  # SPS/PPS before every key frame
+            "iperiod": self.keyframe_interval_frames,
+            "framerate": encoder_frame_rate(self.frame_rate_hz),  # PyAV >= 13: no float
+        }
         if self.encoder_kind == "hardware":
-            return self._encoders.H264Encoder(
-                bitrate=self.bitrate_bps, repeat=True, iperiod=self.keyframe_interval_frames
-            )
-        return self._encoders.LibavH264Encoder(
-            bitrate=self.bitrate_bps,
-            repeat=True,
-            iperiod=self.keyframe_interval_frames,
-            framerate=self.frame_rate_hz,
-        )
+            return self._encoders.H264Encoder(**options)
+        return self._encoders.LibavH264Encoder(**options)
 
     def start(self, sink: Callable[[VideoPacket], None]) -> None:
         if self._camera is None:
