@@ -30,8 +30,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "verify", help="check a clip's signature, its hash binding and its age header"
     )
     verify.add_argument("file", type=Path, help="the clip (.age)")
-    verify.add_argument(
-        "--pubkey", required=True, help="the unit's minisign public key: a .pub file or its key"
+    key = verify.add_mutually_exclusive_group(required=True)
+    key.add_argument("--pubkey", help="the unit's minisign public key: a .pub file or its key")
+    key.add_argument(
+        "--registry",
+        type=Path,
+        help="the site's registry.json: the key of the unit the signature names",
     )
     verify.add_argument("--sig", type=Path, help="signature file (default: FILE.minisig)")
     verify.add_argument("--clip-id", help="fail unless the signature names this clip id")
@@ -46,7 +50,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "-i", "--identity", required=True, type=Path, help="age identity file (data key)"
     )
     decrypt.add_argument("-o", "--output", required=True, help="output file, or - for stdout")
-    decrypt.add_argument("--pubkey", help="verify the unit's signature first (recommended)")
+    check = decrypt.add_mutually_exclusive_group()
+    check.add_argument("--pubkey", help="verify the unit's signature first (recommended)")
+    check.add_argument(
+        "--registry", type=Path, help="verify the signature first, with the key from registry.json"
+    )
     decrypt.add_argument("--sig", type=Path, help="signature file (default: FILE.minisig)")
     decrypt.add_argument("--force", action="store_true", help="overwrite an existing output")
     decrypt.set_defaults(handler="painav.clipcmd:decrypt")

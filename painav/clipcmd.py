@@ -13,23 +13,33 @@ from pathlib import Path
 from protocol.envelope import EnvelopeReader
 from protocol.errors import KeyFormatError
 from protocol.format import parse_header
+from protocol.registry import Registry, RegistryError
 from protocol.signing import ClipBinding, PublicKey, Signature, verify_clip
 from protocol.x25519 import X25519Identity
 
 
-def _public_key(value: str) -> PublicKey:
-    path = Path(value)
+def _public_key(args: argparse.Namespace, signature: Signature) -> PublicKey:
+    """The key from ``--pubkey``, or the registry's key of the unit the signature names."""
+    if args.registry is not None:
+        device_id = ClipBinding.from_comment(signature.trusted_comment).device_id
+        key = Registry.load(args.registry).active_key(device_id)
+        if key is None:
+            raise RegistryError(f"{args.registry}: no active unit {device_id!r}")
+        return key
+    path = Path(args.pubkey)
     if path.is_file():
         return PublicKey.from_file(path)
-    return PublicKey.from_string(value)
+    return PublicKey.from_string(args.pubkey)
 
 
 def _check_signature(
-    clip: Path, pubkey: str, sig: Path | None, clip_id: str | None, device_id: str | None
+    args: argparse.Namespace, clip_id: str | None, device_id: str | None
 ) -> ClipBinding:
-    signature = Signature.from_file(sig or clip.with_name(clip.name + ".minisig"))
+    clip: Path = args.file
+    signature = Signature.from_file(args.sig or clip.with_name(clip.name + ".minisig"))
+    key = _public_key(args, signature)
     with clip.open("rb") as f:
-        return verify_clip(_public_key(pubkey), signature, f, clip_id=clip_id, device_id=device_id)
+        return verify_clip(key, signature, f, clip_id=clip_id, device_id=device_id)
 
 
 def _load_identities(path: Path) -> list[X25519Identity]:
@@ -45,7 +55,7 @@ def _load_identities(path: Path) -> list[X25519Identity]:
 
 
 def verify(args: argparse.Namespace) -> int:
-    binding = _check_signature(args.file, args.pubkey, args.sig, args.clip_id, args.device_id)
+    binding = _check_signature(args, args.clip_id, args.device_id)
     with args.file.open("rb") as f:
         header = parse_header(f.readline)  # structure only: the hospital holds no key here
     kinds = ", ".join(sorted({s.type for s in header.stanzas}))
@@ -57,8 +67,8 @@ def verify(args: argparse.Namespace) -> int:
 
 
 def decrypt(args: argparse.Namespace) -> int:
-    if args.pubkey:
-        _check_signature(args.file, args.pubkey, args.sig, None, None)
+    if args.pubkey or args.registry:
+        _check_signature(args, None, None)
     identities = _load_identities(args.identity)
     to_stdout = args.output == "-"
     out_path = Path(args.output)

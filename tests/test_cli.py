@@ -157,3 +157,26 @@ def test_every_listed_user_error_class_exists() -> None:
     for module_name, class_name in _ERRORS:
         cls = getattr(importlib.import_module(module_name), class_name)
         assert issubclass(cls, Exception)
+
+
+def test_verify_takes_the_units_key_from_the_registry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from provisioning.devices import add_device, revoke_device
+    from provisioning.site import init_site
+
+    site = init_site(tmp_path / "site", "ward7", broker_hosts=("127.0.0.1",))
+    add_device(site, "cart-01")
+    key = SigningKey.from_file(site.paths.devices_dir / "cart-01" / "keys" / "signing.key")
+    clip_path = tmp_path / "clip.age"
+    with clip_path.open("wb") as f, EnvelopeWriter(f, [X25519Identity.generate().recipient]) as e:
+        e.write(PLAINTEXT)
+    signature, _ = sign_clip(key, clip_path, "cart-01-20261127T101500Z-ab12", "cart-01")
+    (tmp_path / "clip.age.minisig").write_text(signature.to_text())
+    registry = str(site.paths.registry)
+    assert main(["clip", "verify", str(clip_path), "--registry", registry]) == 0
+    assert "from unit cart-01" in capsys.readouterr().out
+    revoke_device(site, "cart-01")
+    capsys.readouterr()
+    assert main(["clip", "verify", str(clip_path), "--registry", registry]) == 1
+    assert capsys.readouterr().err == (f"painav: error: {registry}: no active unit 'cart-01'\n")
