@@ -5,14 +5,17 @@
 # the boot partition: /boot/firmware/painav/painav-firstboot.sh. It
 #   0. makes sure the OS packages and the painav account exist (normally done by user-data);
 #   1. checks the data partition (label PAINAV-DATA) exists and mounts it on /var/lib/painav;
-#   2. unpacks the provisioning bundle /boot/firmware/painav-bundle.tar into RAM, checks it
+#   2. unpacks the provisioning bundle /boot/firmware/painav-bundle.tar (the site folder's
+#      devices/<id>.tar, copied under that name) into RAM, checks it
 #      holds exactly the expected files, and shreds it from the boot partition;
 #   3. installs the keys (0400, owned by painav) on the data partition and the configuration
 #      and trust anchors (root-owned, read-only to painav) in /etc/painav;
 #   4. installs the OS configuration from this folder (watchdog, journal, time sync, Wi-Fi,
-#      ALSA, udev, fstab, config.txt) and painav itself into /opt/painav/.venv;
-#   5. enables painav-device.service and systemd-time-wait-sync.service, switches swap off and
-#      turns on the read-only root (overlay) for the next boot;
+#      ALSA, udev, fstab, the data partition's mount unit, config.txt) and painav itself into
+#      /opt/painav/.venv;
+#   5. enables painav-device.service, var-lib-painav.mount and systemd-time-wait-sync.service,
+#      masks hciuart.service (Bluetooth is off), switches swap off and turns on the read-only
+#      root (overlay) for the next boot;
 #   6. leaves /var/lib/painav/.provisioned, which tells cloud-init to reboot (power_state).
 #
 # Why the bundle must not stay on the boot partition: it is FAT, has no permissions, and can be
@@ -45,6 +48,19 @@ BUNDLE_FILES="certs/ca-chain.pem certs/tls.crt device.toml keys/receipt.pub keys
 log() { echo "painav-firstboot: $*"; }
 die() { echo "painav-firstboot: error: $*" >&2; exit 1; }
 
+# read_only_root CMDLINE: turn on raspi-config's overlay file system for the next boot, then check
+# that CMDLINE holds it in the one form raspi-config recognises to turn it off again: the token
+# "overlayroot=tmpfs" followed by a space (its disable_overlayfs() removes "overlayroot=tmpfs ").
+read_only_root() {
+    local cmdline=$1
+    raspi-config nonint do_overlayfs 0 || die "raspi-config could not enable the overlay file system"
+    grep -q '\(^\| \)overlayroot=tmpfs ' "$cmdline" \
+        || die "$cmdline: no 'overlayroot=tmpfs ' after raspi-config: $(cat "$cmdline")"
+    if grep -q 'overlayroot=[^ ]*:' "$cmdline"; then
+        die "$cmdline: overlayroot has options raspi-config cannot turn off: $(cat "$cmdline")"
+    fi
+}
+
 # unpack_bundle TAR DIR: unpack TAR into the empty directory DIR and check it holds exactly the
 # bundle's files, as regular files. GNU tar refuses members with "..", strips a leading "/",
 # and --no-same-owner/--no-same-permissions make the archive's owners and modes irrelevant.
@@ -76,7 +92,7 @@ fi
 # --- 0. packages and the painav account ---------------------------------------------------------
 # cloud-init's user-data normally did both already; repeated here (idempotently) so the script
 # also works when run by hand on an OS image without cloud-init (README.md, "Bookworm images").
-PACKAGES="python3-venv python3-picamera2 python3-pyaudio python3-gpiozero python3-lgpio python3-systemd alsa-utils overlayroot"
+PACKAGES="python3-venv python3-picamera2 libportaudio2 python3-gpiozero python3-lgpio python3-systemd alsa-utils overlayroot"
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -150,6 +166,7 @@ install -D -m 0644 "$SRC/NetworkManager/conf.d/painav-wifi-powersave.conf" \
 install -D -m 0644 "$SRC/udev/90-painav-mic.rules" /etc/udev/rules.d/90-painav-mic.rules
 install -D -m 0644 "$SRC/asound.conf" /etc/asound.conf
 install -D -m 0644 "$SRC/painav-device.service" /etc/systemd/system/painav-device.service
+install -D -m 0644 "$SRC/var-lib-painav.mount" /etc/systemd/system/var-lib-painav.mount
 if grep -q 'hospital\.example' /etc/systemd/timesyncd.conf.d/painav.conf; then
     log "WARNING: timesyncd.conf.d/painav.conf still names the placeholder NTP servers"
 fi
@@ -186,8 +203,10 @@ for p in cgroup_enable=memory cgroup_memory=1; do
     grep -qw -- "$p" "$cmdline" || sed -i "1 s/\$/ $p/" "$cmdline"
 done
 
-# painav itself: a venv that sees the OS's picamera2/libcamera, gpiozero/lgpio, PyAudio and
-# systemd bindings (--system-site-packages), with painav and the rest from the wheelhouse.
+# painav itself: a venv that sees the OS's picamera2/libcamera, gpiozero/lgpio and systemd
+# bindings (--system-site-packages), with painav and the rest from the wheelhouse, PyAudio
+# included: painav needs PyAudio 0.2.14, Bookworm has 0.2.13 (the wheel links the OS's
+# libportaudio2).
 if [ ! -x "$VENV/bin/painav" ]; then
     ls "$SRC"/wheels/painav-*.whl >/dev/null 2>&1 || die "$SRC/wheels has no painav wheel (README.md, step 3)"
     python3 -m venv --system-site-packages "$VENV"
@@ -201,8 +220,14 @@ systemctl daemon-reload
 # time-sync.target then means "clock synchronised" (bounded by the drop-in installed above).
 systemctl enable systemd-time-wait-sync.service systemd-timesyncd.service
 systemctl enable painav-device.service
+# The data partition, mounted by a unit rather than fstab (var-lib-painav.mount says why).
+systemctl enable var-lib-painav.mount
 # SSH for IT (key only, see user-data); the unit has no keyboard or screen on the ward.
 systemctl enable ssh.service
+# Bluetooth is off in config.txt (dtoverlay=disable-bt); hciuart.service, which would attach the
+# Bluetooth modem to the UART, then fails at every boot on a Pi 4. Raspberry Pi's documentation
+# for disable-bt says to disable it; masked, so a package update cannot enable it again.
+systemctl mask hciuart.service
 # No swap file on the SD card: plaintext frames and audio could otherwise be paged out to it
 # (painav-device.service also sets MemorySwapMax=0 for itself).
 if command -v dphys-swapfile >/dev/null; then
@@ -211,11 +236,11 @@ if command -v dphys-swapfile >/dev/null; then
     systemctl disable dphys-swapfile.service || true
 fi
 
-# Read-only root (see fstab): raspi-config's overlay option, then make sure the kernel command
-# line says recurse=0 so the data partition is NOT put under the RAM overlay.
-raspi-config nonint do_overlayfs 0 || die "raspi-config could not enable the overlay file system"
-sed -i '1 s/overlayroot=tmpfs\([ ]\|$\)/overlayroot=tmpfs:recurse=0\1/' "$cmdline"
-grep -qw 'overlayroot=tmpfs:recurse=0' "$cmdline" || die "$cmdline: overlayroot=tmpfs:recurse=0 not set"
+# Read-only root (see fstab): raspi-config's overlay option writes "overlayroot=tmpfs " at the
+# start of the kernel command line, exactly what its own "off" looks for and removes (the README's
+# update procedure). Left as raspi-config writes it: with any option added ("tmpfs:recurse=0")
+# raspi-config no longer finds it, and the overlay can then only be turned off by hand.
+read_only_root "$cmdline"
 
 # --- 6. done ----------------------------------------------------------------------------------
 date -u +%Y-%m-%dT%H:%M:%SZ > "$DATA/.provisioned"

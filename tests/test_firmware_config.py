@@ -12,6 +12,7 @@ subset is an error), and cross-checked against the system Python's PyYAML when t
 from __future__ import annotations
 
 import configparser
+import inspect
 import io
 import json
 import os
@@ -37,6 +38,23 @@ COPIED_FROM_ELSEWHERE = {
 }
 
 # --- small parsers ----------------------------------------------------------------------------
+
+
+def unit_settings(path: Path) -> dict[str, dict[str, list[str]]]:
+    """A systemd unit file's settings, each key with all its values (keys may repeat)."""
+    settings: dict[str, dict[str, list[str]]] = {}
+    section: dict[str, list[str]] | None = None
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = settings.setdefault(line.strip("[]"), {})
+            continue
+        key, sep, value = line.partition("=")
+        assert sep and section is not None, f"{path}: {raw!r}"
+        section.setdefault(key.strip(), []).append(value.strip())
+    return settings
 
 
 def strict_ini(path: Path) -> configparser.ConfigParser:
@@ -361,21 +379,217 @@ def test_alsa_loads_asound_conf_and_resolves_the_named_card(tmp_path: Path) -> N
     assert f"Cannot get card index for {card.group(1)}" in mixer.stderr, mixer.stderr
 
 
+def dsnoop_slave(text: str) -> dict[str, str]:
+    """The slave { ... } settings of the dsnoop PCM in asound.conf."""
+    block = re.search(r"type dsnoop.*?slave \{(.*?)\n    \}", text, re.S)
+    assert block, "no dsnoop slave block in asound.conf"
+    settings = {}
+    for line in block.group(1).splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            key, value = line.split(None, 1)
+            settings[key] = value.strip('"')
+    return settings
+
+
+def test_dsnoop_period_is_the_recorders_block() -> None:
+    """One ALSA period per recorder block, at the daemon's default rate: without a period size
+    dsnoop takes 125 ms periods, and 20 ms blocks arrive in bursts of six."""
+    from daemon.config import MicrophoneSection
+    from daemon.hardware.pyaudio_mic import PyAudioMicrophone
+
+    slave = dsnoop_slave((FW / "asound.conf").read_text())
+    rate = MicrophoneSection().sample_rate_hz
+    block_s = inspect.signature(PyAudioMicrophone).parameters["block_s"].default
+    assert int(slave["rate"]) == rate
+    assert "period_size" in slave, "no period size: alsa-lib's dsnoop default is 125 ms"
+    assert int(slave["period_size"]) == round(rate * block_s)
+    buffer = int(slave["buffer_size"])
+    assert buffer % int(slave["period_size"]) == 0 and buffer // int(slave["period_size"]) >= 4
+
+
 # --- fstab --------------------------------------------------------------------------------------
 
 
 def test_fstab_makes_root_read_only_and_data_persistent() -> None:
     entries = {e[1]: e for e in fstab_entries((FW / "fstab").read_text())}
     assert all(len(e) == 6 for e in entries.values()), "fstab lines have six fields"
-    assert "ro" in entries["/"][3].split(",")
+    # The overlay keeps the card's root read-only; fstab must not, or the root stays read-only
+    # when IT turns the overlay off to update the OS.
+    assert "ro" not in entries["/"][3].split(","), "/ read-only in fstab: no way to update"
     assert "ro" in entries["/boot/firmware"][3].split(",")
-    data = entries["/var/lib/painav"]
-    assert data[0] == "LABEL=PAINAV-DATA" and data[2] == "ext4"
-    assert {"noatime", "nodev", "nosuid", "noexec"} <= set(data[3].split(","))
+    # overlayroot (recurse, its default) would put any disk file system listed here under a RAM
+    # layer: the data partition is mounted by a unit of its own instead.
+    assert "/var/lib/painav" not in entries
+    for entry in entries.values():
+        if entry[1] != "/":
+            assert entry[2] in OVERLAYROOT_LEAVES_ALONE, f"overlayroot would layer {entry[1]}"
     assert entries["/tmp"][2] == "tmpfs"
-    fstab = (FW / "fstab").read_text()
-    assert "overlayroot=tmpfs:recurse=0" in fstab
-    assert "overlayroot=tmpfs:recurse=0" in FIRSTBOOT.read_text()
+    assert not re.search(r"sed [^\n]*overlayroot", FIRSTBOOT.read_text()), (
+        "the kernel command line's overlay stays as raspi-config writes it"
+    )
+
+
+OVERLAYROOT_LEAVES_ALONE = {"proc", "sys", "tmpfs", "dev", "udev", "debugfs", "vfat"}
+"""File system types overlayroot's fstab rewrite passes through as they are, recurse or not
+(cloud-initramfs-tools, overlayroot/scripts/init-bottom/overlayroot, overlayrootify_fstab)."""
+
+
+def test_data_partition_mount_unit_loads_in_systemd(tmp_path: Path) -> None:
+    """var-lib-painav.mount, verified by systemd, and equal in what it mounts to the fstab line
+    systemd-fstab-generator would make of it (with fsck, pass 2)."""
+    unit = FW / "var-lib-painav.mount"
+    ours = unit_settings(unit)
+    mount = ours["Mount"]
+    assert mount["What"] == ["/dev/disk/by-label/PAINAV-DATA"] and mount["Type"] == ["ext4"]
+    assert mount["Where"] == ["/var/lib/painav"]
+    options = set(mount["Options"][0].split(","))
+    assert {"noatime", "nodev", "nosuid", "noexec", "errors=remount-ro"} <= options
+    assert "ro" not in options
+    assert ours["Install"]["WantedBy"] == ["local-fs.target"]
+
+    generator = Path("/usr/lib/systemd/system-generators/systemd-fstab-generator")
+    assert generator.is_file(), "systemd-fstab-generator not found: install systemd"
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"LABEL=PAINAV-DATA /var/lib/painav ext4 {mount['Options'][0]} 0 2\n")
+    out = tmp_path / "generated"
+    out.mkdir()
+    env = {**os.environ, "SYSTEMD_FSTAB": str(fstab), "SYSTEMD_PROC_CMDLINE": ""}
+    subprocess.run(
+        [str(generator), out, out, out], env=env, check=True, capture_output=True, timeout=30
+    )
+    generated = unit_settings(out / "var-lib-painav.mount")
+    assert generated["Mount"] == mount
+    for key in ("Requires", "After", "Before"):
+        wanted = {u for value in generated["Unit"][key] for u in value.split()}
+        have = {u for value in ours["Unit"][key] for u in value.split()}
+        assert wanted <= have, f"{key}: {wanted - have} missing"
+
+    tool = shutil.which("systemd-analyze")
+    assert tool, "systemd-analyze not found: install the systemd package"
+    proc = subprocess.run(
+        [tool, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 0 and "var-lib-painav" not in proc.stderr, proc.stderr
+    script = FIRSTBOOT.read_text()
+    assert "systemctl enable var-lib-painav.mount" in script
+    assert "/etc/systemd/system/var-lib-painav.mount" in script
+
+
+# raspi-config (RPi-Distro/raspi-config, branch bookworm, 9c55e7b): what its Overlay File System
+# and write-protected boot partition options match and change, as its shell has them.
+RASPI_CONFIG_STUB = r"""
+CMDLINE=$RPI_CMDLINE
+get_overlay_conf() { grep -q "overlayroot=tmpfs" $CMDLINE; echo $?; }
+get_bootro_conf() { grep /boot/firmware $RPI_FSTAB | grep -q "defaults.*,ro[ ,]"; echo $?; }
+enable_overlayfs() {
+  if ! grep -q "overlayroot=tmpfs" $CMDLINE ; then
+    sed -i $CMDLINE -e "s/^/overlayroot=tmpfs /"
+  fi
+}
+disable_overlayfs() { sed -i $CMDLINE -e "s/\(.*\)overlayroot=tmpfs \(.*\)/\1\2/"; }
+enable_bootro() {
+  sed -i $RPI_FSTAB -e "s#\(.*/boot/firmware.*\)defaults\(.*\)#\1defaults,ro\2#"
+}
+disable_bootro() {
+  sed -i $RPI_FSTAB -e "s#\(.*/boot/firmware.*\)defaults,ro\(.*\)#\1defaults\2#"
+}
+raspi-config() {  # only "nonint do_overlayfs 0|1" (the overlay part of do_overlayfs)
+  [ "$1 $2" = "nonint do_overlayfs" ] || return 2
+  if [ "$(get_overlay_conf)" -eq 0 ]; then current=1; else current=0; fi
+  if [ "$3" -eq "$current" ]; then
+    if [ "$3" -eq 0 ]; then enable_overlayfs; else disable_overlayfs; fi
+  fi
+}
+"""
+
+STOCK_CMDLINE = (
+    "console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 "
+    "fsck.repair=yes rootwait quiet\n"
+)
+
+
+def first_boot_cmdline_steps(script: str) -> str:
+    """The part of painav-firstboot.sh that edits the kernel command line, as a bash program:
+    the memory cgroup loop, the read-only root step, and the functions they call."""
+    start = script.index("cmdline=$BOOT/cmdline.txt")
+    end = script.index("# painav itself:")
+    cgroups = script[start:end].replace("cmdline=$BOOT/cmdline.txt", "")
+    overlay = script[script.index("# Read-only root") : script.index("# --- 6. done")]
+    function = re.search(r"^read_only_root\(\) \{\n.*?^\}\n", script, re.S | re.M)
+    return "\n".join(
+        [
+            'die() { echo "error: $*" >&2; exit 1; }',
+            RASPI_CONFIG_STUB,
+            function.group(0) if function else "",
+            "cmdline=$RPI_CMDLINE",
+            cgroups,
+            overlay,
+        ]
+    )
+
+
+def run_bash(program: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    bash = shutil.which("bash")
+    assert bash, "bash not found"
+    return subprocess.run(
+        [bash, "-euo", "pipefail", "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **env},
+    )
+
+
+def check_overlay_round_trip(script: str, tmp_path: Path) -> None:
+    """The cmdline the first boot leaves is one raspi-config sees as "overlay on", and its
+    "off" then removes the overlay and nothing else; "on" again restores the same line."""
+    cmdline = tmp_path / "cmdline.txt"
+    cmdline.write_text(STOCK_CMDLINE)
+    env = {"RPI_CMDLINE": str(cmdline), "RPI_FSTAB": str(FW / "fstab")}
+    first = run_bash(first_boot_cmdline_steps(script), env)
+    assert first.returncode == 0, first.stderr
+    written = cmdline.read_text()
+    assert written.count("\n") == 1 and "cgroup_enable=memory" in written
+    assert run_bash(f"{RASPI_CONFIG_STUB}\nexit $(get_overlay_conf)", env).returncode == 0
+
+    off = run_bash(f"{RASPI_CONFIG_STUB}\nraspi-config nonint do_overlayfs 1", env)
+    assert off.returncode == 0, off.stderr
+    assert "overlayroot" not in cmdline.read_text(), f"raspi-config left: {cmdline.read_text()}"
+    assert cmdline.read_text().split() == [t for t in written.split() if "overlayroot" not in t]
+
+    on = run_bash(f"{RASPI_CONFIG_STUB}\nraspi-config nonint do_overlayfs 0", env)
+    assert on.returncode == 0, on.stderr
+    assert cmdline.read_text() == written
+
+
+def test_raspi_config_can_turn_the_first_boots_overlay_off_and_on(tmp_path: Path) -> None:
+    """The update procedure in README.md: raspi-config's Overlay File System off, update, on."""
+    check_overlay_round_trip(FIRSTBOOT.read_text(), tmp_path)
+
+
+def test_the_first_boot_refuses_an_overlay_raspi_config_cannot_turn_off(tmp_path: Path) -> None:
+    """Control: had raspi-config written an overlay with options, the first boot stops."""
+    cmdline = tmp_path / "cmdline.txt"
+    cmdline.write_text(STOCK_CMDLINE)
+    stub = RASPI_CONFIG_STUB.replace("overlayroot=tmpfs /", "overlayroot=tmpfs:recurse=0 /")
+    program = first_boot_cmdline_steps(FIRSTBOOT.read_text()).replace(RASPI_CONFIG_STUB, stub)
+    proc = run_bash(program, {"RPI_CMDLINE": str(cmdline)})
+    assert proc.returncode != 0 and proc.stderr.startswith("error: "), proc.stderr
+
+
+def test_raspi_config_recognises_the_write_protected_boot_partition(tmp_path: Path) -> None:
+    """raspi-config's boot partition option sees fstab's /boot/firmware as read-only, and its
+    "writable" and "read-only" edits give back exactly fstab's options without and with ro."""
+    fstab = tmp_path / "fstab"
+    shutil.copy2(FW / "fstab", fstab)
+    env = {"RPI_CMDLINE": "/dev/null", "RPI_FSTAB": str(fstab)}
+    assert run_bash(f"{RASPI_CONFIG_STUB}\nexit $(get_bootro_conf)", env).returncode == 0
+    assert run_bash(f"{RASPI_CONFIG_STUB}\ndisable_bootro", env).returncode == 0
+    boot = {e[1]: e for e in fstab_entries(fstab.read_text())}["/boot/firmware"]
+    assert "ro" not in boot[3].split(",")
+    assert run_bash(f"{RASPI_CONFIG_STUB}\nenable_bootro", env).returncode == 0
+    assert fstab.read_text() == (FW / "fstab").read_text()
 
 
 def test_first_boot_fstab_merge_keeps_the_image_devices(tmp_path: Path) -> None:
@@ -407,7 +621,7 @@ def test_first_boot_fstab_merge_keeps_the_image_devices(tmp_path: Path) -> None:
     assert merged["/boot/firmware"][0] == "PARTUUID=4e639091-01"
     assert merged["/boot/firmware"][3] == wanted["/boot/firmware"][3]
     assert merged["/proc"][0] == "proc"
-    for mount in ("/var/lib/painav", "/tmp", "/var/tmp"):
+    for mount in ("/tmp", "/var/tmp"):
         assert merged[mount] == wanted[mount]
     assert [e[1] for e in fstab_entries(proc.stdout)].count("/tmp") == 1
     assert "# a comment IT left" in proc.stdout
@@ -597,6 +811,29 @@ def test_first_boot_script_rejects_a_file_that_is_not_a_tar(tmp_path: Path) -> N
     proc = check_bundle(junk)
     assert proc.returncode != 0
     assert "not a readable tar file" in proc.stderr
+
+
+def test_first_boot_masks_hciuart_when_bluetooth_is_off() -> None:
+    """disable-bt leaves hciuart.service failing at every boot unless it is disabled."""
+    config = (FW / "config.txt").read_text()
+    assert re.search(r"^dtoverlay=disable-bt$", config, re.MULTILINE)
+    assert re.search(r"^systemctl (mask|disable) hciuart\.service$", FIRSTBOOT.read_text(), re.M)
+
+
+def test_readme_builds_the_wheelhouse_with_what_the_device_extra_needs() -> None:
+    """PyAudio 0.2.14 is newer than Bookworm's and is built from source: the recipe installs
+    its build dependencies; systemd-python comes from the OS, not from a build."""
+    readme = (FW / "README.md").read_text()
+    recipe = readme[readme.index("\n## The wheelhouse\n") + 1 :]
+    recipe = recipe[: recipe.index("\n## ")]
+    for package in ("portaudio19-dev", "python3-dev", "gcc", "python3-systemd"):
+        assert re.search(rf"\b{re.escape(package)}\b", recipe), f"wheelhouse: no {package}"
+    assert "--system-site-packages" in recipe
+    listed = re.search(r'^PACKAGES="([^"]+)"$', FIRSTBOOT.read_text(), re.MULTILINE)
+    assert listed
+    packages = set(listed.group(1).split())
+    assert {"python3-systemd", "libportaudio2"} <= packages
+    assert "python3-pyaudio" not in packages, "Bookworm's 0.2.13 is older than painav needs"
 
 
 def test_first_boot_script_shreds_the_bundle_and_sets_key_modes() -> None:
