@@ -68,7 +68,9 @@ def device_config(site: Site, device_id: str) -> str:
     """The unit's ``device.toml``, with the paths the first-boot step installs files to."""
     return f"""\
 # painav bedside unit {device_id} of site {site.name}
-# made by 'painav provision device add'; edit the hardware section to match the cart.
+# made by 'painav provision device add'. Every other key has a default (README.md, "The config
+# file"); the hardware sections at the end show the defaults for a cart wired as
+# firmware_config/README.md describes: uncomment and change what differs on this cart.
 
 [unit]
 site_id = "{site.name}"
@@ -92,6 +94,26 @@ recipients = "/etc/painav/recipients.txt"
 
 [outbox]
 dir = "/var/lib/painav/outbox"
+
+# [camera]
+# backend = "picamera2"       # "simulated" off a Pi (a moving test face)
+# width = 1280
+# height = 720
+# frame_rate_hz = 30
+#
+# [microphone]
+# backend = "pyaudio"         # "simulated" off a Pi (a voice-like test signal)
+# device = "painav_mic"       # the ALSA capture device firmware_config/asound.conf defines
+#
+# [button]
+# backend = "gpio"            # "simulated": pressed by 'painav device press'
+# pin = 17                    # BCM number; the button connects the pin to ground
+# hold_s = 2.0                # a press this long discards the recording
+#
+# [light]
+# backend = "gpio"
+# led_pin = 27                # BCM number of the status LED
+# buzzer_pin = 22             # optional; no buzzer unless set
 """
 
 

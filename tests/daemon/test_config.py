@@ -50,3 +50,25 @@ def test_an_unknown_section_names_the_valid_sections(tmp_path: Path) -> None:
 def test_a_bad_value_names_the_bound(tmp_path: Path) -> None:
     message = _load(tmp_path, "[recorder]\nmax_seconds = 90\n")
     assert "[recorder] max_seconds" in message and "60" in message
+
+
+def test_a_provisioned_bundles_device_toml_loads_with_production_defaults(tmp_path: Path) -> None:
+    from provisioning.devices import add_device
+    from provisioning.site import init_site
+
+    site = init_site(tmp_path / "site", "ward7", broker_hosts=("broker.ward7.example",))
+    add_device(site, "cart-01")
+    bundled = site.paths.devices_dir / "cart-01" / "device.toml"
+    config = load_config(bundled)
+    assert config.unit.device_id == "cart-01" and config.mqtt.host == "broker.ward7.example"
+    assert config.recorder.require_clock_sync is True
+    assert config.camera.backend == "picamera2" and config.button.backend == "gpio"
+    # The commented hardware sections are the defaults, and valid once uncommented.
+    text = bundled.read_text()
+    hardware = text[text.index("# [camera]") :]
+    uncommented = "\n".join(line.removeprefix("# ") for line in hardware.splitlines())
+    edited = tmp_path / "device.toml"
+    edited.write_text(text[: text.index("# [camera]")] + uncommented.replace("#\n", "\n"))
+    with_hardware = load_config(edited)
+    assert with_hardware.model_copy(update={"light": config.light}) == config
+    assert with_hardware.light.buzzer_pin == 22
