@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +27,27 @@ def _gpiozero() -> Any:
             "gpio: gpiozero is not installed (pip install 'painav[device]')"
         ) from exc
     return gpiozero
+
+
+def _pin_errors(gpiozero: Any) -> tuple[type[Exception], ...]:
+    """What gpiozero raises for a pin it cannot use: its own errors, and ``lgpio.error``.
+
+    gpiozero's lgpio pin factory (the default on a Pi 5) lets lgpio's errors through: "GPIO
+    busy" when another program holds the line, "can not open gpiochip" when the chip will not
+    open. lgpio may not be installed, so it is looked up only once gpiozero has imported it;
+    evaluated in an ``except`` clause, that is after the error was raised.
+    """
+    error = getattr(sys.modules.get("lgpio"), "error", None)
+    if isinstance(error, type) and issubclass(error, Exception):
+        return (gpiozero.GPIOZeroError, error)
+    return (gpiozero.GPIOZeroError,)
+
+
+def _reason(exc: Exception) -> str:
+    """One line for a pin error; lgpio's print as their repr, so use the message they carry."""
+    if type(exc).__module__ == "lgpio":
+        return f"{getattr(exc, 'value', exc)} (lgpio)"
+    return str(exc)
 
 
 def _call(callback: Callable[[], None] | None, what: str) -> None:
@@ -66,8 +88,8 @@ class GpioButton:
             self._button: Any = gpiozero.Button(
                 pin, pull_up=pull_up, bounce_time=None, hold_time=hold_s, pin_factory=pin_factory
             )
-        except gpiozero.GPIOZeroError as exc:
-            raise HardwareError(f"button: cannot use GPIO{pin}: {exc}") from exc
+        except _pin_errors(gpiozero) as exc:
+            raise HardwareError(f"button: cannot use GPIO{pin}: {_reason(exc)}") from exc
         self.pin = pin
         self.bounce_s = bounce_s
         self.hold_s = hold_s
@@ -150,10 +172,12 @@ class GpioLight:
             self._led = gpiozero.PWMLED(led_pin, pin_factory=pin_factory)
             if buzzer_pin is not None:
                 self._buzzer = gpiozero.Buzzer(buzzer_pin, pin_factory=pin_factory)
-        except gpiozero.GPIOZeroError as exc:
+        except _pin_errors(gpiozero) as exc:
             if self._led is not None:
                 self._led.close()
-            raise HardwareError(f"light: cannot use GPIO{led_pin}/{buzzer_pin}: {exc}") from exc
+            raise HardwareError(
+                f"light: cannot use GPIO{led_pin}/{buzzer_pin}: {_reason(exc)}"
+            ) from exc
         self._pattern: Pattern | None = None
         self._lock = threading.Lock()
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import sys
 import time
+import types
 from collections.abc import Iterator
 
 import pytest
@@ -184,3 +186,41 @@ def test_refusals_flash_a_count_then_pause(factory: MockFactory, light: GpioLigh
         assert seconds == pytest.approx(wanted, abs=0.06)
     assert led.state == 0.0  # in the 1.5 s pause
     assert factory.pin(BUZZER_PIN).state == 0  # no beep outside recording
+
+
+class LgpioError(Exception):
+    """A stand-in for ``lgpio.error``, which gpiozero's lgpio pins let through untranslated."""
+
+    __module__ = "lgpio"
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return repr(self.value)  # as lgpio's own error prints
+
+
+@pytest.fixture
+def lgpio_busy(monkeypatch: pytest.MonkeyPatch) -> Iterator[MockFactory]:
+    """A pin factory whose pins fail as LGPIOPin does when another program holds the line."""
+    module = types.ModuleType("lgpio")
+    module.error = LgpioError  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "lgpio", module)
+
+    class BusyPin(MockPWMPin):  # type: ignore[misc]
+        def __init__(self, factory: MockFactory, info: object) -> None:
+            raise LgpioError("GPIO busy")  # LGPIOPin.__init__: gpio_claim_input
+
+    pins = MockFactory(pin_class=BusyPin)
+    yield pins
+    pins.reset()
+
+
+def test_an_lgpio_error_is_a_hardware_error_in_one_line(lgpio_busy: MockFactory):
+    with pytest.raises(HardwareError) as error:
+        GpioButton(BUTTON_PIN, pin_factory=lgpio_busy)
+    assert str(error.value) == "button: cannot use GPIO17: GPIO busy (lgpio)"
+    assert isinstance(error.value.__cause__, LgpioError)
+    with pytest.raises(HardwareError) as error:
+        GpioLight(LED_PIN, buzzer_pin=BUZZER_PIN, pin_factory=lgpio_busy)
+    assert str(error.value) == "light: cannot use GPIO18/27: GPIO busy (lgpio)"
