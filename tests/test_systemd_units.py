@@ -200,6 +200,10 @@ def test_device_unit_is_a_watched_sandboxed_notify_service() -> None:
     assert int(one(unit, "Unit", "StartLimitBurst")) > 0
     assert seconds(one(unit, "Unit", "StartLimitIntervalSec")) > 0
     assert {"time-sync.target", "network-online.target"} <= words(unit, "Unit", "After")
+    # systemd.special(7): a service orders itself after time-sync.target; only the time
+    # service (systemd-time-wait-sync, chrony-wait) pulls it in.
+    for key in ("Wants", "Requires", "Requisite", "BindsTo", "Upholds"):
+        assert "time-sync.target" not in words(unit, "Unit", key), f"{key}=time-sync.target"
     assert "/var/lib/painav" in words(unit, "Unit", "RequiresMountsFor")
     assert seconds(one(unit, "Service", "TimeoutStopSec")) >= 20, "stop must leave time to seal"
     assert one(unit, "Service", "StateDirectory") == "painav"
@@ -286,3 +290,24 @@ def test_sysusers_creates_the_hospital_accounts(tmp_path: Path) -> None:
         assert user in users, f"{name}: User={user} not created by painav-sysusers.conf"
         group = one(unit, "Service", "Group")
         assert groups.get(group) == users[user], f"{name}: {user} is not in group {group}"
+
+
+def test_device_unit_can_read_the_clock_signals_it_may_not_ask_the_kernel_for() -> None:
+    """ProtectClock= and ~@privileged deny adjtimex(); daemon/clock.py reads timesyncd's file
+    in /run/systemd/timesync instead, or asks chronyd on 127.0.0.1:323. Nothing may hide them."""
+    unit = parse_unit(UNITS / DEVICE_UNIT)
+    assert one(unit, "Service", "ProtectClock") == "yes"
+    signal = Path("/run/systemd/timesync/synchronized")
+    hiding = [
+        *words(unit, "Service", "InaccessiblePaths"),
+        *(v.split(":")[0] for v in values(unit, "Service", "TemporaryFileSystem")),
+        *(v.split(":")[-1] for v in values(unit, "Service", "BindPaths")),
+        *(v.split(":")[-1] for v in values(unit, "Service", "BindReadOnlyPaths")),
+    ]
+    for path in hiding:
+        hidden = Path(path.lstrip("-+"))
+        assert not signal.is_relative_to(hidden), f"{path} hides {signal}"
+    assert one(unit, "Service", "ProtectSystem") == "strict"  # /run readable, not writable
+    assert values(unit, "Service", "PrivateNetwork") in ([], ["no"]), "chronyd is on loopback"
+    assert "localhost" in words(unit, "Service", "IPAddressAllow"), "chronyc needs 127.0.0.1"
+    assert "AF_INET" in words(unit, "Service", "RestrictAddressFamilies")
