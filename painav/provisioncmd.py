@@ -95,6 +95,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     broker.add_argument("--out", type=Path, required=True, help="folder to write it to")
     broker.add_argument("--port", type=int, help="TLS listener port (default: the site's)")
+    broker.add_argument(
+        "--listen",
+        metavar="ADDRESS",
+        default="0.0.0.0",
+        help="the address the listener binds to, e.g. the broker host's address on the hospital "
+        "network (default: 0.0.0.0, every IPv4 interface)",
+    )
     broker.set_defaults(handler="painav.provisioncmd:broker_config")
 
     crl = sub.add_parser("crl", help="certificate revocation lists").add_subparsers(
@@ -177,14 +184,13 @@ def _sync_broker(site: Site, broker_dir: Path | None) -> None:
     """Put the site's CRL and revoked-unit ACL where the broker reads them."""
     if broker_dir is None:
         print(
-            "broker not updated: pass --broker-dir (or set PAINAV_BROKER_DIR), or re-run "
-            "'painav provision broker-config', then reload the broker"
+            "broker not updated: run this again with --broker-dir (or PAINAV_BROKER_DIR) "
+            "naming the broker's folder, then reload the broker"
         )
         return
     from provisioning.broker import sync_revocation
 
-    sync_revocation(site, broker_dir, report=print)
-    print("now reload the broker: systemctl reload mosquitto")
+    sync_revocation(site, broker_dir, report=print)  # its report says to reload the broker
 
 
 def device_list(args: argparse.Namespace) -> int:
@@ -208,7 +214,7 @@ def broker_config(args: argparse.Namespace) -> int:
 
     site = _site(args)
     port = site.broker_port if args.port is None else args.port
-    written = write_broker_config(site, args.out, port=port, report=print)
+    written = write_broker_config(site, args.out, port=port, bind=args.listen, report=print)
     for path in written:
         print(f"wrote {path}")
     print(f"start it with: mosquitto -c {args.out / 'mosquitto.conf'}")

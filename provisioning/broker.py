@@ -243,6 +243,7 @@ connection_messages true
 log_timestamp_format %Y-%m-%dT%H:%M:%S
 
 # The only listener: MQTT over TLS with a client certificate. There is no plaintext port.
+# Address and port: 'painav provision broker-config --listen ADDRESS --port PORT'.
 listener {port} {bind}
 protocol mqtt
 # TLS 1.3 only: every client is painav's own (OpenSSL 3 on the units and the hospital hosts), all

@@ -222,7 +222,8 @@ def revoke_device(site: Site, device_id: str, *, report: Report = lambda _: None
         registry.with_device(revoked, now).save(site.paths.registry)
         report(f"unit {device_id} revoked: the receiver refuses its clips from now on")
         write_crls(site, report)
-        report("reload the broker so it reads the new CRL: systemctl reload mosquitto")
+        # Not "reload the broker" here: the broker reads its own copy of the CRL, so the next
+        # step is installing it there; the command doing that says to reload, once.
         return DeviceRecord(revoked, bundle, bundle.with_suffix(".tar"))
 
 

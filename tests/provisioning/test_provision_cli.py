@@ -1,0 +1,94 @@
+"""``painav provision …`` as hospital IT runs it: what it prints, what it writes for the broker."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+from painav.cli import main
+from provisioning.site import Site
+from tests.support.mosquitto import HOST, Broker, broker_user, free_port
+
+
+def reload_lines(out: str) -> list[str]:
+    """Lines telling IT to reload the broker (the test's own folder names hold "reload" too)."""
+    return [line for line in out.splitlines() if re.search(r"reload (the broker|mosquitto)", line)]
+
+
+def test_revoke_says_to_reload_the_broker_once(
+    broker_site: Site, broker_out: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = ["--dir", str(broker_site.dir)]
+    assert main(["provision", "broker-config", *site, "--out", str(broker_out)]) == 0
+    capsys.readouterr()
+
+    assert (
+        main(["provision", "device", "revoke", "cart-02", *site, "--broker-dir", str(broker_out)])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert len(reload_lines(out)) == 1, out
+    assert "systemctl reload mosquitto" in out
+    assert "cart-02" in (broker_out / "painav.acl").read_text()
+
+    # Without a broker folder: still one line saying what is left to do.
+    assert main(["provision", "device", "revoke", "cart-03", *site]) == 0
+    out = capsys.readouterr().out
+    assert len(reload_lines(out)) == 1 and "--broker-dir" in out, out
+
+
+def listening(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("listen", "served", "not_served"),
+    [([], ["127.0.0.1", "127.0.0.2"], []), (["--listen", HOST], [HOST], ["127.0.0.2"])],
+)
+def test_broker_listens_where_broker_config_says(
+    broker_site: Site,
+    broker_out: Path,
+    listen: list[str],
+    served: list[str],
+    not_served: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The generated config run by a real Mosquitto: by default on every interface, with
+    --listen on that address alone (127.0.0.2 is another loopback address of this machine)."""
+    port = free_port()
+    args = ["provision", "broker-config", "--dir", str(broker_site.dir), "--out", str(broker_out)]
+    assert main([*args, "--port", str(port), *listen]) == 0
+    capsys.readouterr()
+    conf = (broker_out / "mosquitto.conf").read_text()
+    wanted = listen[1] if listen else "0.0.0.0"
+    assert [ln for ln in conf.splitlines() if ln.startswith("listener")] == [
+        f"listener {port} {wanted}"
+    ]
+    if broker_user() != "mosquitto":
+        pytest.skip("the generated config drops to the mosquitto account, which is missing here")
+    broker = Broker(broker_site, broker_out, port, broker_out / "mosquitto.log")
+    try:
+        broker.start()  # returns once a TLS login on 127.0.0.1 succeeds
+        for address in served:
+            assert listening(address, port), f"nothing on {address}:{port}"
+        for address in not_served:
+            assert not listening(address, port), f"{address}:{port} answers"
+    finally:
+        broker.stop()
+
+
+def test_broker_config_refuses_a_listen_address_that_would_break_the_config(
+    broker_site: Site, broker_out: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["provision", "broker-config", "--dir", str(broker_site.dir), "--out", str(broker_out)]
+    assert main([*args, "--listen", "0.0.0.0 allow_anonymous"]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("painav: error:") and "bind address" in err and err.count("\n") == 1
+    assert not broker_out.exists()
