@@ -11,6 +11,11 @@ block's pts is ``origin + frames_before / rate``, where origin is the earliest
 ``observation - frames_before / rate`` seen; after an input overflow, or when an observation is
 more than ``resync_s`` later than the count predicts (samples were lost unreported), the origin
 moves to the new observation. pts never goes backwards.
+
+Devices. PortAudio lists devices only when it initialises, so a microphone plugged in after
+start-up is found by initialising it again: :attr:`PyAudioMicrophone.present` does that when the
+device was missing, at most once every ``rescan_interval_s``. While PortAudio initialises, ALSA
+and JACK describe every device they probe on stderr; :mod:`.alsa_messages` logs that instead.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from . import alsa_messages
 from .base import AudioBlock, HardwareError
 
 __all__ = ["CaptureClock", "PyAudioMicrophone", "find_input_device"]
@@ -91,7 +97,8 @@ class PyAudioMicrophone:
 
     ALSA PCMs defined in ``/etc/asound.conf`` (e.g. ``pcm.painav_mic``) appear under their own
     name; cards as e.g. ``"USB PnP Sound Device: Audio (hw:1,0)"``. Blocks of *block_s* are
-    delivered on PortAudio's callback thread.
+    delivered on PortAudio's callback thread. A device missing at start-up is looked for again
+    by :attr:`present` (at most every *rescan_interval_s*) and by :meth:`start`.
 
     >>> mic = PyAudioMicrophone(device="painav_mic", sample_rate_hz=48_000)
     >>> mic.start(recorder.on_audio); ...; mic.stop(); mic.close()
@@ -104,6 +111,7 @@ class PyAudioMicrophone:
         sample_rate_hz: int = 48_000,
         channels: int = 1,
         block_s: float = 0.02,
+        rescan_interval_s: float = 2.0,
     ) -> None:
         try:
             import pyaudio
@@ -116,34 +124,65 @@ class PyAudioMicrophone:
         self.sample_rate_hz = sample_rate_hz
         self.channels = channels
         self.frames_per_block = max(1, round(sample_rate_hz * block_s))
+        self.rescan_interval_s = rescan_interval_s
         self.clock = CaptureClock(sample_rate_hz)
         self._lock = threading.Lock()
         self._stream: Any = None
         self._sink: Callable[[AudioBlock], None] | None = None
         self._overruns = 0
         self._sink_failures = 0
-        self._pa: Any = self._portaudio()
+        self._closed = False
+        self._pa: Any = None
         self._device_index: int | None = None
         self._absent: HardwareError | None = None
+        self._scanned_at = time.monotonic()
+        self._pa = self._portaudio()
         self._find_device()
 
     def _portaudio(self) -> Any:
+        alsa_messages.route()
         try:
-            return self._pyaudio.PyAudio()
+            with alsa_messages.probing():
+                return self._pyaudio.PyAudio()
         except OSError as exc:
             raise HardwareError(f"microphone: PortAudio failed to initialise: {exc}") from exc
+
+    def _rescan(self) -> None:
+        """Initialise PortAudio again (it sees devices only then) and look for the device."""
+        self._scanned_at = time.monotonic()
+        stale, self._pa, self._device_index = self._pa, None, None
+        if stale is not None:
+            with alsa_messages.probing():
+                stale.terminate()
+        try:
+            self._pa = self._portaudio()
+        except HardwareError as exc:
+            self._absent = exc
+            log.warning("%s", exc)
+            return
+        self._find_device()
 
     def _find_device(self) -> None:
         try:
             self._device_index = find_input_device(self._pa, self.device, self.channels)
             self._absent = None
         except HardwareError as exc:
+            if self._absent is None or str(exc) != str(self._absent):
+                log.warning("%s", exc)  # once, not at every look
             self._device_index, self._absent = None, exc
-            log.warning("%s", exc)
 
     @property
     def present(self) -> bool:
-        return self._pa is not None and self._device_index is not None
+        """Whether the device is there; if it was not, PortAudio is asked again when the last
+        look is *rescan_interval_s* old (a look takes PortAudio's initialisation, 30-300 ms)."""
+        if self._closed:
+            return False
+        due = time.monotonic() - self._scanned_at >= self.rescan_interval_s
+        if self._device_index is None and self._stream is None and due:
+            self._rescan()
+            if self._device_index is not None:
+                log.info("microphone: %r found", self.device)
+        return self._device_index is not None
 
     @property
     def overruns(self) -> int:
@@ -151,17 +190,14 @@ class PyAudioMicrophone:
 
     def start(self, sink: Callable[[AudioBlock], None]) -> None:
         """Open the device and deliver blocks to *sink*; a no-op if already started."""
-        if self._pa is None:
+        if self._closed:
             raise HardwareError("microphone: closed")
         if self._stream is not None:
             return
         if self._device_index is None:  # plugged in since? PortAudio only sees devices at init
-            stale, self._pa = self._pa, None
-            stale.terminate()
-            self._pa = self._portaudio()
-            self._find_device()
-            if self._absent is not None:
-                raise self._absent
+            self._rescan()
+            if self._device_index is None:
+                raise self._absent or HardwareError(f"microphone: {self.device!r} not found")
         with self._lock:
             self._sink = sink
             self._overruns = self._sink_failures = 0
@@ -196,9 +232,11 @@ class PyAudioMicrophone:
 
     def close(self) -> None:
         self.stop()
-        pa, self._pa = self._pa, None
+        self._closed = True
+        pa, self._pa, self._device_index = self._pa, None, None
         if pa is not None:
-            pa.terminate()
+            with alsa_messages.probing():
+                pa.terminate()
 
     def _on_audio(
         self, data: bytes | None, frames: int, time_info: Mapping[str, float], status: int

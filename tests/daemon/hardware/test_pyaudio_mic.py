@@ -10,7 +10,9 @@ and on CLOCK_MONOTONIC but carries no latency (the null slave reports no delay).
 
 from __future__ import annotations
 
+import ctypes
 import itertools
+import logging
 import os
 import threading
 import time
@@ -21,6 +23,7 @@ from typing import Any
 import pyaudio
 import pytest
 
+from daemon.hardware import alsa_messages
 from daemon.hardware.base import AudioBlock, HardwareError
 from daemon.hardware.pyaudio_mic import CaptureClock, PyAudioMicrophone
 
@@ -204,3 +207,64 @@ def test_capture_clock_takes_the_earliest_observation_and_resyncs_on_loss():
     burst = CaptureClock(16_000)
     stamps = [burst.block_pts_ns(1_000_000_000, BLOCK) for _ in range(4)]
     assert stamps == sorted(stamps) and len(set(stamps)) == 4
+
+
+def write_asoundrc(home: Path, text: str) -> None:
+    """Replace ~/.asoundrc by a new file (a new inode: alsa-lib notices the change at once)."""
+    fresh = home / ".asoundrc.new"
+    fresh.write_text(text)
+    os.replace(fresh, home / ".asoundrc")
+
+
+def test_a_microphone_plugged_in_after_start_up_is_found_by_present(
+    alsa_home: Path, speech_raw: Path, open_mic: Callable[..., PyAudioMicrophone]
+):
+    write_asoundrc(alsa_home, file_pcm("speech", speech_raw))
+    mic = open_mic(device="painav_mic", rescan_interval_s=0.5)
+    assert not mic.present
+    write_asoundrc(alsa_home, file_pcm("speech", speech_raw) + file_pcm("painav_mic", speech_raw))
+    began = time.monotonic()
+    assert not mic.present  # asked again within rescan_interval_s: the answer it had
+    assert time.monotonic() - began < 0.01  # so a press stays fast
+    time.sleep(0.5)
+    assert mic.present  # PortAudio asked again, and the device is there
+    blocks, lock = collect(mic)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with lock:
+            if blocks:
+                break
+        time.sleep(0.01)
+    mic.stop()
+    assert blocks and blocks[0].pcm == speech_raw.read_bytes()[: len(blocks[0].pcm)]
+
+
+def test_probing_for_devices_writes_nothing_to_stderr(
+    alsa_home: Path,
+    speech_raw: Path,
+    open_mic: Callable[..., PyAudioMicrophone],
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+):
+    write_asoundrc(alsa_home, file_pcm("speech", speech_raw))
+    with caplog.at_level(logging.DEBUG, logger="daemon.hardware.alsa"):
+        mic = open_mic(device="speech")
+        assert mic.present
+    assert capfd.readouterr().err == ""  # PortAudio probed every PCM ALSA knows, quietly
+    probed = [r for r in caplog.records if r.name == "daemon.hardware.alsa"]
+    assert probed and {r.levelno for r in probed} == {logging.DEBUG}  # in the log, not lost
+
+
+def test_an_alsa_error_outside_a_probe_is_logged_as_a_warning(
+    alsa_home: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+):
+    alsa_messages.route()
+    asound = ctypes.CDLL("libasound.so.2")
+    pcm = ctypes.c_void_p()
+    with caplog.at_level(logging.DEBUG, logger="daemon.hardware.alsa"):
+        assert asound.snd_pcm_open(ctypes.byref(pcm), b"no_such_pcm", 1, 0) < 0
+        with alsa_messages.probing():
+            assert asound.snd_pcm_open(ctypes.byref(pcm), b"no_such_pcm", 1, 0) < 0
+    assert capfd.readouterr().err == ""
+    unknown = [r for r in caplog.records if "Unknown PCM" in r.getMessage()]
+    assert [r.levelno for r in unknown] == [logging.WARNING, logging.DEBUG]
