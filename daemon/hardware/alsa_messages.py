@@ -47,8 +47,13 @@ class _Router:
 
     def __init__(self) -> None:
         self._local = threading.local()
-        self._alsa_handler = _ALSA_HANDLER(self._on_alsa)
-        self._jack_handler = _JACK_HANDLER(self._on_jack)
+        self.alsa = self.jack = False
+        try:  # libffi closures; its static trampolines work under MemoryDenyWriteExecute=yes
+            self._alsa_handler = _ALSA_HANDLER(self._on_alsa)
+            self._jack_handler = _JACK_HANDLER(self._on_jack)
+        except (MemoryError, OSError) as exc:  # no closures here: the libraries keep printing
+            log.debug("cannot route ALSA/JACK messages: %s", exc)
+            return
         self.alsa = self._hook_alsa()
         self.jack = self._hook_jack()
 

@@ -14,6 +14,8 @@ import ctypes
 import itertools
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -268,3 +270,29 @@ def test_an_alsa_error_outside_a_probe_is_logged_as_a_warning(
     assert capfd.readouterr().err == ""
     unknown = [r for r in caplog.records if "Unknown PCM" in r.getMessage()]
     assert [r.levelno for r in unknown] == [logging.WARNING, logging.DEBUG]
+
+
+def test_messages_are_routed_under_memory_deny_write_execute(tmp_path: Path):
+    """painav-device.service sets MemoryDenyWriteExecute=yes; the kernel's PR_SET_MDWE is the
+    same rule, so the ctypes callbacks must not need writable and executable memory."""
+    script = """
+import ctypes, sys
+if ctypes.CDLL(None).prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+    sys.exit(77)
+from daemon.hardware import alsa_messages
+router = alsa_messages.route()
+asound = ctypes.CDLL("libasound.so.2")
+asound.snd_pcm_open(ctypes.byref(ctypes.c_void_p()), b"no_such_pcm", 1, 0)
+sys.exit(0 if router.alsa else 1)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[3],
+        timeout=60,
+    )
+    if done.returncode == 77:
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3+)")
+    assert done.returncode == 0, done.stderr
+    assert "Unknown PCM" in done.stderr and "ALSA lib" not in done.stderr  # the log's, not ALSA's
