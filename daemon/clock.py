@@ -34,9 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import RecorderSection
-
-__all__ = ["ClockSignal", "chrony_says_synchronised", "clock_synchronised"]
+__all__ = ["ClockSignal", "chrony_says_synchronised"]
 
 # chronyc's leap status (the last field of CSV tracking) while chronyd is synchronised; the
 # other value is "Not synchronised".
@@ -93,9 +91,3 @@ class ClockSignal:
         answer = chrony_says_synchronised(self.chronyc)
         self._cached = (now, answer)
         return answer
-
-
-def clock_synchronised(sync_file: Path | None = None) -> bool:
-    """One-off check with the production default (``[recorder] clock_sync_file``'s default
-    unless *sync_file*); a running daemon keeps one :class:`ClockSignal` instead."""
-    return ClockSignal(sync_file or RecorderSection().clock_sync_file)()

@@ -15,6 +15,7 @@ import queue
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,7 +41,7 @@ from protocol.x25519 import X25519Recipient
 from .announcer import Announcer, Published
 from .clipserver import ClipServer
 from .clipwriter import ClipWriter, SealedClip
-from .clock import clock_synchronised
+from .clock import ClockSignal
 from .config import DeviceConfig
 from .control import ControlServer
 from .hardware.base import Button, Camera, Light, Microphone
@@ -133,10 +134,14 @@ class Service:
     config: DeviceConfig
     hardware: Hardware
     notifier: Notifier = field(default_factory=Notifier)
-    clock_synced: Any = clock_synchronised
+    # () -> bool; default: the clock signal [recorder] clock_sync_file names (or chrony)
+    clock_synced: Callable[[], bool] | None = None
 
     def __post_init__(self) -> None:
         cfg = self.config
+        self._clock: Callable[[], bool] = self.clock_synced or ClockSignal(
+            cfg.recorder.clock_sync_file
+        )
         self.device_id = cfg.unit.device_id
         self.version = software_version()
         self.outbox = Outbox(
@@ -249,7 +254,8 @@ class Service:
         problems = []
         if self.config.recorder.require_clock_sync and not readiness.clock_synced:
             problems.append(
-                "the clock is not synchronised (NTP); off a Pi, set [recorder] "
+                f"the clock is not synchronised (no {self.config.recorder.clock_sync_file} "
+                "from systemd-timesyncd, no chrony); off a Pi, set [recorder] "
                 "require_clock_sync = false"
             )
         if not readiness.camera_present:
@@ -313,7 +319,7 @@ class Service:
     def _readiness(self) -> Readiness:
         return Readiness(
             storage_problem=self.outbox.room_to_record(self.config.recorder.reserve_bytes),
-            clock_synced=bool(self.clock_synced()),
+            clock_synced=bool(self._clock()),
             camera_present=self.hardware.camera.present,
             microphone_present=self.hardware.microphone.present,
         )
@@ -349,8 +355,8 @@ class Service:
             part,
             recipients=self.recipients,
             signing_key=self.signing_key,
-            width=cfg.camera.width,
-            height=cfg.camera.height,
+            width=hw.camera.width,  # what the camera delivers, not what was asked for
+            height=hw.camera.height,
             frame_rate_hz=cfg.camera.frame_rate_hz,
             sample_rate_hz=cfg.microphone.sample_rate_hz,
             channels=cfg.microphone.channels,
@@ -441,8 +447,8 @@ class Service:
                 "container": "matroska",
                 "video": {
                     "codec": "h264",
-                    "width": cfg.camera.width,
-                    "height": cfg.camera.height,
+                    "width": self.hardware.camera.width,
+                    "height": self.hardware.camera.height,
                     "frame_rate_hz": cfg.camera.frame_rate_hz,
                     "frames": stats.frames,
                     "dropped_frames": dropped,
@@ -455,7 +461,7 @@ class Service:
                     "overruns": overruns,
                 },
                 "av_offset_ms": stats.av_offset_ms,
-                "clock_synced": bool(self.clock_synced()),
+                "clock_synced": bool(self._clock()),
                 "stop_reason": reason,
                 "software_version": self.version,
                 "size_bytes": sealed.size_bytes,
@@ -606,7 +612,7 @@ class Service:
                 free_bytes=self.outbox.free_bytes(),
                 queue_depth=len(pending),
                 oldest_unreceipted_s=oldest,
-                clock_synced=bool(self.clock_synced()),
+                clock_synced=bool(self._clock()),
                 temperature_c=_temperature(),
             )
         )

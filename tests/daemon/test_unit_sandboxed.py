@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import os
@@ -26,11 +25,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from daemon.clock import clock_synchronised
 from daemon.config import load_config
-from daemon.service import Service
 from painav.localsite import HOST, free_port
 from protocol.signing import Signature, verify_clip
 from provisioning.devices import device_config
@@ -42,13 +37,6 @@ from tests.support.unit import Hospital, Unit
 REPO = Path(__file__).resolve().parents[2]
 UNIT_FILE = REPO / "systemd" / "painav-device.service"
 DEVICE = "cart-01"
-
-# Until daemon/service.py builds its clock check from [recorder] clock_sync_file, the daemon
-# reads timesyncd's real path, which does not exist here, and refuses every press.
-CLOCK_FILE_NOT_WIRED = (
-    next(f.default for f in dataclasses.fields(Service) if f.name == "clock_synced")
-    is clock_synchronised
-)
 
 
 def _toml(config: dict[str, dict[str, Any]]) -> str:
@@ -136,12 +124,6 @@ def test_without_timesyncds_file_a_press_is_refused_as_clock_unsynchronised(
         assert unit.stop() == 0, unit.log()
 
 
-@pytest.mark.xfail(
-    CLOCK_FILE_NOT_WIRED,
-    reason="daemon/service.py does not yet build its clock check from [recorder] "
-    "clock_sync_file (issue 15)",
-    strict=True,
-)
 def test_with_timesyncds_file_a_press_becomes_a_clip_the_hospital_fetches(
     broker_site: Site, broker: Broker, make_client, tmp_path: Path
 ) -> None:
