@@ -88,6 +88,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rconfig.add_argument(
         "--credentials", type=Path, help="where its TLS files and receipt key will be"
     )
+    rconfig.add_argument(
+        "--registry",
+        type=Path,
+        help="where it reads registry.json (default: the site folder's, root-only)",
+    )
     rconfig.set_defaults(handler="painav.provisioncmd:receiver_config")
 
     broker = sub.add_parser(
@@ -175,6 +180,7 @@ def receiver_config(args: argparse.Namespace) -> int:
         spool_dir=args.spool,
         credentials_dir=args.credentials,
         receiver_id=args.id,
+        registry=args.registry,
     )
     print(text, end="")
     return 0

@@ -21,10 +21,12 @@ def receiver_config(
     credentials_dir: Path | None = None,
     concurrency: int = 4,
     receiver_id: str | None = None,
+    registry: Path | None = None,
 ) -> str:
     """``receiver.toml`` for *site*'s receiver *receiver_id* (default: the first one).
     *credentials_dir* is where the receiver's TLS files and receipt key are (default: its folder
-    in the site; under systemd, its credentials directory)."""
+    in the site; under systemd, its credentials directory); *registry* is where the receiver
+    reads the site's ``registry.json`` (default: in the site folder, which is root-only)."""
     receiver_id = receiver_id or site.receiver_id
     creds = credentials_dir or receiver_dir(site, receiver_id)
     recipient = site.recipients()[0]
@@ -34,7 +36,7 @@ def receiver_config(
 [site]
 site_id = "{site.name}"
 receiver_id = "{receiver_id}"
-registry = "{site.paths.registry}"
+registry = "{registry or site.paths.registry}"
 data_key_recipient = "{recipient}"
 
 [mqtt]

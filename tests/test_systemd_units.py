@@ -311,3 +311,46 @@ def test_device_unit_can_read_the_clock_signals_it_may_not_ask_the_kernel_for() 
     assert values(unit, "Service", "PrivateNetwork") in ([], ["no"]), "chronyd is on loopback"
     assert "localhost" in words(unit, "Service", "IPAddressAllow"), "chronyc needs 127.0.0.1"
     assert "AF_INET" in words(unit, "Service", "RestrictAddressFamilies")
+
+
+def test_the_receiver_config_for_systemd_names_only_what_its_unit_hands_over(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What IT runs, as the README says: the config `provision receiver config --credentials`
+    prints for the service reads files the unit loads as credentials, and a registry outside
+    the root-only site folder."""
+    from painav.cli import main
+    from provisioning.site import init_site
+    from server.config import load_config
+
+    site = init_site(tmp_path / "site", "ward7", broker_hosts=("broker.example",))
+    creds = Path("/run/credentials/painav-receiver.service")
+    assert (
+        main(
+            [
+                "provision",
+                "receiver",
+                "config",
+                "--dir",
+                str(site.dir),
+                "--catalog-url",
+                "sqlite:////var/lib/painav-receiver/catalog.db",
+                "--store",
+                "/var/lib/painav-receiver/store",
+                "--spool",
+                "/var/lib/painav-receiver/spool",
+                "--credentials",
+                str(creds),
+                "--registry",
+                "/etc/painav/registry.json",
+            ]
+        )
+        == 0
+    )
+    (tmp_path / "receiver.toml").write_text(capsys.readouterr().out)
+    config = load_config(tmp_path / "receiver.toml")
+    unit = parse_unit(UNITS / "painav-receiver.service")
+    loaded = {v.split(":", 1)[0] for v in values(unit, "Service", "LoadCredential")}
+    for path in (config.tls.cert, config.tls.key, config.tls.ca, config.tls.receipt_key):
+        assert path.parent == creds and path.name in loaded, path
+    assert config.site.registry == Path("/etc/painav/registry.json")
