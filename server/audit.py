@@ -56,6 +56,8 @@ from sqlalchemy.types import TypeDecorator
 from protocol.message_codec import dump_json
 from protocol.message_fields import format_timestamp
 
+from .database import READ_ONLY, make_engine
+
 __all__ = [
     "GENESIS_HASH",
     "NAMING_CONVENTION",
@@ -316,18 +318,12 @@ def verify(engine_or_url: Engine | str) -> AuditReport:
             engine.dispose()
 
 
-# Imported when called: the catalog imports this module, and its engine module knows how each
-# backend is set up.
 def _engine(url: str) -> Engine:
-    from server.catalog.engine import make_engine
-
     return make_engine(url)
 
 
 def _reading(engine: Engine) -> Engine:
     """*engine* for reading only: on SQLite, a snapshot that does not hold the write lock."""
-    from server.catalog.engine import READ_ONLY
-
     return engine.execution_options(**{READ_ONLY: True})
 
 

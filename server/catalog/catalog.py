@@ -25,8 +25,9 @@ from protocol.message_fields import format_timestamp
 from protocol.messages import ClipAnnouncement, Event, Status, Telemetry
 
 from ..audit import AuditLog
+from ..database import READ_ONLY, make_engine
 from . import queue, units
-from .engine import READ_ONLY, make_engine, run_migrations
+from .engine import run_migrations
 from .errors import CatalogDatabaseError, CatalogError, ClipNotFoundError, LeaseLostError
 from .lifecycle import ACTIVE_STATES, ClipState, check_transition
 from .models import Clip, Unit, UnitEvent

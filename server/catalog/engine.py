@@ -1,16 +1,20 @@
-"""Database engines for the catalog (SQLite in WAL mode, or PostgreSQL) and its migrations."""
+"""The catalog's migrations (Alembic, no ``alembic.ini``).
+
+The engines they run on are made by :mod:`server.database`, which the audit log uses too.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy import Engine, text
 
+from server.database import READ_ONLY, database_url, make_engine
+
+# make_engine and READ_ONLY are re-exported for callers that know them from here.
 __all__ = [
     "MIGRATIONS_DIR",
     "READ_ONLY",
@@ -21,67 +25,8 @@ __all__ = [
 
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
 
-READ_ONLY: Final = "painav_read_only"
-"""Execution option: on SQLite, begin a plain (deferred) transaction that only reads."""
-
-BUSY_TIMEOUT_S: Final = 30.0
-"""How long a SQLite writer waits for another to finish before it fails."""
-
-CONNECT_TIMEOUT_S: Final = 10
-
 # An arbitrary constant: the PostgreSQL advisory lock that lets one receiver at a time migrate.
 _MIGRATION_LOCK_KEY: Final = 0x7061696E6176
-
-
-def database_url(url: str | URL) -> URL:
-    """*url* parsed; ``postgresql://`` means psycopg 3, the driver painav installs."""
-    parsed = make_url(url)
-    if parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return parsed
-
-
-def make_engine(url: str | URL) -> Engine:
-    """An engine for a ``sqlite:///file`` or ``postgresql+psycopg://`` catalog URL.
-
-    SQLite: WAL (readers never wait for the writer), ``synchronous=FULL`` (a committed
-    "stored" or "receipted" survives a power cut: the unit deletes its copy on our receipt),
-    foreign keys on, a busy timeout, and ``BEGIN IMMEDIATE`` so each transaction that writes
-    holds the single write lock from its start and never fails halfway on an upgrade.
-    """
-    parsed = database_url(url)
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        if parsed.database in (None, "", ":memory:"):
-            raise ArgumentError("the SQLite catalog must be a file: sqlite:///path/catalog.db")
-        engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_S})
-        event.listen(engine, "connect", _sqlite_connect)
-        event.listen(engine, "begin", _sqlite_begin)
-        return engine
-    if backend == "postgresql":
-        # pre-ping: a receiver runs for months, across database restarts and failovers.
-        return create_engine(
-            parsed, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
-        )
-    raise ArgumentError(f"unsupported catalog database {backend!r}: use sqlite or postgresql")
-
-
-def _sqlite_connect(dbapi_connection: Any, _record: object) -> None:
-    # Turn off the sqlite3 module's own transaction handling: _sqlite_begin says BEGIN.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-    finally:
-        cursor.close()
-
-
-def _sqlite_begin(conn: Connection) -> None:
-    read_only = conn.get_execution_options().get(READ_ONLY, False)
-    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def alembic_config(url: str | None = None) -> Config:

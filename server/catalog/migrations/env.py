@@ -11,8 +11,8 @@ from alembic import context
 from sqlalchemy import Connection
 
 from server.audit import metadata as audit_metadata
-from server.catalog.engine import make_engine
 from server.catalog.models import Base
+from server.database import make_engine
 
 TARGET_METADATA = [Base.metadata, audit_metadata]
 

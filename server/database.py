@@ -1,0 +1,71 @@
+"""Database engines for the receiver (SQLite in WAL mode, or PostgreSQL), shared by the catalog
+and the audit log's check."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+__all__ = ["BUSY_TIMEOUT_S", "CONNECT_TIMEOUT_S", "READ_ONLY", "database_url", "make_engine"]
+
+READ_ONLY: Final = "painav_read_only"
+"""Execution option: on SQLite, begin a plain (deferred) transaction that only reads."""
+
+BUSY_TIMEOUT_S: Final = 30.0
+"""How long a SQLite writer waits for another to finish before it fails."""
+
+CONNECT_TIMEOUT_S: Final = 10
+
+
+def database_url(url: str | URL) -> URL:
+    """*url* parsed; ``postgresql://`` means psycopg 3, the driver painav installs."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def make_engine(url: str | URL) -> Engine:
+    """An engine for a ``sqlite:///file`` or ``postgresql+psycopg://`` catalog URL.
+
+    SQLite: WAL (readers never wait for the writer), ``synchronous=FULL`` (a committed
+    "stored" or "receipted" survives a power cut: the unit deletes its copy on our receipt),
+    foreign keys on, a busy timeout, and ``BEGIN IMMEDIATE`` so each transaction that writes
+    holds the single write lock from its start and never fails halfway on an upgrade.
+    """
+    parsed = database_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise ArgumentError("the SQLite catalog must be a file: sqlite:///path/catalog.db")
+        engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_S})
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    if backend == "postgresql":
+        # pre-ping: a receiver runs for months, across database restarts and failovers.
+        return create_engine(
+            parsed, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
+        )
+    raise ArgumentError(f"unsupported catalog database {backend!r}: use sqlite or postgresql")
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: object) -> None:
+    # Turn off the sqlite3 module's own transaction handling: _sqlite_begin says BEGIN.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+    finally:
+        cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    read_only = conn.get_execution_options().get(READ_ONLY, False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
