@@ -43,7 +43,18 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     device = sub.add_parser("device", help="enrol, revoke and list units").add_subparsers(
         dest="device_command", required=True, metavar="ACTION"
     )
-    add = device.add_parser("add", parents=[common], help="enrol a unit (or re-enrol it)")
+    receiver_registry = argparse.ArgumentParser(add_help=False)
+    default_registry = os.environ.get("PAINAV_RECEIVER_REGISTRY")
+    receiver_registry.add_argument(
+        "--receiver-registry",
+        type=Path,
+        default=Path(default_registry) if default_registry else None,
+        help="also install registry.json here, for a receiver that cannot read the site "
+        "folder (default: $PAINAV_RECEIVER_REGISTRY)",
+    )
+    add = device.add_parser(
+        "add", parents=[common, receiver_registry], help="enrol a unit (or re-enrol it)"
+    )
     add.add_argument("id", help="unit id, e.g. cart-03")
     add.set_defaults(handler="painav.provisioncmd:device_add")
     broker_dir = argparse.ArgumentParser(add_help=False)
@@ -56,7 +67,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "$PAINAV_BROKER_DIR); then reload the broker",
     )
     revoke = device.add_parser(
-        "revoke", parents=[common, broker_dir], help="take a unit out of service"
+        "revoke",
+        parents=[common, broker_dir, receiver_registry],
+        help="take a unit out of service",
     )
     revoke.add_argument("id")
     revoke.set_defaults(handler="painav.provisioncmd:device_revoke")
@@ -144,7 +157,9 @@ def site_init(args: argparse.Namespace) -> int:
 def device_add(args: argparse.Namespace) -> int:
     from provisioning.devices import add_device
 
-    add_device(_site(args), args.id, report=print)
+    site = _site(args)
+    add_device(site, args.id, report=print)
+    _install_registry(site, args.receiver_registry)
     return 0
 
 
@@ -153,6 +168,7 @@ def device_revoke(args: argparse.Namespace) -> int:
 
     site = _site(args)
     revoke_device(site, args.id, report=print)
+    _install_registry(site, args.receiver_registry)
     _sync_broker(site, args.broker_dir)
     return 0
 
@@ -184,6 +200,13 @@ def receiver_config(args: argparse.Namespace) -> int:
     )
     print(text, end="")
     return 0
+
+
+def _install_registry(site: Site, path: Path | None) -> None:
+    """Give the receiver the registry as it is now: it checks each clip's unit against it."""
+    if path is not None:
+        site.registry().save(path)
+        print(f"installed the unit registry for the receiver: {path}")
 
 
 def _sync_broker(site: Site, broker_dir: Path | None) -> None:

@@ -92,3 +92,20 @@ def test_broker_config_refuses_a_listen_address_that_would_break_the_config(
     err = capsys.readouterr().err
     assert err.startswith("painav: error:") and "bind address" in err and err.count("\n") == 1
     assert not broker_out.exists()
+
+
+def test_add_and_revoke_install_the_registry_the_receiver_reads(
+    broker_site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from protocol.registry import Registry
+
+    copy = tmp_path / "etc" / "registry.json"
+    copy.parent.mkdir()
+    site = ["--dir", str(broker_site.dir), "--receiver-registry", str(copy)]
+    assert main(["provision", "device", "add", "cart-09", *site]) == 0
+    assert f"installed the unit registry for the receiver: {copy}" in capsys.readouterr().out
+    assert Registry.load(copy).active_key("cart-09") is not None
+    assert copy.stat().st_mode & 0o777 == 0o644  # the receiver's own user reads it
+    assert main(["provision", "device", "revoke", "cart-09", *site]) == 0
+    assert Registry.load(copy).active_key("cart-09") is None
+    assert Registry.load(copy) == Registry.load(broker_site.paths.registry)
