@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, Final, Literal
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from link import issued_by_any
 from protocol.message_fields import format_timestamp
 from protocol.registry import names_a_receiver
 
@@ -374,7 +374,7 @@ class ClipServer:
         cert = x509.load_der_x509_certificate(der)
         names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         cn = str(names[0].value) if len(names) == 1 else "?"
-        if not any(_directly_issued(cert, root) for root in self._roots):
+        if not issued_by_any(cert, self._roots):
             return cn, f"certificate of {cn!r} is not issued directly by the site root"
         if not names_a_receiver(cn, self.receiver_id):
             return cn, f"certificate names {cn!r}, not a receiver ({self.receiver_id!r})"
@@ -385,11 +385,3 @@ class ClipServer:
         if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
             return cn, f"certificate of {cn!r} is not for TLS clients"
         return cn, None
-
-
-def _directly_issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):  # another issuer, key type or signature
-        return False
-    return True

@@ -17,9 +17,9 @@ from typing import IO, Final
 from urllib.parse import urlsplit
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
+from link import issued_by_any
 from protocol.signing import ClipDigests, ClipHasher
 
 from .listing import MAX_SIGNATURE_BYTES, SHA256_HEX, ListedClip, parse_listing
@@ -105,14 +105,6 @@ def _target(url: str) -> _Target:
     return _Target(parts.hostname, parts.port or 443, path)
 
 
-def _directly_issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
 class FetchClient:
     """An HTTPS client for units' clip servers, with the receiver's client certificate.
 
@@ -196,7 +188,7 @@ class FetchClient:
         # certificates (receiver, broker) itself and only one intermediate, the device CA
         # (root path length 1), so a chain not issued by the root directly goes through the
         # device CA: a service certificate named like a unit is refused here.
-        if any(_directly_issued(cert, root) for root in self._roots):
+        if issued_by_any(cert, self._roots):
             return f"certificate {cn!r} is issued by the site root, not by the device CA"
         try:
             if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:

@@ -142,7 +142,7 @@ def cut_connection(announcer: Announcer) -> None:
     The plain socket's shutdown, not the SSL socket's (which would drop the TLS state) nor
     close() (which would pull the descriptor out of paho's select loop).
     """
-    sock = announcer._client.socket()
+    sock = announcer._link._client.socket()
     assert isinstance(sock, socket.socket)
     socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
