@@ -158,6 +158,7 @@ def device_add(args: argparse.Namespace) -> int:
     from provisioning.devices import add_device
 
     site = _site(args)
+    _check_registry_target(args.receiver_registry)
     add_device(site, args.id, report=print)
     _install_registry(site, args.receiver_registry)
     return 0
@@ -167,6 +168,7 @@ def device_revoke(args: argparse.Namespace) -> int:
     from provisioning.devices import revoke_device
 
     site = _site(args)
+    _check_registry_target(args.receiver_registry)
     revoke_device(site, args.id, report=print)
     _install_registry(site, args.receiver_registry)
     _sync_broker(site, args.broker_dir)
@@ -200,6 +202,24 @@ def receiver_config(args: argparse.Namespace) -> int:
     )
     print(text, end="")
     return 0
+
+
+def _check_registry_target(path: Path | None) -> None:
+    """Refuse a --receiver-registry that cannot be written before the site is changed: else the
+    unit is enrolled or revoked and the receiver's copy silently left behind."""
+    if path is None:
+        return
+    from provisioning.errors import SiteError
+
+    if path.is_dir():
+        raise SiteError(
+            f"--receiver-registry {path}: a folder; name the file, e.g. {path}/registry.json"
+        )
+    if not path.parent.is_dir():
+        raise SiteError(
+            f"--receiver-registry {path}: no folder {path.parent}; create it first "
+            f"(install -d -m 0755 {path.parent})"
+        )
 
 
 def _install_registry(site: Site, path: Path | None) -> None:

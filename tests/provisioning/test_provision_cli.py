@@ -109,3 +109,21 @@ def test_add_and_revoke_install_the_registry_the_receiver_reads(
     assert main(["provision", "device", "revoke", "cart-09", *site]) == 0
     assert Registry.load(copy).active_key("cart-09") is None
     assert Registry.load(copy) == Registry.load(broker_site.paths.registry)
+
+
+@pytest.mark.parametrize("command", [["add", "cart-10"], ["revoke", "cart-02"]])
+def test_a_receiver_registry_in_a_missing_folder_is_refused_before_any_change(
+    broker_site: Site, tmp_path: Path, command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped --receiver-registry folder: one line naming it, and the site is as it was
+    (before, the unit was enrolled or revoked and then a bare errno about a temporary file)."""
+    registry = broker_site.paths.registry
+    before = registry.read_bytes()
+    copy = tmp_path / "missing" / "registry.json"
+    args = ["--dir", str(broker_site.dir), "--receiver-registry", str(copy)]
+    assert main(["provision", "device", *command, *args]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("painav: error:") and err.count("\n") == 1, err
+    assert str(copy.parent) in err and ".tmp" not in err, err
+    assert registry.read_bytes() == before
+    assert not copy.parent.exists()
