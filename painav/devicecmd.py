@@ -16,7 +16,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sub = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--config", type=Path, default=Path("/etc/painav/device.toml"), help="the unit's config"
+        "--config",
+        type=Path,
+        default=Path("/etc/painav/device.toml"),
+        help="the unit's config (default: %(default)s)",
     )
     run = sub.add_parser("run", parents=[common], help="run the daemon (systemd runs this)")
     run.set_defaults(handler="painav.devicecmd:run")

@@ -13,7 +13,10 @@ from pathlib import Path
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--config", type=Path, default=Path("/etc/painav/receiver.toml"), help="receiver config"
+        "--config",
+        type=Path,
+        default=Path("/etc/painav/receiver.toml"),
+        help="the receiver's config (default: %(default)s)",
     )
     receiver = commands.add_parser("receiver", help="the hospital receiver and its catalog")
     sub = receiver.add_subparsers(dest="receiver_command", required=True, metavar="ACTION")

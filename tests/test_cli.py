@@ -180,3 +180,21 @@ def test_verify_takes_the_units_key_from_the_registry(
     capsys.readouterr()
     assert main(["clip", "verify", str(clip_path), "--registry", registry]) == 1
     assert capsys.readouterr().err == (f"painav: error: {registry}: no active unit 'cart-01'\n")
+
+
+@pytest.mark.parametrize(
+    ("command", "default"),
+    [
+        (["receiver", "units"], "/etc/painav/receiver.toml"),
+        (["receiver", "events"], "/etc/painav/receiver.toml"),
+        (["device", "status"], "/etc/painav/device.toml"),
+        (["device", "press"], "/etc/painav/device.toml"),
+    ],
+)
+def test_help_names_the_config_read_without_config(
+    command: list[str], default: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """IT runs 'painav receiver units' with no --config: the help says which file it reads."""
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    assert default in " ".join(capsys.readouterr().out.split())
