@@ -1,0 +1,520 @@
+"""The unit's loop: where button, recorder, outbox, announcer and clip server meet.
+
+One thread runs it. Other threads only :meth:`UnitLoop.post` typed events
+(:mod:`daemon.events`); the loop hands them to the recorder, carries out the recorder's actions,
+publishes over the link and records acknowledgements in the outbox. What the control socket
+reports comes from :attr:`UnitLoop.snapshot`, an immutable :class:`UnitSnapshot` the loop
+replaces after every event and once a second, so no other thread reads the loop's state.
+Announcements always come from the outbox, after each seal and again after every (re)connect,
+so nothing depends on the MQTT client's memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from protocol.errors import MessageError, ProtocolError
+from protocol.message_codec import MessageModel
+from protocol.messages import (
+    ArmCommand,
+    ClipAnnouncement,
+    ClipManifest,
+    Event,
+    Receipt,
+    Status,
+    Telemetry,
+)
+from protocol.minisign import PublicKey
+from protocol.signing import verify_receipt
+
+from .capture import Capture, Capturer, SealError
+from .events import (
+    ArmReceived,
+    BadMessage,
+    CaptureFailed,
+    Connected,
+    LongPressed,
+    Pressed,
+    ReceiptReceived,
+    Sealed,
+    SealFailed,
+    UnitEvent,
+)
+from .hardware.base import Light
+from .outbox import Outbox, OutboxEntry
+from .recorder import Action, Assignment, Discard, Readiness, Recorder, Report, Show, Start, Stop
+from .sdnotify import Notifier, log_fields
+
+__all__ = ["Clock", "Link", "LoopSettings", "SystemClock", "UnitLoop", "UnitSnapshot"]
+
+log = logging.getLogger("painav.device")
+
+_TICK_S = 0.1
+_SNAPSHOT_S = 1.0
+
+
+class Clock(Protocol):
+    """Where the loop reads time: the system's, or a test's."""
+
+    def monotonic(self) -> float: ...
+    def monotonic_ns(self) -> int: ...
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def monotonic_ns(self) -> int:
+        return time.monotonic_ns()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class Handle(Protocol):
+    @property
+    def acknowledged(self) -> bool: ...
+    @property
+    def failed(self) -> bool: ...
+
+
+class Link(Protocol):
+    """What the loop needs of the MQTT link (:class:`daemon.announcer.Announcer`)."""
+
+    @property
+    def connected(self) -> bool: ...
+    @property
+    def local_address(self) -> str | None: ...
+    def publish(self, message: MessageModel) -> Handle: ...
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    device_id: str
+    require_clock_sync: bool
+    reserve_bytes: int
+    telemetry_interval_s: float
+    software_version: str
+
+
+@dataclass(frozen=True)
+class UnitSnapshot:
+    """The unit as the loop last saw it, for ``painav device status``."""
+
+    state: str
+    clip_id: str | None
+    participant: str | None
+    queue: tuple[str, ...]
+    free_bytes: int
+    connected: bool
+    last_error: str | None
+    last_refusal: Event | None
+    readiness: Readiness
+    press_to_first_frame_ms: float | None
+    stop_to_announced_ms: float | None
+
+
+class _Failed:
+    """A publish that never left: what a message we could not even build gets."""
+
+    acknowledged = False
+    failed = True
+
+
+_FAILED = _Failed()
+
+
+@dataclass
+class _Pending:
+    """A publish whose acknowledgement decides what the outbox records."""
+
+    handle: Handle
+    on_ack: Callable[[], None]
+
+
+@dataclass
+class UnitLoop:
+    """Runs one unit; :meth:`run` returns when *stop* is set, :meth:`step` runs one turn."""
+
+    settings: LoopSettings
+    recorder: Recorder
+    outbox: Outbox
+    capturer: Capturer
+    link: Link
+    light: Light
+    receipt_key: PublicKey
+    sealer: Executor
+    clock_synced: Callable[[], bool]
+    clip_url: Callable[[str], str]  # where the hospital fetches a clip, by its id
+    clock: Clock = field(default_factory=SystemClock)
+    notifier: Notifier = field(default_factory=Notifier)
+    temperature: Callable[[], float | None] = lambda: None
+
+    def __post_init__(self) -> None:
+        self._events: queue.Queue[UnitEvent] = queue.Queue()
+        self._capture: Capture | None = None
+        self._stops: dict[str, int] = {}  # clip id → monotonic ns of the stop
+        self._pending: list[_Pending] = []
+        self._unsent_events: list[Event] = []
+        self._last_error: str | None = None
+        self._last_refusal: Event | None = None
+        self._first_frame_ms: float | None = None
+        self._announced_ms: float | None = None
+        self._started = self.clock.monotonic()
+        self._next_snapshot = 0.0
+        self.snapshot = self._take_snapshot()
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def post(self, event: UnitEvent) -> None:
+        """Hand an event to the loop; safe from any thread."""
+        self._events.put(event)
+
+    def start_up(self) -> None:
+        """Recover the outbox, show the light, say what would refuse every press."""
+        for entry in self.outbox.recover().aborted:
+            log.warning(
+                "clip %s was cut off (crash or power loss): aborted",
+                entry.clip_id,
+                extra=log_fields(clip_id=entry.clip_id, device_id=self.settings.device_id),
+            )
+        self._execute(self.recorder.start_up())
+        self.snapshot = self._take_snapshot()
+        self._warn_if_presses_would_be_refused(self.snapshot.readiness)
+
+    def run(self, stop: threading.Event) -> None:
+        next_telemetry = self.clock.monotonic() + 5.0
+        next_watchdog = 0.0
+        try:
+            while not stop.is_set():
+                self.step(_TICK_S)
+                mono = self.clock.monotonic()
+                if self.notifier.watchdog_interval_s and mono >= next_watchdog:
+                    self.notifier.watchdog()
+                    next_watchdog = mono + self.notifier.watchdog_interval_s
+                if mono >= next_telemetry:
+                    self._telemetry()
+                    next_telemetry = mono + self.settings.telemetry_interval_s
+        finally:
+            self.shut_down()
+
+    def step(self, timeout_s: float = 0.0) -> None:
+        """Handle at most one event (waiting up to *timeout_s*), tick, collect acks."""
+        handled = False
+        try:
+            event = self._events.get(timeout=timeout_s) if timeout_s else self._events.get_nowait()
+        except queue.Empty:
+            pass
+        else:
+            self._handle(event)
+            handled = True
+        self._execute(self.recorder.tick(self.clock.monotonic(), self.clock.now()))
+        acked = self._check_acks()
+        if handled or acked or self.clock.monotonic() >= self._next_snapshot:
+            self.snapshot = self._take_snapshot()
+
+    def shut_down(self) -> None:
+        """Seal or abort the recording in progress, wait for the seal, collect acks."""
+        self.notifier.stopping()
+        self._execute(self.recorder.shutdown())
+        self.sealer.shutdown(wait=True)  # the last clip is sealed before we go
+        while not self._events.empty():
+            event = self._events.get_nowait()
+            if isinstance(event, Sealed | SealFailed):
+                self._handle(event)
+        self._check_acks()
+
+    def _handle(self, event: UnitEvent) -> None:
+        wall = self.clock.now()
+        match event:
+            case Pressed():
+                ready = self._readiness()
+                self._execute(self.recorder.press(self.clock.monotonic(), wall, ready))
+            case LongPressed():
+                self._execute(self.recorder.long_press())
+            case Sealed(clip_id, entry, first_frame_ms):
+                if first_frame_ms is not None:
+                    self._first_frame_ms = first_frame_ms
+                self._announce(entry)
+                self._execute(self.recorder.sealed(clip_id))
+            case SealFailed(clip_id, detail):
+                self._last_error = detail
+                self._execute(self.recorder.seal_failed(clip_id, detail))
+            case CaptureFailed(detail):
+                self._last_error = detail
+                self._execute(self.recorder.capture_failed(detail))
+            case ArmReceived(command):
+                self._execute(self.recorder.arm(_assignment(command), wall))
+                self._publish_status()
+            case ReceiptReceived(receipt):
+                self._receipt(receipt)
+            case Connected():
+                self._replay()
+            case BadMessage(topic, error):
+                log.warning("refused a message on %s: %s", topic, error)
+                self._report(Report("refused", "bad_message", None, error[:200]))
+
+    def _readiness(self) -> Readiness:
+        return Readiness(
+            storage_problem=self.outbox.room_to_record(self.settings.reserve_bytes),
+            clock_synced=bool(self.clock_synced()),
+            camera_present=self.capturer.camera.present,
+            microphone_present=self.capturer.microphone.present,
+        )
+
+    def _take_snapshot(self) -> UnitSnapshot:
+        self._next_snapshot = self.clock.monotonic() + _SNAPSHOT_S
+        assignment = self.recorder.assignment
+        return UnitSnapshot(
+            state=str(self.recorder.state),
+            clip_id=self.recorder.clip_id,
+            participant=assignment.participant if assignment else None,
+            queue=tuple(e.clip_id for e in self.outbox.pending()),
+            free_bytes=self.outbox.free_bytes(),
+            connected=self.link.connected,
+            last_error=self._last_error,
+            last_refusal=self._last_refusal,
+            readiness=self._readiness(),
+            press_to_first_frame_ms=self._first_frame_ms,
+            stop_to_announced_ms=self._announced_ms,
+        )
+
+    def _warn_if_presses_would_be_refused(self, readiness: Readiness) -> None:
+        """Say at start what would refuse every press, rather than only at the first press."""
+        problems = []
+        if self.settings.require_clock_sync and not readiness.clock_synced:
+            problems.append(
+                "the clock is not synchronised (no sign from systemd-timesyncd or chrony); "
+                "off a Pi, set [recorder] require_clock_sync = false"
+            )
+        if not readiness.camera_present:
+            problems.append("no camera")
+        if not readiness.microphone_present:
+            problems.append("no microphone")
+        if readiness.storage_problem is not None:
+            problems.append(f"storage: {readiness.storage_problem}")
+        for problem in problems:
+            log.warning(
+                "presses will be refused until this is fixed: %s",
+                problem,
+                extra=log_fields(device_id=self.settings.device_id),
+            )
+
+    # --- the recorder's actions ----------------------------------------------------------
+
+    def _execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case Start():
+                    self._start(action)
+                case Stop():
+                    self._stop(action)
+                case Discard():
+                    self._discard(action)
+                case Show(pattern):
+                    self.light.show(pattern)
+                case Report():
+                    self._report(action)
+
+    def _start(self, action: Start) -> None:
+        press_ns = self.clock.monotonic_ns()
+        self._capture = self.capturer.start(
+            action, press_ns, lambda detail: self.post(CaptureFailed(detail))
+        )
+        log.info(
+            "recording %s",
+            action.clip_id,
+            extra=log_fields(
+                clip_id=action.clip_id, device_id=self.settings.device_id, state="recording"
+            ),
+        )
+        self._publish_status()
+
+    def _halt_capture(self) -> Capture | None:
+        capture, self._capture = self._capture, None
+        self.capturer.halt()
+        if capture is not None:
+            self._publish_status()  # no longer "recording"
+        return capture
+
+    def _stop(self, action: Stop) -> None:
+        dropped = self.capturer.camera.dropped_frames
+        overruns = self.capturer.microphone.overruns
+        capture = self._halt_capture()
+        if capture is None or capture.clip_id != action.clip_id:
+            return
+        self._stops[action.clip_id] = self.clock.monotonic_ns()
+        self.sealer.submit(self._seal, capture, action.reason, dropped, overruns)
+
+    def _seal(self, capture: Capture, reason: str, dropped: int, overruns: int) -> None:
+        """On the seal worker: seal, then tell the loop how it went."""
+        try:
+            result = self.capturer.seal(capture, reason, dropped, overruns)
+        except SealError as exc:
+            self.post(SealFailed(capture.clip_id, str(exc)))
+            return
+        self.post(Sealed(capture.clip_id, result.entry, result.press_to_first_frame_ms))
+
+    def _discard(self, action: Discard) -> None:
+        capture = self._halt_capture()
+        if capture is not None:
+            capture.writer.abort()
+        self.outbox.abort(action.clip_id, action.reason[:200])
+
+    def _report(self, report: Report) -> None:
+        log.info(
+            "event %s (%s) %s",
+            report.kind,
+            report.reason,
+            report.detail,
+            extra=log_fields(clip_id=report.clip_id, device_id=self.settings.device_id),
+        )
+        event = Event(
+            kind=report.kind,  # type: ignore[arg-type]
+            at=self.clock.now(),
+            clip_id=report.clip_id,
+            reason=report.reason,
+            detail=report.detail.replace("\n", " ")[:500],
+        )
+        if event.kind == "refused":
+            self._last_refusal = event
+        self._send_event(event)
+
+    def _send_event(self, event: Event) -> None:
+        """Publish *event*; while offline keep it for the next connect. Events about a clip are
+        also durable in the outbox (an aborted row not yet reported), so they survive restarts."""
+        if not self.link.connected:
+            self._unsent_events.append(event)
+            return
+        handle = self._publish(event)
+        clip_id = event.clip_id
+        if clip_id is not None and event.kind in ("discarded", "error", "aborted"):
+            self._pending.append(_Pending(handle, lambda: self._event_reported(clip_id)))
+
+    def _publish(self, message: MessageModel) -> Handle:
+        try:
+            return self.link.publish(message)
+        except MessageError:  # a message we built is invalid: a bug, logged, never fatal
+            log.exception("could not publish a %s message", type(message).__name__)
+            return _FAILED
+
+    def _event_reported(self, clip_id: str) -> None:
+        try:
+            self.outbox.mark_event_reported(clip_id)
+        except Exception:
+            log.debug("no outbox row for %s", clip_id)
+
+    # --- MQTT ---------------------------------------------------------------------------
+
+    def _announce(self, entry: OutboxEntry) -> None:
+        if not self.link.connected or entry.manifest_json is None or entry.signature is None:
+            return  # replayed from the outbox at the next connect
+        announcement = ClipAnnouncement(
+            manifest=ClipManifest.model_validate_json(entry.manifest_json),
+            signature=entry.signature,
+            url=self.clip_url(entry.clip_id),
+        )
+        handle = self._publish(announcement)
+        clip_id = entry.clip_id
+        self._pending.append(_Pending(handle, lambda: self._announced(clip_id)))
+
+    def _announced(self, clip_id: str) -> None:
+        self.outbox.mark_announced(clip_id)
+        stopped = self._stops.pop(clip_id, None)
+        if stopped is not None:
+            self._announced_ms = (self.clock.monotonic_ns() - stopped) / 1e6
+        log.info("announced %s", clip_id, extra=log_fields(clip_id=clip_id, state="announced"))
+
+    def _check_acks(self) -> bool:
+        """Record what the broker acknowledged; whether anything was."""
+        still = []
+        for pending in self._pending:
+            if pending.handle.acknowledged:
+                pending.on_ack()
+            elif not pending.handle.failed:
+                still.append(pending)
+        acked = len(still) < len(self._pending)
+        self._pending = still
+        return acked
+
+    def _replay(self) -> None:
+        """After (re)connecting: status, then every clip and event the hospital may not know."""
+        self._publish_status()
+        unsent, self._unsent_events = self._unsent_events, []
+        for event in unsent:
+            self._send_event(event)
+        for entry in self.outbox.pending():
+            self._announce(entry)
+        for entry in self.outbox.unreported_aborts():
+            self._report(
+                Report(
+                    "aborted",
+                    "interrupted",
+                    entry.clip_id,
+                    entry.abort_reason or "recording cut off",
+                )
+            )
+
+    def _receipt(self, receipt: Receipt) -> None:
+        clip_id = receipt.clip_id
+        try:
+            entry = self.outbox.get(clip_id)
+            if entry.sha256 is None:
+                raise ProtocolError(f"receipt for clip {clip_id}, which is not sealed")
+            verify_receipt(self.receipt_key, receipt, sha256=entry.sha256)
+            self.outbox.receipt(clip_id, receipt.sha256)
+        except Exception as exc:
+            log.warning(
+                "rejected a receipt for %s: %s", clip_id, exc, extra=log_fields(clip_id=clip_id)
+            )
+            self._report(Report("refused", "receipt_rejected", None, str(exc)[:200]))
+            return
+        log.info(
+            "clip %s receipted and deleted",
+            clip_id,
+            extra=log_fields(clip_id=clip_id, state="deleted"),
+        )
+        self._report(Report("deleted", "receipted", clip_id))
+
+    def _publish_status(self) -> None:
+        self._publish(
+            Status(
+                state="recording" if self._capture is not None else "online",
+                since=self.clock.now(),
+                software_version=self.settings.software_version,
+                armed=self.recorder.assignment is not None,
+            )
+        )
+
+    def _telemetry(self) -> None:
+        pending = self.outbox.pending()
+        oldest = None
+        if pending:
+            sealed = [e.sealed_at for e in pending if e.sealed_at is not None]
+            oldest = max((self.clock.now() - min(sealed)).total_seconds(), 0.0) if sealed else 0.0
+        self._publish(
+            Telemetry(
+                at=self.clock.now(),
+                uptime_s=self.clock.monotonic() - self._started,
+                free_bytes=self.outbox.free_bytes(),
+                queue_depth=len(pending),
+                oldest_unreceipted_s=oldest,
+                clock_synced=bool(self.clock_synced()),
+                temperature_c=self.temperature(),
+            )
+        )
+
+
+def _assignment(command: ArmCommand | None) -> Assignment | None:
+    if command is None or command.participant is None or command.expires_at is None:
+        return None
+    return Assignment(command.participant, command.visit, command.expires_at)

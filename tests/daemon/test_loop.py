@@ -1,0 +1,293 @@
+"""The unit's loop in-process: press, seal, announce, acknowledgement, receipt, refusal, crash
+recovery. Time and the MQTT link are fakes; the camera and microphone are painav's simulated
+backends (real H.264, a voice-like signal), the outbox, clip writer and keys are real."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.capture import Capturer
+from daemon.events import ArmReceived, Connected, Pressed, ReceiptReceived
+from daemon.hardware.base import Pattern
+from daemon.hardware.sim_camera import SimulatedCamera
+from daemon.hardware.sim_controls import SimulatedLight
+from daemon.hardware.sim_mic import SimulatedMicrophone
+from daemon.loop import LoopSettings, UnitLoop
+from daemon.outbox import Outbox
+from daemon.recorder import Recorder, RecorderSettings
+from protocol.message_codec import MessageModel
+from protocol.messages import ArmCommand, ClipAnnouncement, Event, Status
+from protocol.minisign import SigningKey
+from protocol.signing import sign_receipt
+from protocol.x25519 import X25519Identity
+
+T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+DEVICE = "cart-01"
+
+
+class FakeClock:
+    """Time that moves only when the test says."""
+
+    def __init__(self) -> None:
+        self.mono = 1000.0
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def monotonic_ns(self) -> int:
+        return int(self.mono * 1e9)
+
+    def now(self) -> datetime:
+        return T0 + timedelta(seconds=self.mono - 1000.0)
+
+
+@dataclass
+class FakeHandle:
+    acknowledged: bool = False
+    failed: bool = False
+
+
+@dataclass
+class FakeLink:
+    """The MQTT link as the loop sees it: what was published, acknowledged when told."""
+
+    connected: bool = True
+    local_address: str | None = "10.0.0.7"
+    sent: list[tuple[MessageModel, FakeHandle]] = field(default_factory=list)
+
+    def publish(self, message: MessageModel) -> FakeHandle:
+        handle = FakeHandle(failed=not self.connected)
+        self.sent.append((message, handle))
+        return handle
+
+    def ack_all(self) -> None:
+        for _, handle in self.sent:
+            handle.acknowledged = not handle.failed
+
+    def of(self, kind: type[MessageModel]) -> list[Any]:
+        return [m for m, _ in self.sent if isinstance(m, kind)]
+
+
+class InlineExecutor(Executor):
+    """Seals on the caller's thread, so a test needs no waiting for the worker."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+@dataclass
+class Unit:
+    loop: UnitLoop
+    link: FakeLink
+    clock: FakeClock
+    light: SimulatedLight
+    outbox: Outbox
+    receipt_key: SigningKey
+    synced: list[bool]
+
+    def settle(self, turns: int = 5) -> None:
+        for _ in range(turns):
+            self.loop.step()
+
+
+@pytest.fixture
+def make_unit(tmp_path: Path) -> Iterator[Callable[..., Unit]]:
+    made: list[Unit] = []
+
+    def make(*, outbox_dir: Path | None = None, require_clock_sync: bool = True) -> Unit:
+        clock, link, light = FakeClock(), FakeLink(), SimulatedLight()
+        receipt_key = SigningKey.generate()
+        outbox = Outbox(outbox_dir or tmp_path / "outbox", quota_bytes=1 << 30, min_free_bytes=0)
+        camera = SimulatedCamera(width=160, height=120, frame_rate_hz=15, bitrate_bps=200_000)
+        microphone = SimulatedMicrophone()
+        synced = [True]
+        loop = UnitLoop(
+            settings=LoopSettings(
+                device_id=DEVICE,
+                require_clock_sync=require_clock_sync,
+                reserve_bytes=0,
+                telemetry_interval_s=60,
+                software_version="0.1.0",
+            ),
+            recorder=Recorder(
+                RecorderSettings(max_seconds=60, require_clock_sync=require_clock_sync),
+                new_clip_id=lambda wall: f"{DEVICE}-{wall:%Y%m%dT%H%M%SZ}-ab12",
+            ),
+            outbox=outbox,
+            capturer=Capturer(
+                outbox=outbox,
+                camera=camera,
+                microphone=microphone,
+                recipients=[X25519Identity.generate().recipient],
+                signing_key=SigningKey.generate(),
+                site_id="ward7",
+                device_id=DEVICE,
+                sample_rate_hz=48_000,
+                channels=1,
+                software_version="0.1.0",
+                clock_synced=lambda: synced[0],
+            ),
+            link=link,
+            light=light,
+            receipt_key=receipt_key.public_key,
+            sealer=InlineExecutor(),
+            clock_synced=lambda: synced[0],
+            clip_url=lambda clip_id: f"https://10.0.0.7:8443/v1/clips/{clip_id}.age",
+            clock=clock,
+        )
+        unit = Unit(loop, link, clock, light, outbox, receipt_key, synced)
+        made.append(unit)
+        loop.start_up()
+        return unit
+
+    yield make
+    for unit in made:
+        unit.loop.capturer.camera.close()
+        unit.loop.capturer.microphone.close()
+        unit.outbox.close()
+
+
+def record(unit: Unit, seconds: float = 0.6) -> ClipAnnouncement:
+    """Press, let the simulated camera run, press again; the announcement that follows."""
+    unit.loop.post(Pressed())
+    unit.settle()
+    assert unit.loop.snapshot.state == "recording"
+    time.sleep(seconds)  # the camera and microphone run on real time
+    unit.clock.mono += seconds
+    unit.loop.post(Pressed())
+    unit.settle()
+    (announcement,) = unit.link.of(ClipAnnouncement)
+    assert isinstance(announcement, ClipAnnouncement)
+    return announcement
+
+
+def receipt_for(unit: Unit, announcement: ClipAnnouncement, key: SigningKey | None = None) -> Any:
+    manifest = announcement.manifest
+    return sign_receipt(
+        key or unit.receipt_key,
+        site_id="ward7",
+        device_id=DEVICE,
+        clip_id=manifest.clip_id,
+        sha256=manifest.sha256,
+        receiver_id="receiver",
+        stored_at=unit.clock.now(),
+    )
+
+
+def test_press_seal_announce_ack_receipt(make_unit: Callable[..., Unit]) -> None:
+    unit = make_unit()
+    announcement = record(unit)
+    clip_id = announcement.manifest.clip_id
+    assert announcement.url == f"https://10.0.0.7:8443/v1/clips/{clip_id}.age"
+    assert announcement.manifest.stop_reason == "button" and announcement.manifest.clock_synced
+    assert announcement.manifest.video.frames > 0
+    assert (announcement.manifest.audio.frames or 0) > 0
+    assert [s.state for s in unit.link.of(Status)] == ["recording", "online"]
+    assert unit.outbox.get(clip_id).state == "sealed"
+    assert unit.loop.snapshot.queue == (clip_id,) and unit.loop.snapshot.state == "idle"
+
+    unit.link.ack_all()  # the broker acknowledged the announcement
+    unit.settle(1)
+    assert unit.outbox.get(clip_id).state == "announced"
+    assert unit.loop.snapshot.stop_to_announced_ms is not None
+
+    unit.loop.post(ReceiptReceived(receipt_for(unit, announcement)))
+    unit.settle()
+    assert unit.loop.snapshot.queue == ()
+    (deleted,) = [e for e in unit.link.of(Event) if e.kind == "deleted"]
+    assert deleted.clip_id == clip_id
+
+
+def test_a_receipt_signed_by_another_key_deletes_nothing(make_unit: Callable[..., Unit]) -> None:
+    unit = make_unit()
+    announcement = record(unit)
+    unit.loop.post(ReceiptReceived(receipt_for(unit, announcement, SigningKey.generate())))
+    unit.settle()
+    (refused,) = [e for e in unit.link.of(Event) if e.kind == "refused"]
+    assert refused.reason == "receipt_rejected"
+    assert unit.loop.snapshot.queue == (announcement.manifest.clip_id,)
+
+
+def test_a_press_without_clock_sync_is_refused_and_shown(make_unit: Callable[..., Unit]) -> None:
+    unit = make_unit()
+    unit.synced[0] = False
+    unit.loop.post(Pressed())
+    unit.settle()
+    (refused,) = unit.link.of(Event)
+    assert refused.kind == "refused" and refused.reason == "clock_unsynchronised"
+    assert unit.light.pattern is Pattern.REFUSED_CLOCK
+    snapshot = unit.loop.snapshot
+    assert snapshot.state == "idle" and snapshot.last_refusal == refused
+    assert not snapshot.readiness.clock_synced
+    assert unit.outbox.pending() == []
+
+
+def test_offline_clips_and_events_wait_for_the_next_connection(
+    make_unit: Callable[..., Unit],
+) -> None:
+    unit = make_unit()
+    unit.link.connected = False
+    unit.synced[0] = False
+    unit.loop.post(Pressed())  # refused while offline: kept for later
+    unit.settle()
+    unit.synced[0] = True
+    unit.loop.post(Pressed())
+    unit.settle()
+    time.sleep(0.5)
+    unit.loop.post(Pressed())
+    unit.settle()
+    assert unit.link.of(ClipAnnouncement) == [] and unit.link.of(Event) == []
+    (clip_id,) = unit.loop.snapshot.queue
+
+    unit.link.connected = True
+    unit.loop.post(Connected())
+    unit.settle()
+    (announcement,) = unit.link.of(ClipAnnouncement)
+    assert announcement.manifest.clip_id == clip_id
+    assert [e.reason for e in unit.link.of(Event)] == ["clock_unsynchronised"]
+    assert unit.link.of(Status)[-1].state == "online"
+
+
+def test_a_recording_cut_off_by_a_crash_is_reported_once_acknowledged(
+    make_unit: Callable[..., Unit], tmp_path: Path
+) -> None:
+    crashed = Outbox(tmp_path / "outbox", quota_bytes=1 << 30, min_free_bytes=0)
+    crashed.begin(f"{DEVICE}-20261127T095900Z-dead", participant=None, visit=None, started_at=T0)
+    crashed.close()  # the process died while recording
+
+    unit = make_unit(outbox_dir=tmp_path / "outbox")  # start-up recovers the outbox
+    unit.loop.post(Connected())
+    unit.settle()
+    (aborted,) = unit.link.of(Event)
+    assert aborted.kind == "aborted" and aborted.clip_id == f"{DEVICE}-20261127T095900Z-dead"
+    assert len(unit.outbox.unreported_aborts()) == 1
+    unit.link.ack_all()
+    unit.settle(1)
+    assert unit.outbox.unreported_aborts() == []
+
+
+def test_arming_tags_the_next_clip(make_unit: Callable[..., Unit]) -> None:
+    unit = make_unit()
+    command = ArmCommand(
+        participant="PAIN-0042",
+        visit="v1",
+        issued_at=unit.clock.now(),
+        expires_at=unit.clock.now() + timedelta(hours=1),
+    )
+    unit.loop.post(ArmReceived(command))
+    unit.settle()
+    assert unit.loop.snapshot.participant == "PAIN-0042"
+    assert unit.link.of(Status)[-1].armed is True
+    announcement = record(unit)
+    assert announcement.manifest.participant == "PAIN-0042"
+    assert announcement.manifest.visit == "v1"
