@@ -26,7 +26,7 @@ from protocol.envelope import EnvelopeWriter
 from protocol.signing import ClipBinding, ClipSigner, Signature, SigningKey
 from protocol.x25519 import X25519Recipient
 
-from .hardware.annexb import parameter_sets
+from .annexb import parameter_sets
 from .hardware.base import AudioBlock, VideoPacket
 
 __all__ = ["ClipStats", "ClipWriter", "SealedClip"]

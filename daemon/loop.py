@@ -471,7 +471,7 @@ class UnitLoop:
             if entry.sha256 is None:
                 raise ProtocolError(f"receipt for clip {clip_id}, which is not sealed")
             verify_receipt(self.receipt_key, receipt, sha256=entry.sha256)
-            self.outbox.receipt(clip_id, receipt.sha256)
+            self.outbox.delete_receipted(clip_id, receipt.sha256)
         except Exception as exc:
             log.warning(
                 "rejected a receipt for %s: %s", clip_id, exc, extra=log_fields(clip_id=clip_id)

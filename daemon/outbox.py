@@ -572,7 +572,7 @@ class Outbox:
                 raise ClipStateError(f"clip {clip_id} is {entry.state}, cannot be announced")
             self._set(clip_id, state=ClipState.ANNOUNCED, announce_count=entry.announce_count + 1)
 
-    def receipt(self, clip_id: str, sha256: str) -> OutboxEntry:
+    def delete_receipted(self, clip_id: str, sha256: str) -> OutboxEntry:
         """Apply the receiver's receipt: → RECEIPTED, delete the files, → DELETED.
 
         Only if *sha256* is the sealed clip's, else :class:`ReceiptMismatchError` and nothing

@@ -15,7 +15,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-from .annexb import NAL_SPS, AccessUnit, nal_types, split_access_units
+from ..annexb import NAL_SPS, AccessUnit, nal_types, split_access_units
 from .base import HardwareError, VideoPacket
 
 __all__ = ["ReplayCamera", "SimulatedCamera"]

@@ -26,7 +26,7 @@ from protocol.messages import ClipAnnouncement, Event, Status, Telemetry
 
 from ..audit import AuditLog
 from ..database import READ_ONLY, make_engine
-from . import queue, units
+from . import fetch_queue, units
 from .engine import run_migrations
 from .errors import CatalogDatabaseError, CatalogError, ClipNotFoundError, LeaseLostError
 from .lifecycle import ACTIVE_STATES, ClipState, check_transition
@@ -168,8 +168,8 @@ class Catalog:
         if not lease_s > 0:
             raise ValueError("lease_s must be positive")
         with self._session(write=True) as s:
-            for clip_id in s.scalars(queue.candidates(now, limit=CLAIM_CANDIDATES)):
-                clip = s.scalars(queue.lock_if_waiting(clip_id, now)).one_or_none()
+            for clip_id in s.scalars(fetch_queue.candidates(now, limit=CLAIM_CANDIDATES)):
+                clip = s.scalars(fetch_queue.lock_if_waiting(clip_id, now)).one_or_none()
                 if clip is not None:
                     break
             else:

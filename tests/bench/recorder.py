@@ -103,8 +103,8 @@ def peak_rss_mib(pid: int) -> float:
 def pipeline_cpu_s(video: Path, audio: Path, recipient: str, out: Path) -> float:
     """CPU seconds of the recording pipeline alone (the daemon's ClipWriter: mux, encrypt, sign,
     write, fsync) fed the same input as fast as it takes it, without the real-time pacing."""
+    from daemon.annexb import split_access_units
     from daemon.clipwriter import ClipWriter
-    from daemon.hardware.annexb import split_access_units
     from daemon.hardware.base import AudioBlock, VideoPacket
     from protocol.minisign import SigningKey
     from protocol.x25519 import X25519Recipient

@@ -159,7 +159,7 @@ def test_list_shows_only_pending_clips(server: ClipServer, outbox: Outbox, creds
     sealed_clip(outbox, "clip-2", 2000)
     outbox.mark_announced("clip-2")
     gone = sealed_clip(outbox, "clip-3", 3000)
-    outbox.receipt("clip-3", hashlib.sha256(gone).hexdigest())
+    outbox.delete_receipted("clip-3", hashlib.sha256(gone).hexdigest())
     record(outbox, "clip-4", b"recording")
     reply = fetch(server.port, creds, "/v1/clips")
     assert reply.status == 200 and reply.headers["Content-Type"] == "application/json"
@@ -359,7 +359,7 @@ def test_a_clip_still_recording_or_deleted_is_not_served(
 ) -> None:
     record(outbox, "clip-rec", os.urandom(5000))
     data = sealed_clip(outbox, "clip-del", 5000)
-    outbox.receipt("clip-del", hashlib.sha256(data).hexdigest())
+    outbox.delete_receipted("clip-del", hashlib.sha256(data).hexdigest())
     for clip_id in ("clip-rec", "clip-del", "clip-none"):
         for suffix in (".age", ".age.minisig"):
             assert fetch(server.port, creds, f"/v1/clips/{clip_id}{suffix}").status == 404

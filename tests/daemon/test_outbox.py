@@ -107,9 +107,9 @@ def test_full_lifecycle(tmp_path: Path) -> None:
         assert outbox.get("clip-1").state is ClipState.ANNOUNCED
         assert outbox.get("clip-1").announce_count == 2
 
-        done = outbox.receipt("clip-1", sealed.sha256)
+        done = outbox.delete_receipted("clip-1", sealed.sha256)
         assert done.state is ClipState.DELETED and files(outbox) == []
-        assert outbox.receipt("clip-1", sealed.sha256) == done  # MQTT may deliver it twice
+        assert outbox.delete_receipted("clip-1", sealed.sha256) == done  # MQTT may deliver it twice
         outbox.mark_announced("clip-1")  # a late announce ack changes nothing
         assert outbox.get("clip-1") == done
         assert (
@@ -145,15 +145,15 @@ def test_wrong_receipts_change_nothing(tmp_path: Path) -> None:
         data = sealed_clip(outbox, "clip-1")
         before = outbox.get("clip-1")
         with pytest.raises(ReceiptMismatchError):
-            outbox.receipt("clip-1", hashlib.sha256(data + b"x").hexdigest())
+            outbox.delete_receipted("clip-1", hashlib.sha256(data + b"x").hexdigest())
         with pytest.raises(ReceiptMismatchError):
-            outbox.receipt("clip-1", before.sha256.upper())  # type: ignore[union-attr]
+            outbox.delete_receipted("clip-1", before.sha256.upper())  # type: ignore[union-attr]
         assert outbox.get("clip-1") == before and outbox.clip_path("clip-1").read_bytes() == data
         with pytest.raises(UnknownClipError):
-            outbox.receipt("clip-2", before.sha256)  # type: ignore[arg-type]
+            outbox.delete_receipted("clip-2", before.sha256)  # type: ignore[arg-type]
         record(outbox, "clip-3", b"abc")
         with pytest.raises(ClipStateError):
-            outbox.receipt("clip-3", hashlib.sha256(b"abc").hexdigest())
+            outbox.delete_receipted("clip-3", hashlib.sha256(b"abc").hexdigest())
         with pytest.raises(ClipStateError):
             outbox.mark_event_reported("clip-1")  # not aborted
 
@@ -217,7 +217,7 @@ def test_room_to_record(tmp_path: Path) -> None:
         assert caught.value.reason is NoRoom.QUOTA
         with pytest.raises(UnknownClipError):
             outbox.get("clip-2")  # nothing was begun
-        outbox.receipt("clip-1", outbox.get("clip-1").sha256)  # type: ignore[arg-type]
+        outbox.delete_receipted("clip-1", outbox.get("clip-1").sha256)  # type: ignore[arg-type]
         assert outbox.room_to_record(60_000) is None
 
     with open_outbox(tmp_path / "b", min_free_bytes=free - 1_000_000) as outbox:
@@ -240,7 +240,7 @@ def test_bad_clip_ids_are_refused_before_the_file_system(tmp_path: Path, clip_id
             lambda: outbox.get(clip_id),
             lambda: outbox.clip_path(clip_id),
             lambda: outbox.signature_path(clip_id),
-            lambda: outbox.receipt(clip_id, "00" * 32),
+            lambda: outbox.delete_receipted(clip_id, "00" * 32),
             lambda: outbox.abort(clip_id, "discarded"),
             lambda: outbox.open_pending(clip_id),
         ]
@@ -307,7 +307,7 @@ def test_threads_share_one_outbox(tmp_path: Path) -> None:
                     if i % 3 == 2:
                         record(outbox, f"x-{n}-{i}", b"p")
                         outbox.abort(f"x-{n}-{i}", "discarded")
-                    outbox.receipt(clip_id, hashlib.sha256(data).hexdigest())
+                    outbox.delete_receipted(clip_id, hashlib.sha256(data).hexdigest())
             except BaseException as exc:
                 errors.append(exc)
 
@@ -439,7 +439,7 @@ def test_recovery_from_states_a_power_cut_can_leave(tmp_path: Path) -> None:
         sealed_clip(outbox, "lost-file")
         sealed_clip(outbox, "receipted")
         sealed_clip(outbox, "deleted")
-        outbox.receipt("deleted", outbox.get("deleted").sha256)  # type: ignore[arg-type]
+        outbox.delete_receipted("deleted", outbox.get("deleted").sha256)  # type: ignore[arg-type]
     clips = tmp_path / "clips"
     # The rename and the signature never reached the disk.
     os.rename(clips / "undone-rename.age", clips / "undone-rename.age.part")

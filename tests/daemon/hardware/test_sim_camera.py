@@ -12,7 +12,7 @@ import av
 import cv2
 import pytest
 
-from daemon.hardware.annexb import NAL_IDR, NAL_PPS, NAL_SPS, nal_types, split_access_units
+from daemon.annexb import NAL_IDR, NAL_PPS, NAL_SPS, nal_types, split_access_units
 from daemon.hardware.base import HardwareError, VideoPacket
 from daemon.hardware.sim_camera import ReplayCamera, SimulatedCamera
 

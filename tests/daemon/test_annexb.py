@@ -6,7 +6,8 @@ from pathlib import Path
 
 import av
 
-from daemon.hardware.annexb import NAL_IDR, NAL_PPS, NAL_SPS, nal_types, split_access_units
+from daemon.annexb import NAL_IDR, NAL_PPS, NAL_SPS, nal_types, split_access_units
+from tests.daemon.hardware.conftest import encode_h264
 
 SPS = b"\x00\x00\x00\x01\x67\x42\x00\x1e"
 PPS = b"\x00\x00\x00\x01\x68\xce\x38\x80"
@@ -37,7 +38,8 @@ def test_trailing_zero_bytes_and_leading_garbage_are_not_a_picture():
     assert split_access_units(b"not h264 at all") == []
 
 
-def test_libx264_stream_splits_into_one_unit_per_encoded_frame(h264_file: Path):
+def test_libx264_stream_splits_into_one_unit_per_encoded_frame(tmp_path: Path):
+    h264_file = encode_h264(tmp_path / "clip.h264", frames=45)
     with av.open(str(h264_file)) as container:
         packets = [bytes(p) for p in container.demux(video=0) if p.size]
     units = split_access_units(h264_file.read_bytes())
