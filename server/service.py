@@ -1,7 +1,9 @@
 """The hospital receiver: wires the MQTT link, catalog, puller, store and receipts, and runs.
 
 Announcements are recorded in the catalog from the MQTT thread before the broker is
-acknowledged, so one the receiver dies on is delivered again (and recorded once). The puller's
+acknowledged, so one the receiver dies on is delivered again (and recorded once). One the
+database fails to record (down, locked, disk full) is not acknowledged either: the link
+reconnects, backing off while the failures last, and the broker delivers it again. The puller's
 workers do the network and disk work; a stored clip's receipt is signed with the receipt key
 and published QoS 1; the clip is marked receipted once the broker has it. A clip announced
 again after that gets its receipt again: the unit may have missed it. Every
@@ -25,11 +27,11 @@ from protocol.messages import ClipAnnouncement, Event, Status, Telemetry
 from protocol.minisign import SigningKey
 from protocol.signing import sign_receipt
 
-from .catalog import Catalog, ClipState
+from .catalog import Catalog, CatalogDatabaseError, ClipState
 from .catalog.records import ClipRecord
 from .config import ReceiverConfig
 from .fetch import FetchClient
-from .mqtt import Incoming, ReceiverLink
+from .mqtt import Incoming, ReceiverLink, Redeliver
 from .puller import Puller, PullSettings
 from .reconcile import reconcile_once
 from .store import LocalStore
@@ -131,13 +133,19 @@ class ReceiverService:
             self._queue_receipt(clip)
         log.info("%s", report)
 
-    # --- MQTT (paho's thread: quick, and never raises) ---------------------------------------
+    # --- MQTT (paho's thread: quick; raises only Redeliver) ------------------------------------
 
     def _connected(self) -> None:
         log.info("connected to the broker")
         self._connects += 1  # read by run(): a reconciliation pass follows
 
     def _on_message(self, incoming: Incoming) -> None:
+        try:
+            self._record(incoming)
+        except CatalogDatabaseError as exc:  # not recorded: not acknowledged, delivered again
+            raise Redeliver(str(exc)) from exc
+
+    def _record(self, incoming: Incoming) -> None:
         message, topic, at = incoming.message, incoming.topic, incoming.received_at
         if isinstance(message, ClipAnnouncement):
             clip, new = self.catalog.record_announcement(message, received_at=at)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -584,3 +585,95 @@ def test_thousands_of_hostile_messages_are_reported_and_none_gets_through(
     send(clients["cart-03"], "cart-03", clip)
     seen.wait_for(lambda: len(seen.incoming) == 1, "the valid message after the flood")
     assert seen.incoming[0].message == clip
+
+
+# --- acknowledging only what was recorded -----------------------------------------------------
+
+
+def test_an_announcement_the_catalog_cannot_record_comes_again_once_it_can(
+    broker: Broker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The real receiver and a real unit; the SQLite catalog's write lock is held by another
+    connection (as a backup or a stuck writer would), so every write fails with "database is
+    locked". Neither reconciliation pass can bring the clip: the periodic one is an hour away
+    and the one after each connection is turned off here. Once the lock goes, the broker's
+    redelivery of the unacknowledged announcement brings it within seconds."""
+    import sqlite3
+
+    import server.database
+    import server.service
+    from provisioning.receiver import receiver_config
+    from server.catalog import ClipState
+    from server.config import load_config
+    from server.service import ReceiverService
+    from tests.support.unit import make_unit
+
+    monkeypatch.setattr(server.database, "BUSY_TIMEOUT_S", 0.5)  # fail fast, not after 30 s
+    monkeypatch.setattr(server.service, "_RECONCILE_AFTER_CONNECT_S", 3600.0)
+    caplog.set_level(logging.INFO, logger="server.mqtt")
+    work = tmp_path / "receiver"
+    work.mkdir()
+    catalog_db = work / "catalog.db"
+    text = receiver_config(
+        broker.site,
+        catalog_url=f"sqlite:///{catalog_db}",
+        store_dir=work / "store",
+        spool_dir=work / "spool",
+        broker_host=HOST,
+        broker_port=broker.port,
+    )
+    config = work / "receiver.toml"
+    config.write_text(
+        re.sub(r"(?m)^reconcile_interval_s = .*$", "", text).replace(
+            "[pull]\n", "[pull]\nreconcile_interval_s = 3600\n"
+        )
+    )
+    service = ReceiverService(load_config(config))
+    assert service.config.pull.reconcile_interval_s == 3600
+    stop = threading.Event()
+    thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
+    thread.start()
+    unit = make_unit(broker.site, broker, tmp_path / "unit", max_seconds=1.0)
+    lock = sqlite3.connect(catalog_db, isolation_level=None)
+    try:
+        eventually(lambda: service.link.connected, "the receiver's connection")
+        unit.start()
+        lock.execute("BEGIN EXCLUSIVE")  # nothing can be written from here on
+        unit.press()
+        unit.wait_state("recording")
+        unit.wait_state("idle")
+
+        def refusals() -> list[str]:
+            return [r.getMessage() for r in caplog.records if "not acknowledged" in r.getMessage()]
+
+        # The unit's status went first and is refused first: it heads the session's queue,
+        # the announcement waits behind it. Both come again once the lock goes.
+        deadline = time.monotonic() + 30
+        while "announced " not in unit.log() or len(refusals()) < 2:
+            assert time.monotonic() < deadline, "the unit's messages were never refused"
+            time.sleep(0.05)
+        assert all("database is locked" in line for line in refusals()), refusals()
+        assert service.catalog.clips() == []
+
+        lock.execute("ROLLBACK")  # the database is back
+        back = time.monotonic()
+        deadline = back + 30
+        while not [c for c in service.catalog.clips() if c.state is ClipState.RECEIPTED]:
+            assert time.monotonic() < deadline, "the clip was not stored"
+            time.sleep(0.05)
+        stored_s = time.monotonic() - back
+        # The next redelivery waits at most the back-off reached (1, 2, 4 ... s), then the pull.
+        assert stored_s < 15, stored_s
+        eventually_s = time.monotonic() + 20
+        while unit.status()["queue"]:
+            assert time.monotonic() < eventually_s, "the unit never had its receipt"
+            time.sleep(0.05)
+        print(f"stored {stored_s:.1f} s after the database came back; {len(refusals())} refusals")
+    finally:
+        lock.close()
+        assert unit.stop() == 0, unit.log()
+        stop.set()
+        thread.join(timeout=60)
