@@ -21,7 +21,8 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from link import issued_by_any
-from protocol.message_fields import format_timestamp
+from protocol.clipserver import CLIPS_PATH, match_clip_path
+from protocol.listing import ListedClip
 from protocol.registry import names_a_receiver
 
 from .outbox import Outbox, OutboxEntry, OutboxError, check_clip_id
@@ -31,7 +32,6 @@ __all__ = ["ClipServer"]
 log = logging.getLogger(__name__)
 
 _CHUNK: Final = 64 * 1024
-_CLIP_ROUTE: Final = re.compile(r"/v1/clips/([^/]+)\.age(\.minisig)?")
 # One range only, at most 18 digits a side (int() of longer text is refused or slow).
 _RANGE: Final = re.compile(r"bytes=([0-9]{0,18})-([0-9]{0,18})")
 
@@ -184,20 +184,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self) -> None:
         path = self.path.split("?", 1)[0]
-        if path == "/v1/clips":
-            self._reply(200, [_listing(entry) for entry in self.server.owner.outbox.pending()])
+        if path == CLIPS_PATH:
+            self._reply(200, _listing(self.server.owner.outbox.pending()))
             return
-        match = _CLIP_ROUTE.fullmatch(path)
+        match = match_clip_path(path)
         try:
             if match is None:
                 raise OutboxError("no such route")
-            check_clip_id(match[1])
-            entry, file = self.server.owner.outbox.open_pending(match[1], signature=bool(match[2]))
+            clip_id, signature = match
+            check_clip_id(clip_id)
+            entry, file = self.server.owner.outbox.open_pending(clip_id, signature=signature)
         except (OutboxError, OSError):
             self._reply(404, {"error": "not found"})
             return
         with file:
-            self._send_file(entry, file, signature=bool(match[2]))
+            self._send_file(entry, file, signature=signature)
 
     def _send_file(self, entry: OutboxEntry, file: BinaryIO, *, signature: bool) -> None:
         size = os.fstat(file.fileno()).st_size
@@ -238,19 +239,25 @@ class _Handler(BaseHTTPRequestHandler):
             remaining -= len(chunk)
 
 
-def _listing(entry: OutboxEntry) -> dict[str, object]:
-    # With the manifest and signature, an entry is all an announcement carries but the URL: the
-    # receiver's reconciliation catalogues a clip whose announcement was lost from it alone.
-    sealed, manifest = entry.sealed_at, entry.manifest_json
-    return {
-        "clip_id": entry.clip_id,
-        "size_bytes": entry.size_bytes,
-        "sha256": entry.sha256,
-        "state": str(entry.state),
-        "sealed_at": None if sealed is None else format_timestamp(sealed),
-        "manifest": None if manifest is None else json.loads(manifest),
-        "signature": entry.signature,
-    }
+def _listing(entries: list[OutboxEntry]) -> list[object]:
+    """The body of ``GET /v1/clips``: each clip with its manifest and signature, so that the
+    receiver's reconciliation can catalogue a clip whose announcement was lost from it alone."""
+    listing: list[object] = []
+    for entry in entries:
+        if entry.manifest_json is None or entry.signature is None:
+            continue  # not sealed: nothing to offer yet
+        assert entry.size_bytes is not None and entry.sha256 is not None
+        clip = ListedClip.of(
+            clip_id=entry.clip_id,
+            size_bytes=entry.size_bytes,
+            sha256=entry.sha256,
+            state=str(entry.state),
+            sealed_at=entry.sealed_at,
+            manifest_json=entry.manifest_json,
+            signature=entry.signature,
+        )
+        listing.append(clip.model_dump(mode="json"))
+    return listing
 
 
 class ClipServer:

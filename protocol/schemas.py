@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from pydantic import TypeAdapter
 from pydantic.json_schema import models_json_schema
 
+from .listing import ListedClip
 from .message_codec import MAX_PAYLOAD_BYTES, SCHEMA_VERSION, schema_id
 from .message_fields import TIMESTAMP_PATTERN
 from .messages import MESSAGE_TYPES
@@ -26,11 +28,13 @@ from .topics import ID_PATTERN, PREFIX, ROUTES, Direction, Kind
 
 __all__ = [
     "ASYNCAPI_PATH",
+    "LISTING_SCHEMA_PATH",
     "SCHEMA_DIR",
     "asyncapi_document",
     "channel_id",
     "generated_files",
     "json_schema",
+    "listing_schema",
     "main",
     "render",
     "stale_files",
@@ -39,6 +43,7 @@ __all__ = [
 
 SCHEMA_DIR: Final = "schemas"
 ASYNCAPI_PATH: Final = "asyncapi.json"
+LISTING_SCHEMA_PATH: Final = f"{SCHEMA_DIR}/http/clip-listing.json"
 _PACKAGE_DIR: Final = Path(__file__).resolve().parent
 _DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"
 _COMMENT: Final = "Generated from protocol/messages.py by `python -m protocol.schemas --write`."
@@ -185,9 +190,23 @@ def render(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
+def listing_schema() -> dict[str, Any]:
+    """The JSON Schema of a clip server's ``GET /v1/clips`` body (:mod:`protocol.listing`)."""
+    schema = TypeAdapter(list[ListedClip]).json_schema(by_alias=True)
+    head = {
+        "$schema": _DRAFT,
+        "$comment": "Generated from protocol/listing.py by `python -m protocol.schemas --write`.",
+        "title": "Clip listing",
+        "description": "The body of a unit's GET /v1/clips: the clips it still holds.",
+    }
+    plain: dict[str, Any] = _plain({**head, **schema})
+    return plain
+
+
 def generated_files() -> dict[str, str]:
     """Every generated file, by path relative to the ``protocol`` package, with its text."""
     files = {_file_name(kind): render(json_schema(kind)) for kind in Kind}
+    files[LISTING_SCHEMA_PATH] = render(listing_schema())
     files[ASYNCAPI_PATH] = render(asyncapi_document())
     return files
 

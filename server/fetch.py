@@ -20,12 +20,14 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from link import issued_by_any
+from protocol.clipserver import CLIPS_PATH
+from protocol.listing import MAX_SIGNATURE_BYTES, ListedClip, parse_listing
+from protocol.message_fields import SHA256_PATTERN
 from protocol.signing import ClipDigests, ClipHasher
-
-from .listing import MAX_SIGNATURE_BYTES, SHA256_HEX, ListedClip, parse_listing
 
 __all__ = ["FetchClient", "FetchError", "FetchErrorKind", "FetchResult", "UnitConnection"]
 
+_SHA256: Final = re.compile(SHA256_PATTERN)
 _CONTENT_RANGE: Final = re.compile(r"bytes ([0-9]{1,18})-([0-9]{1,18})/([0-9]{1,18})")
 _MAX_LISTING_BYTES: Final = 4 * 1024 * 1024  # thousands of pending clips; a unit holds tens
 
@@ -237,7 +239,7 @@ class UnitConnection:
         fetched again (``transferred == 0``): if its hash is wrong, the caller removes it and
         fetches afresh.
         """
-        if expected_size <= 0 or not SHA256_HEX.fullmatch(expected_sha256):
+        if expected_size <= 0 or not _SHA256.fullmatch(expected_sha256):
             raise ValueError("expected_size must be positive, expected_sha256 64 hex digits")
         target = self._target(url)
         where = f"unit {self.device_id}: GET {target.path}"
@@ -276,7 +278,7 @@ class UnitConnection:
 
     def list_clips(self, base_url: str) -> list[ListedClip]:
         """The clips the unit still holds (``GET <base_url>/v1/clips``)."""
-        target = self._target(base_url.rstrip("/") + "/v1/clips")
+        target = self._target(base_url.rstrip("/") + CLIPS_PATH)
         where = f"unit {self.device_id}: GET {target.path}"
         with self._exchange(target, {}) as response:
             body = _small_body(response, where, _MAX_LISTING_BYTES)

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+from protocol.clipserver import clip_path
 from protocol.message_codec import describe
 from protocol.messages import ClipAnnouncement
 
@@ -93,7 +94,7 @@ def reconcile_once(catalog: Catalog, fetcher: FetchClient, *, now: datetime) -> 
                 announcement = ClipAnnouncement(
                     manifest=clip.manifest,
                     signature=clip.signature,
-                    url=f"{base}/v1/clips/{clip.clip_id}.age",
+                    url=base + clip_path(clip.clip_id),
                 )
             except ValidationError as exc:
                 log.warning("%s: not an announcement: %s", where, describe(exc))

@@ -143,3 +143,15 @@ def test_asyncapi_references_all_resolve() -> None:
     for ref in refs:
         _resolve(document, ref)
     assert "ClipManifest" in document["components"]["schemas"]
+
+
+def test_the_clip_listing_schema_describes_the_model() -> None:
+    from protocol.listing import ListedClip
+    from protocol.schemas import LISTING_SCHEMA_PATH
+
+    schema = json.loads((PACKAGE_DIR / LISTING_SCHEMA_PATH).read_text(encoding="utf-8"))
+    assert schema["type"] == "array"
+    entry = schema["$defs"]["ListedClip"]
+    assert set(entry["properties"]) == set(ListedClip.model_fields)
+    assert set(entry["required"]) == set(ListedClip.model_fields)
+    assert entry["additionalProperties"] is False
