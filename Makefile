@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: setup test demo bench lint typecheck unit schemas
+.PHONY: setup test check demo bench lint typecheck unit schemas
 
 setup:
 	@scripts/setup.sh
@@ -14,6 +14,15 @@ test: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+# The quick loop while editing: lint, types, and the tests that start no broker, database or
+# subprocess (tests/conftest.py marks those "integration"), spread over the CPUs. `make test` is
+# the whole suite, one test at a time, and what CI runs.
+check: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q -n auto -m "not integration and not slow"
 
 demo: setup
 	$(BIN)/painav demo $(DEMO_ARGS)
