@@ -1,134 +1,30 @@
-"""The unit's config file (``device.toml``): one typed model per section, unknown keys refused.
-
-A bad file stops the daemon at start-up with one line naming the file, the key and the problem,
-e.g. ``device.toml: [recorder] max_seconds: must be at most 60``.
-"""
+"""The unit's config file (``device.toml``), loaded: its model is the contract in
+:mod:`protocol.device_config`, shared with provisioning, which writes it."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from protocol.message_fields import DeviceId, ReceiverId, SiteId
+from protocol.device_config import (
+    ButtonSection,
+    CameraSection,
+    DeviceConfig,
+    LightSection,
+    MicrophoneSection,
+    RecorderSection,
+)
 from protocol.tomlconfig import ConfigError, load_toml
 
-__all__ = ["ConfigError", "DeviceConfig", "load_config"]
-
-Port = Annotated[int, Field(ge=1, le=65535)]
-GpioPin = Annotated[int, Field(ge=0, le=27)]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class UnitSection(_Section):
-    site_id: SiteId
-    device_id: DeviceId
-
-
-class MqttSection(_Section):
-    host: str = Field(min_length=1)
-    port: Port = 8883
-    keepalive_s: int = Field(default=30, ge=5, le=600)
-    # The broker keeps the unit's subscriptions and queued receipts this long while it is away.
-    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=60, le=30 * 24 * 3600)
-    telemetry_interval_s: float = Field(default=60.0, ge=1.0, le=3600.0)
-    reconnect_max_s: float = Field(default=30.0, ge=1.0, le=600.0)
-
-
-class ClipServerSection(_Section):
-    host: str = "0.0.0.0"
-    port: Port = 8443
-    receiver_id: ReceiverId = "receiver"
-    # The address the hospital receiver uses to reach this unit; defaults to the address the
-    # unit's MQTT connection leaves from, which is the one the hospital network routes.
-    advertise_host: str | None = None
-
-
-class KeysSection(_Section):
-    signing_key: Path
-    tls_key: Path
-    tls_cert: Path
-    ca_chain: Path
-    receipt_pub: Path
-    recipients: Path
-
-
-class OutboxSection(_Section):
-    dir: Path
-    quota_bytes: int = Field(default=8 << 30, ge=1 << 20)
-    min_free_bytes: int = Field(default=512 << 20, ge=0)
-
-
-class RecorderSection(_Section):
-    max_seconds: float = Field(default=60.0, gt=0, le=60.0)
-    require_clock_sync: bool = True
-    # What tells the daemon that NTP has set the clock (daemon/clock.py): the file
-    # systemd-timesyncd touches at every synchronisation. The sandbox (ProtectClock=) forbids
-    # asking the kernel; a unit running chrony instead is asked through `chronyc`.
-    clock_sync_file: Path = Path("/run/systemd/timesync/synchronized")
-    # Expected clip size at the configured bitrates, for the free-space check at a press.
-    reserve_bytes: int = Field(default=80 << 20, ge=0)
-
-
-class CameraSection(_Section):
-    backend: Literal["picamera2", "simulated", "replay"] = "picamera2"
-    width: int = Field(default=1280, ge=16, le=4096)
-    height: int = Field(default=720, ge=16, le=4096)
-    frame_rate_hz: float = Field(default=30.0, gt=0, le=120)
-    bitrate_bps: int = Field(default=4_000_000, ge=100_000, le=50_000_000)
-    replay_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _replay_needs_a_file(self) -> CameraSection:
-        if self.backend == "replay" and self.replay_file is None:
-            raise ValueError("replay_file: required when backend is 'replay'")
-        return self
-
-
-class MicrophoneSection(_Section):
-    backend: Literal["pyaudio", "simulated"] = "pyaudio"
-    device: str = "painav_mic"
-    sample_rate_hz: int = Field(default=48_000, ge=8_000, le=192_000)
-    channels: int = Field(default=1, ge=1, le=2)
-    wav_file: Path | None = None  # simulated backend: None plays a built-in test signal
-
-
-class ButtonSection(_Section):
-    backend: Literal["gpio", "simulated"] = "gpio"
-    pin: GpioPin = 17
-    bounce_s: float = Field(default=0.05, ge=0, le=1)
-    hold_s: float = Field(default=2.0, gt=0, le=10)
-
-
-class LightSection(_Section):
-    backend: Literal["gpio", "simulated"] = "gpio"
-    led_pin: GpioPin = 27
-    buzzer_pin: GpioPin | None = None
-
-
-class ControlSection(_Section):
-    # The local socket `painav device press/status` talk to; in RuntimeDirectory (tmpfs).
-    socket: Path = Path("/run/painav/control.sock")
-
-
-class DeviceConfig(_Section):
-    """The whole ``device.toml``."""
-
-    unit: UnitSection
-    mqtt: MqttSection
-    clip_server: ClipServerSection = ClipServerSection()
-    keys: KeysSection
-    outbox: OutboxSection
-    recorder: RecorderSection = RecorderSection()
-    camera: CameraSection = CameraSection()
-    microphone: MicrophoneSection = MicrophoneSection()
-    button: ButtonSection = ButtonSection()
-    light: LightSection = LightSection()
-    control: ControlSection = ControlSection()
+__all__ = [
+    "ButtonSection",
+    "CameraSection",
+    "ConfigError",
+    "DeviceConfig",
+    "LightSection",
+    "MicrophoneSection",
+    "RecorderSection",
+    "load_config",
+]
 
 
 def load_config(path: Path) -> DeviceConfig:

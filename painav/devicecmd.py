@@ -41,12 +41,6 @@ def run(args: argparse.Namespace) -> int:
     from daemon.control import ControlError
     from daemon.hardware.base import HardwareError
     from daemon.hardware.factory import make_button, make_camera, make_light, make_microphone
-    from daemon.hardware.settings import (
-        ButtonSettings,
-        CameraSettings,
-        LightSettings,
-        MicrophoneSettings,
-    )
     from daemon.outbox import OutboxError
     from daemon.sdnotify import setup_logging
     from daemon.service import Hardware, Service
@@ -55,10 +49,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
         setup_logging()
         hardware = Hardware(
-            camera=make_camera(CameraSettings(**cfg.camera.model_dump())),
-            microphone=make_microphone(MicrophoneSettings(**cfg.microphone.model_dump())),
-            button=make_button(ButtonSettings(**cfg.button.model_dump())),
-            light=make_light(LightSettings(**cfg.light.model_dump())),
+            camera=make_camera(cfg.camera),
+            microphone=make_microphone(cfg.microphone),
+            button=make_button(cfg.button),
+            light=make_light(cfg.light),
         )
     except (ConfigError, HardwareError) as exc:
         return _fail(str(exc))

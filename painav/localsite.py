@@ -9,6 +9,21 @@ import socket
 import ssl
 from pathlib import Path
 
+from protocol.device_config import (
+    ButtonSection,
+    CameraSection,
+    ClipServerSection,
+    ControlSection,
+    DeviceConfig,
+    KeysSection,
+    LightSection,
+    MicrophoneSection,
+    MqttSection,
+    OutboxSection,
+    RecorderSection,
+    UnitSection,
+)
+from provisioning.config_files import toml_text
 from provisioning.site import Site
 
 __all__ = ["HOST", "broker_accepts_logins", "broker_user", "free_port", "unit_config"]
@@ -64,64 +79,44 @@ def unit_config(
     width: int = 320,
     height: int = 240,
     frame_rate_hz: float = 15.0,
-    extra: str = "",
 ) -> str:
     """``device.toml`` for *device_id* from its provisioning bundle, with simulated hardware
     and no clock-sync requirement (a development machine may not run NTP)."""
     bundle = site.paths.devices_dir / device_id
-    return f"""\
-[unit]
-site_id = "{site.name}"
-device_id = "{device_id}"
-
-[mqtt]
-host = "{HOST}"
-port = {broker_port}
-keepalive_s = 5
-telemetry_interval_s = 2
-reconnect_max_s = 2
-
-[clip_server]
-host = "{HOST}"
-port = {free_port()}
-receiver_id = "{site.receiver_id}"
-advertise_host = "{HOST}"
-
-[keys]
-signing_key = "{bundle}/keys/signing.key"
-tls_key = "{bundle}/keys/tls.key"
-tls_cert = "{bundle}/certs/tls.crt"
-ca_chain = "{bundle}/certs/ca-chain.pem"
-receipt_pub = "{bundle}/keys/receipt.pub"
-recipients = "{bundle}/recipients.txt"
-
-[outbox]
-dir = "{outbox_dir or work / "outbox"}"
-quota_bytes = {quota_bytes}
-min_free_bytes = {min_free_bytes}
-
-[recorder]
-max_seconds = {max_seconds}
-require_clock_sync = false
-reserve_bytes = {reserve_bytes}
-
-[camera]
-backend = "simulated"
-width = {width}
-height = {height}
-frame_rate_hz = {frame_rate_hz}
-bitrate_bps = 500000
-
-[microphone]
-backend = "simulated"
-sample_rate_hz = 48000
-
-[button]
-backend = "simulated"
-
-[light]
-backend = "simulated"
-
-[control]
-socket = "{work / "control.sock"}"
-{extra}"""
+    config = DeviceConfig(
+        unit=UnitSection(site_id=site.name, device_id=device_id),
+        mqtt=MqttSection(
+            host=HOST, port=broker_port, keepalive_s=5, telemetry_interval_s=2, reconnect_max_s=2
+        ),
+        clip_server=ClipServerSection(
+            host=HOST, port=free_port(), receiver_id=site.receiver_id, advertise_host=HOST
+        ),
+        keys=KeysSection(
+            signing_key=bundle / "keys" / "signing.key",
+            tls_key=bundle / "keys" / "tls.key",
+            tls_cert=bundle / "certs" / "tls.crt",
+            ca_chain=bundle / "certs" / "ca-chain.pem",
+            receipt_pub=bundle / "keys" / "receipt.pub",
+            recipients=bundle / "recipients.txt",
+        ),
+        outbox=OutboxSection(
+            dir=outbox_dir or work / "outbox",
+            quota_bytes=quota_bytes,
+            min_free_bytes=min_free_bytes,
+        ),
+        recorder=RecorderSection(
+            max_seconds=max_seconds, require_clock_sync=False, reserve_bytes=reserve_bytes
+        ),
+        camera=CameraSection(
+            backend="simulated",
+            width=width,
+            height=height,
+            frame_rate_hz=frame_rate_hz,
+            bitrate_bps=500_000,
+        ),
+        microphone=MicrophoneSection(backend="simulated", sample_rate_hz=48_000),
+        button=ButtonSection(backend="simulated"),
+        light=LightSection(backend="simulated"),
+        control=ControlSection(socket=work / "control.sock"),
+    )
+    return toml_text(config)

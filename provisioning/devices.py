@@ -16,12 +16,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from protocol.device_config import (
+    ClipServerSection,
+    DeviceConfig,
+    KeysSection,
+    MqttSection,
+    OutboxSection,
+    UnitSection,
+)
 from protocol.errors import MessageError
 from protocol.registry import DeviceEntry, RetiredKey, names_a_receiver
 from protocol.signing import SigningKey
 from protocol.topics import validate_device_id
 
 from . import pki
+from .config_files import commented_defaults, toml_text
 from .crl import revoke_serial, write_crls
 from .errors import DeviceError
 from .site import Report, Site, locked
@@ -66,55 +75,30 @@ def _check_id(site: Site, device_id: str) -> None:
 
 def device_config(site: Site, device_id: str) -> str:
     """The unit's ``device.toml``, with the paths the first-boot step installs files to."""
-    return f"""\
-# painav bedside unit {device_id} of site {site.name}
-# made by 'painav provision device add'. Every other key has a default (README.md, "The config
-# file"); the hardware sections at the end show the defaults for a cart wired as
-# firmware_config/README.md describes: uncomment and change what differs on this cart.
-
-[unit]
-site_id = "{site.name}"
-device_id = "{device_id}"
-
-[mqtt]
-host = "{site.broker_hosts[0]}"
-port = {site.broker_port}
-
-[clip_server]
-port = {CLIP_SERVER_PORT}
-receiver_id = "{site.receiver_id}"
-
-[keys]
-signing_key = "/var/lib/painav/keys/signing.key"
-tls_key = "/var/lib/painav/keys/tls.key"
-tls_cert = "/etc/painav/certs/tls.crt"
-ca_chain = "/etc/painav/certs/ca-chain.pem"
-receipt_pub = "/var/lib/painav/keys/receipt.pub"
-recipients = "/etc/painav/recipients.txt"
-
-[outbox]
-dir = "/var/lib/painav/outbox"
-
-# [camera]
-# backend = "picamera2"       # "simulated" off a Pi (a moving test face)
-# width = 1280
-# height = 720
-# frame_rate_hz = 30
-#
-# [microphone]
-# backend = "pyaudio"         # "simulated" off a Pi (a voice-like test signal)
-# device = "painav_mic"       # the ALSA capture device firmware_config/asound.conf defines
-#
-# [button]
-# backend = "gpio"            # "simulated": pressed by 'painav device press'
-# pin = 17                    # BCM number; the button connects the pin to ground
-# hold_s = 2.0                # a press this long discards the recording
-#
-# [light]
-# backend = "gpio"
-# led_pin = 27                # BCM number of the status LED
-# buzzer_pin = 22             # optional; no buzzer unless set
-"""
+    config = DeviceConfig(
+        unit=UnitSection(site_id=site.name, device_id=device_id),
+        mqtt=MqttSection(host=site.broker_hosts[0], port=site.broker_port),
+        clip_server=ClipServerSection(port=CLIP_SERVER_PORT, receiver_id=site.receiver_id),
+        keys=KeysSection(
+            signing_key=Path("/var/lib/painav/keys/signing.key"),
+            tls_key=Path("/var/lib/painav/keys/tls.key"),
+            tls_cert=Path("/etc/painav/certs/tls.crt"),
+            ca_chain=Path("/etc/painav/certs/ca-chain.pem"),
+            receipt_pub=Path("/var/lib/painav/keys/receipt.pub"),
+            recipients=Path("/etc/painav/recipients.txt"),
+        ),
+        outbox=OutboxSection(dir=Path("/var/lib/painav/outbox")),
+    )
+    header = (
+        f"# painav bedside unit {device_id} of site {site.name}\n"
+        "# made by 'painav provision device add'. Every other key has a default (README.md,\n"
+        '# "The config file"); the hardware sections at the end show the defaults for a cart\n'
+        "# wired as firmware_config/README.md describes: uncomment and change what differs.\n\n"
+    )
+    hardware = commented_defaults(
+        (name, getattr(config, name)) for name in ("camera", "microphone", "button", "light")
+    )
+    return toml_text(config, header=header) + "\n" + hardware
 
 
 def _write_bundle(site: Site, device_id: str, signing: SigningKey, tls: pki.Issued) -> Path:

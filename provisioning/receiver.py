@@ -4,6 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from protocol.receiver_config import (
+    CatalogSection,
+    MqttSection,
+    PullSection,
+    ReceiverConfig,
+    SiteSection,
+    StoreSection,
+    TlsSection,
+)
+
+from .config_files import build, toml_text
 from .receivers import receiver_dir
 from .site import Site
 
@@ -29,33 +40,29 @@ def receiver_config(
     reads the site's ``registry.json`` (default: in the site folder, which is root-only)."""
     receiver_id = receiver_id or site.receiver_id
     creds = credentials_dir or receiver_dir(site, receiver_id)
-    recipient = site.recipients()[0]
-    return f"""\
-# painav receiver of site {site.name}, made by painav provisioning.
-
-[site]
-site_id = "{site.name}"
-receiver_id = "{receiver_id}"
-registry = "{registry or site.paths.registry}"
-data_key_recipient = "{recipient}"
-
-[mqtt]
-host = "{broker_host or site.broker_hosts[0]}"
-port = {broker_port or site.broker_port}
-
-[tls]
-cert = "{creds / "tls.crt"}"
-key = "{creds / "tls.key"}"
-ca = "{creds / "ca.pem"}"
-receipt_key = "{creds / "receipt.key"}"
-
-[store]
-dir = "{store_dir}"
-spool = "{spool_dir}"
-
-[catalog]
-url = "{catalog_url}"
-
-[pull]
-concurrency = {concurrency}
-"""
+    config = build(
+        "receiver.toml",
+        lambda: ReceiverConfig(
+            site=SiteSection(
+                site_id=site.name,
+                receiver_id=receiver_id,
+                registry=registry or site.paths.registry,
+                data_key_recipient=str(site.recipients()[0]),
+            ),
+            mqtt=MqttSection(
+                host=broker_host or site.broker_hosts[0], port=broker_port or site.broker_port
+            ),
+            tls=TlsSection(
+                cert=creds / "tls.crt",
+                key=creds / "tls.key",
+                ca=creds / "ca.pem",
+                receipt_key=creds / "receipt.key",
+            ),
+            store=StoreSection(dir=store_dir, spool=spool_dir),
+            catalog=CatalogSection(url=catalog_url),
+            pull=PullSection(concurrency=concurrency),
+        ),
+    )
+    return toml_text(
+        config, header=f"# painav receiver of site {site.name}, made by painav provisioning.\n\n"
+    )

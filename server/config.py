@@ -1,76 +1,14 @@
-"""The receiver's config file (``receiver.toml``): one typed model per section, unknown keys
-refused, with one line naming the file, section and key when something is wrong."""
+"""The receiver's config file (``receiver.toml``), loaded: its model is the contract in
+:mod:`protocol.receiver_config`, shared with provisioning, which writes it."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from protocol.message_fields import ReceiverId, SiteId
+from protocol.receiver_config import ReceiverConfig
 from protocol.tomlconfig import ConfigError, load_toml
 
 __all__ = ["ConfigError", "ReceiverConfig", "load_config"]
-
-Port = Annotated[int, Field(ge=1, le=65535)]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SiteSection(_Section):
-    site_id: SiteId
-    receiver_id: ReceiverId = "receiver"
-    # The device registry provisioning writes: which units exist, their keys, who is revoked.
-    registry: Path
-    # The hospital data key's public part: every clip must list it among its recipients.
-    data_key_recipient: str = Field(pattern=r"^age1[0-9a-z]{58}$")
-
-
-class MqttSection(_Section):
-    host: str = Field(min_length=1)
-    port: Port = 8883
-    group: str = Field(default="receivers", pattern=r"^[a-z0-9-]{1,32}$")
-    keepalive_s: int = Field(default=30, ge=5, le=600)
-    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=60)
-
-
-class TlsSection(_Section):
-    cert: Path
-    key: Path
-    ca: Path
-    receipt_key: Path  # the receiver's Ed25519 receipt-signing key (minisign format)
-
-
-class StoreSection(_Section):
-    dir: Path  # content-addressed, still-encrypted clips
-    spool: Path  # partial downloads, resumed after a restart
-
-
-class CatalogSection(_Section):
-    # SQLite by default; a PostgreSQL URL when several receivers share the work.
-    url: str = Field(min_length=1)
-
-
-class PullSection(_Section):
-    concurrency: int = Field(default=4, ge=1, le=64)
-    timeout_s: float = Field(default=30.0, gt=0, le=600)
-    retry_max_s: float = Field(default=300.0, ge=1, le=86_400)
-    lease_s: float = Field(default=300.0, ge=5, le=86_400)
-    reconcile_interval_s: float = Field(default=300.0, ge=5, le=86_400)
-
-
-class ReceiverConfig(_Section):
-    """The whole ``receiver.toml``."""
-
-    site: SiteSection
-    mqtt: MqttSection
-    tls: TlsSection
-    store: StoreSection
-    catalog: CatalogSection
-    pull: PullSection = PullSection()
 
 
 def load_config(path: Path) -> ReceiverConfig:

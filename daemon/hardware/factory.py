@@ -1,12 +1,14 @@
-"""Build each device from its settings; a backend's heavy imports happen only when it is chosen."""
+"""Build each device from its section of ``device.toml``; a backend's heavy imports happen only
+when it is chosen."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+from protocol.device_config import ButtonSection, CameraSection, LightSection, MicrophoneSection
+
 from .base import Button, Camera, HardwareError, Light, Microphone
-from .settings import ButtonSettings, CameraSettings, LightSettings, MicrophoneSettings
 
 __all__ = ["make_button", "make_camera", "make_light", "make_microphone"]
 
@@ -17,7 +19,7 @@ def _missing(device: str, exc: ImportError, extra: str) -> HardwareError:
     return HardwareError(f"{device}: {exc.name or exc} is not installed (pip install '{extra}')")
 
 
-def make_camera(cfg: CameraSettings) -> Camera:
+def make_camera(cfg: CameraSection) -> Camera:
     """The camera *cfg* describes."""
     if cfg.backend == "picamera2":
         from .picamera import PiCamera
@@ -34,7 +36,7 @@ def make_camera(cfg: CameraSettings) -> Camera:
     except ImportError as exc:
         raise _missing("camera", exc, "painav[sim]") from exc
     if cfg.backend == "replay":
-        assert cfg.replay_file is not None  # checked by CameraSettings
+        assert cfg.replay_file is not None  # checked by CameraSection
         camera = ReplayCamera(cfg.replay_file, frame_rate_hz=cfg.frame_rate_hz)
         if (camera.width, camera.height) != (cfg.width, cfg.height):
             log.warning(
@@ -55,7 +57,7 @@ def make_camera(cfg: CameraSettings) -> Camera:
     )
 
 
-def make_microphone(cfg: MicrophoneSettings) -> Microphone:
+def make_microphone(cfg: MicrophoneSection) -> Microphone:
     """The microphone *cfg* describes."""
     if cfg.backend == "pyaudio":
         from .pyaudio_mic import PyAudioMicrophone
@@ -70,7 +72,7 @@ def make_microphone(cfg: MicrophoneSettings) -> Microphone:
     )
 
 
-def make_button(cfg: ButtonSettings, *, pin_factory: Any = None) -> Button:
+def make_button(cfg: ButtonSection, *, pin_factory: Any = None) -> Button:
     """The button *cfg* describes (*pin_factory*: a gpiozero pin factory, default the Pi's)."""
     if cfg.backend == "gpio":
         from .gpio import GpioButton
@@ -83,7 +85,7 @@ def make_button(cfg: ButtonSettings, *, pin_factory: Any = None) -> Button:
     return SimulatedButton()
 
 
-def make_light(cfg: LightSettings, *, pin_factory: Any = None) -> Light:
+def make_light(cfg: LightSection, *, pin_factory: Any = None) -> Light:
     """The status light (and buzzer) *cfg* describes."""
     if cfg.backend == "gpio":
         from .gpio import GpioLight

@@ -127,3 +127,16 @@ def test_a_receiver_registry_in_a_missing_folder_is_refused_before_any_change(
     assert str(copy.parent) in err and ".tmp" not in err, err
     assert registry.read_bytes() == before
     assert not copy.parent.exists()
+
+
+def test_a_bad_receiver_config_option_is_one_line(
+    broker_site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["provision", "receiver", "config", "--dir", str(broker_site.dir)]
+    paths = ["--store", str(tmp_path / "store"), "--spool", str(tmp_path / "spool")]
+    assert main([*args, "--catalog-url", "", *paths]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "painav: error: receiver.toml: field 'url': String should have at least 1 character\n"
+    )
