@@ -11,6 +11,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import importlinter.cli
 import pytest
 from importlinter.cli import lint_imports
 
@@ -34,6 +35,9 @@ def _lint(project: Path, monkeypatch: pytest.MonkeyPatch) -> int:
     # lint_imports puts the working directory first on sys.path: give it a copy to change.
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.chdir(project)
+    # Its logging set-up is a dictConfig that disables every logger that exists already, which
+    # would silence the loggers later tests capture: leave logging as it is.
+    monkeypatch.setattr(importlinter.cli, "_configure_logging", lambda verbose: None)
     return lint_imports(
         config_filename=str(project / "pyproject.toml"), no_cache=True, no_logo=True
     )
