@@ -16,12 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .hardware.base import Pattern
-
 __all__ = [
     "Action",
     "Assignment",
     "Discard",
+    "Pattern",
     "Readiness",
     "Recorder",
     "RecorderSettings",
@@ -31,6 +30,21 @@ __all__ = [
     "State",
     "Stop",
 ]
+
+
+class Pattern(enum.Enum):
+    """What the status light (and optional buzzer) shows; see the README's table. The recorder
+    decides it; the light backends (:mod:`daemon.hardware`) render it."""
+
+    STARTING = "starting"  # slow blink: booting, connecting
+    IDLE = "idle"  # dim steady: ready, no participant assigned
+    ARMED = "armed"  # bright steady: ready for the assigned participant
+    RECORDING = "recording"  # fast blink: recording
+    SEALING = "sealing"  # very fast blink: finishing the clip
+    REFUSED_STORAGE = "refused_storage"  # two blinks, pause: not enough free space
+    REFUSED_CLOCK = "refused_clock"  # three blinks, pause: clock not synchronised
+    REFUSED_HARDWARE = "refused_hardware"  # four blinks, pause: camera or microphone missing
+    ERROR = "error"  # long on, short off: a clip failed, see the journal
 
 
 class State(enum.StrEnum):

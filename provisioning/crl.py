@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 from cryptography import x509
 
@@ -19,9 +18,7 @@ from protocol.atomic import write_atomic
 
 from . import pki
 from .errors import SiteError
-
-if TYPE_CHECKING:
-    from .site import Report, Site
+from .layout import Report, Site
 
 __all__ = [
     "CRL_DAYS",

@@ -7,10 +7,11 @@ put video and audio on one clock and measure their offset.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
+
+from ..recorder import Pattern  # the core's vocabulary; the backends render it
 
 __all__ = [
     "AudioBlock",
@@ -95,20 +96,6 @@ class Button(Protocol):
     def on_press(self, callback: Callable[[], None]) -> None: ...
     def on_long_press(self, callback: Callable[[], None]) -> None: ...
     def close(self) -> None: ...
-
-
-class Pattern(enum.Enum):
-    """What the status light (and optional buzzer) shows; see the README's table."""
-
-    STARTING = "starting"  # slow blink: booting, connecting
-    IDLE = "idle"  # dim steady: ready, no participant assigned
-    ARMED = "armed"  # bright steady: ready for the assigned participant
-    RECORDING = "recording"  # fast blink: recording
-    SEALING = "sealing"  # very fast blink: finishing the clip
-    REFUSED_STORAGE = "refused_storage"  # two blinks, pause: not enough free space
-    REFUSED_CLOCK = "refused_clock"  # three blinks, pause: clock not synchronised
-    REFUSED_HARDWARE = "refused_hardware"  # four blinks, pause: camera or microphone missing
-    ERROR = "error"  # long on, short off: a clip failed, see the journal
 
 
 class Light(Protocol):
