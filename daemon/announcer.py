@@ -48,8 +48,8 @@ class Announcer:
     Calls *on_connect* after every (re)connect, once the broker has confirmed the subscriptions,
     so the caller replays its outbox; *on_arm* with each arm command on ``cmd/arm`` (None when
     the retained command is cleared); *on_receipt* with each receipt; *on_bad_message* with the
-    topic and a one-line reason for anything else that arrives. The last will is the retained
-    offline status.
+    topic and a one-line reason for anything else that arrives; *on_settled* whenever the broker
+    has acknowledged (or refused) a publish. The last will is the retained offline status.
     """
 
     def __init__(
@@ -69,6 +69,7 @@ class Announcer:
         on_arm: Callable[[ArmCommand | None], None],
         on_receipt: Callable[[Receipt], None],
         on_bad_message: Callable[[str, str], None],
+        on_settled: Callable[[], None] | None = None,
     ) -> None:
         try:
             self._topics = {kind: topic(site_id, device_id, kind) for kind in Kind}
@@ -92,6 +93,7 @@ class Announcer:
                 on_message=self._dispatch,
                 will=(self._topics[Kind.STATUS], Status.last_will().to_payload()),
                 log=log,
+                on_settled=on_settled,
             )
         except LinkError as exc:
             raise AnnouncerError(str(exc)) from exc

@@ -20,6 +20,7 @@ __all__ = [
     "Connected",
     "LongPressed",
     "Pressed",
+    "PublishSettled",
     "ReceiptReceived",
     "SealFailed",
     "Sealed",
@@ -81,6 +82,12 @@ class Connected:
 
 
 @dataclass(frozen=True)
+class PublishSettled:
+    """The broker acknowledged (or refused) a publish: the loop collects it now, not at its
+    next tick."""
+
+
+@dataclass(frozen=True)
 class BadMessage:
     """Something arrived that is not a valid message for this unit."""
 
@@ -97,5 +104,6 @@ UnitEvent = (
     | ArmReceived
     | ReceiptReceived
     | Connected
+    | PublishSettled
     | BadMessage
 )

@@ -43,6 +43,7 @@ from .events import (
     Connected,
     LongPressed,
     Pressed,
+    PublishSettled,
     ReceiptReceived,
     Sealed,
     SealFailed,
@@ -259,6 +260,8 @@ class UnitLoop:
                 self._receipt(receipt)
             case Connected():
                 self._replay()
+            case PublishSettled():
+                pass  # the acknowledgements are collected after every event
             case BadMessage(topic, error):
                 log.warning("refused a message on %s: %s", topic, error)
                 self._report(Report("refused", "bad_message", None, error[:200]))

@@ -29,7 +29,15 @@ from .clipserver import ClipServer
 from .clock import ClockSignal
 from .config import DeviceConfig
 from .control import ControlServer
-from .events import ArmReceived, BadMessage, Connected, LongPressed, Pressed, ReceiptReceived
+from .events import (
+    ArmReceived,
+    BadMessage,
+    Connected,
+    LongPressed,
+    Pressed,
+    PublishSettled,
+    ReceiptReceived,
+)
 from .hardware.base import Button, Camera, Light, Microphone
 from .loop import LoopSettings, UnitLoop
 from .outbox import Outbox
@@ -102,6 +110,7 @@ class Service:
             on_arm=lambda command: self.loop.post(ArmReceived(command)),
             on_receipt=lambda receipt: self.loop.post(ReceiptReceived(receipt)),
             on_bad_message=lambda topic, error: self.loop.post(BadMessage(topic, error)),
+            on_settled=lambda: self.loop.post(PublishSettled()),
         )
         self.clip_server = ClipServer(
             self.outbox,

@@ -99,6 +99,7 @@ class MqttLink:
         on_message: Callable[[Received], None],
         will: tuple[str, bytes] | None = None,
         log: logging.Logger | None = None,
+        on_settled: Callable[[], None] | None = None,
     ) -> None:
         if reconnect_max_s < 1:
             raise LinkError(f"reconnect_max_s {reconnect_max_s}: must be at least 1")
@@ -110,6 +111,8 @@ class MqttLink:
         self._max_delay_s = math.ceil(reconnect_max_s)
         self._subscriptions = tuple(subscriptions)
         self._on_connect, self._on_message = on_connect, on_message
+        # Told when the broker settles a publish, so a caller polling its handles need not.
+        self._on_settled = on_settled
 
         self._lock = threading.Lock()  # never held while calling into paho: paho calls back
         self._connected = False
@@ -377,6 +380,8 @@ class MqttLink:
             handle._settle(False, "dropped at reconnect")
         else:
             _settle_with(handle, reason)
+        if self._on_settled is not None:
+            self._on_settled()
 
     def _lose_connection(self, why: str) -> None:
         """Mark the connection gone and fail everything still waiting for an ack."""

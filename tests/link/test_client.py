@@ -33,6 +33,7 @@ class Handler:
         self.attempts: list[bytes] = []
         self.handled: list[bytes] = []
         self.connects = 0
+        self.settled = 0
         self._changed = threading.Condition()
 
     def on_message(self, message: Received) -> None:
@@ -47,6 +48,11 @@ class Handler:
     def on_connect(self) -> None:
         with self._changed:
             self.connects += 1
+            self._changed.notify_all()
+
+    def on_settled(self) -> None:
+        with self._changed:
+            self.settled += 1
             self._changed.notify_all()
 
     def wait_for(self, condition: Callable[[], bool], what: str, timeout_s: float) -> None:
@@ -73,6 +79,7 @@ def start_link(broker: Broker) -> Iterator[Callable[[Handler, str], MqttLink]]:
             on_connect=handler.on_connect,
             on_message=handler.on_message,
             log=logging.getLogger("tests.link"),
+            on_settled=handler.on_settled,
         )
         started.append(link)
         link.start()
@@ -178,3 +185,14 @@ def test_a_bad_setting_is_refused_naming_it(broker: Broker) -> None:
             on_connect=handler.on_connect,
             on_message=handler.on_message,
         )
+
+
+def test_the_broker_settling_a_publish_is_told_without_polling(
+    start_link: Callable[[Handler, str], MqttLink],
+) -> None:
+    handler = Handler()
+    link = start_link(handler, EVENTS)
+    arm = topic(SITE, UNIT, Kind.ARM)  # the receiver may write arm commands
+    handle = link.publish(arm, b"{}", qos=1, retain=False)
+    handler.wait_for(lambda: handler.settled == 1, "the settle callback", WAIT_S)
+    assert handle.acknowledged
