@@ -1,8 +1,9 @@
 """The unit's loop: where button, recorder, outbox, announcer and clip server meet.
 
 One thread runs it. Other threads only :meth:`UnitLoop.post` typed events
-(:mod:`daemon.events`); the loop hands them to the recorder, carries out the recorder's actions,
-publishes over the link and records acknowledgements in the outbox. What the control socket
+(:mod:`daemon.events`); the loop hands them to the recorder and carries out the recorder's
+actions: capture (:mod:`daemon.capture`) and what the hospital is told (:mod:`daemon.uplink`).
+What the control socket
 reports comes from :attr:`UnitLoop.snapshot`, an immutable :class:`UnitSnapshot` the loop
 replaces after every event and once a second, so no other thread reads the loop's state.
 Announcements always come from the outbox, after each seal and again after every (re)connect,
@@ -21,16 +22,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from protocol.errors import MessageError, ProtocolError
-from protocol.message_codec import MessageModel
+from protocol.errors import ProtocolError
 from protocol.messages import (
     ArmCommand,
-    ClipAnnouncement,
-    ClipManifest,
     Event,
     Receipt,
-    Status,
-    Telemetry,
 )
 from protocol.minisign import PublicKey
 from protocol.signing import verify_receipt
@@ -50,9 +46,10 @@ from .events import (
     UnitEvent,
 )
 from .hardware.base import Light
-from .outbox import Outbox, OutboxEntry
+from .outbox import Outbox
 from .recorder import Action, Assignment, Discard, Readiness, Recorder, Report, Show, Start, Stop
 from .sdnotify import Notifier, log_fields
+from .uplink import Link, Uplink
 
 __all__ = ["Clock", "Link", "LoopSettings", "SystemClock", "UnitLoop", "UnitSnapshot"]
 
@@ -81,23 +78,6 @@ class SystemClock:
         return datetime.now(UTC)
 
 
-class Handle(Protocol):
-    @property
-    def acknowledged(self) -> bool: ...
-    @property
-    def failed(self) -> bool: ...
-
-
-class Link(Protocol):
-    """What the loop needs of the MQTT link (:class:`daemon.announcer.Announcer`)."""
-
-    @property
-    def connected(self) -> bool: ...
-    @property
-    def local_address(self) -> str | None: ...
-    def publish(self, message: MessageModel) -> Handle: ...
-
-
 @dataclass(frozen=True)
 class LoopSettings:
     device_id: str
@@ -124,24 +104,6 @@ class UnitSnapshot:
     stop_to_announced_ms: float | None
 
 
-class _Failed:
-    """A publish that never left: what a message we could not even build gets."""
-
-    acknowledged = False
-    failed = True
-
-
-_FAILED = _Failed()
-
-
-@dataclass
-class _Pending:
-    """A publish whose acknowledgement decides what the outbox records."""
-
-    handle: Handle
-    on_ack: Callable[[], None]
-
-
 @dataclass
 class UnitLoop:
     """Runs one unit; :meth:`run` returns when *stop* is set, :meth:`step` runs one turn."""
@@ -163,13 +125,17 @@ class UnitLoop:
     def __post_init__(self) -> None:
         self._events: queue.Queue[UnitEvent] = queue.Queue()
         self._capture: Capture | None = None
-        self._stops: dict[str, int] = {}  # clip id → monotonic ns of the stop
-        self._pending: list[_Pending] = []
-        self._unsent_events: list[Event] = []
         self._last_error: str | None = None
-        self._last_refusal: Event | None = None
         self._first_frame_ms: float | None = None
-        self._announced_ms: float | None = None
+        self.uplink = Uplink(
+            device_id=self.settings.device_id,
+            software_version=self.settings.software_version,
+            link=self.link,
+            outbox=self.outbox,
+            clip_url=self.clip_url,
+            now=self.clock.now,
+            monotonic_ns=self.clock.monotonic_ns,
+        )
         self._started = self.clock.monotonic()
         self._next_snapshot = 0.0
         self.snapshot = self._take_snapshot()
@@ -203,7 +169,11 @@ class UnitLoop:
                     self.notifier.watchdog()
                     next_watchdog = mono + self.notifier.watchdog_interval_s
                 if mono >= next_telemetry:
-                    self._telemetry()
+                    self.uplink.telemetry(
+                        uptime_s=mono - self._started,
+                        clock_synced=bool(self.clock_synced()),
+                        temperature_c=self.temperature(),
+                    )
                     next_telemetry = mono + self.settings.telemetry_interval_s
         finally:
             self.shut_down()
@@ -219,7 +189,7 @@ class UnitLoop:
             self._handle(event)
             handled = True
         self._execute(self.recorder.tick(self.clock.monotonic(), self.clock.now()))
-        acked = self._check_acks()
+        acked = self.uplink.collect_acks()
         if handled or acked or self.clock.monotonic() >= self._next_snapshot:
             self.snapshot = self._take_snapshot()
 
@@ -232,7 +202,7 @@ class UnitLoop:
             event = self._events.get_nowait()
             if isinstance(event, Sealed | SealFailed):
                 self._handle(event)
-        self._check_acks()
+        self.uplink.collect_acks()
 
     def _handle(self, event: UnitEvent) -> None:
         wall = self.clock.now()
@@ -245,7 +215,7 @@ class UnitLoop:
             case Sealed(clip_id, entry, first_frame_ms):
                 if first_frame_ms is not None:
                     self._first_frame_ms = first_frame_ms
-                self._announce(entry)
+                self.uplink.announce(entry)
                 self._execute(self.recorder.sealed(clip_id))
             case SealFailed(clip_id, detail):
                 self._last_error = detail
@@ -255,16 +225,19 @@ class UnitLoop:
                 self._execute(self.recorder.capture_failed(detail))
             case ArmReceived(command):
                 self._execute(self.recorder.arm(_assignment(command), wall))
-                self._publish_status()
+                self._status()
             case ReceiptReceived(receipt):
                 self._receipt(receipt)
             case Connected():
-                self._replay()
+                self.uplink.replay(
+                    recording=self._capture is not None,
+                    armed=self.recorder.assignment is not None,
+                )
             case PublishSettled():
                 pass  # the acknowledgements are collected after every event
             case BadMessage(topic, error):
                 log.warning("refused a message on %s: %s", topic, error)
-                self._report(Report("refused", "bad_message", None, error[:200]))
+                self.uplink.report(Report("refused", "bad_message", None, error[:200]))
 
     def _readiness(self) -> Readiness:
         return Readiness(
@@ -285,10 +258,10 @@ class UnitLoop:
             free_bytes=self.outbox.free_bytes(),
             connected=self.link.connected,
             last_error=self._last_error,
-            last_refusal=self._last_refusal,
+            last_refusal=self.uplink.last_refusal,
             readiness=self._readiness(),
             press_to_first_frame_ms=self._first_frame_ms,
-            stop_to_announced_ms=self._announced_ms,
+            stop_to_announced_ms=self.uplink.stop_to_announced_ms,
         )
 
     def _warn_if_presses_would_be_refused(self, readiness: Readiness) -> None:
@@ -326,7 +299,7 @@ class UnitLoop:
                 case Show(pattern):
                     self.light.show(pattern)
                 case Report():
-                    self._report(action)
+                    self.uplink.report(action)
 
     def _start(self, action: Start) -> None:
         press_ns = self.clock.monotonic_ns()
@@ -340,13 +313,18 @@ class UnitLoop:
                 clip_id=action.clip_id, device_id=self.settings.device_id, state="recording"
             ),
         )
-        self._publish_status()
+        self._status()
+
+    def _status(self) -> None:
+        self.uplink.status(
+            recording=self._capture is not None, armed=self.recorder.assignment is not None
+        )
 
     def _halt_capture(self) -> Capture | None:
         capture, self._capture = self._capture, None
         self.capturer.halt()
         if capture is not None:
-            self._publish_status()  # no longer "recording"
+            self._status()  # no longer "recording"
         return capture
 
     def _stop(self, action: Stop) -> None:
@@ -355,7 +333,7 @@ class UnitLoop:
         capture = self._halt_capture()
         if capture is None or capture.clip_id != action.clip_id:
             return
-        self._stops[action.clip_id] = self.clock.monotonic_ns()
+        self.uplink.stopped(action.clip_id)
         self.sealer.submit(self._seal, capture, action.reason, dropped, overruns)
 
     def _seal(self, capture: Capture, reason: str, dropped: int, overruns: int) -> None:
@@ -373,100 +351,6 @@ class UnitLoop:
             capture.writer.abort()
         self.outbox.abort(action.clip_id, action.reason[:200])
 
-    def _report(self, report: Report) -> None:
-        log.info(
-            "event %s (%s) %s",
-            report.kind,
-            report.reason,
-            report.detail,
-            extra=log_fields(clip_id=report.clip_id, device_id=self.settings.device_id),
-        )
-        event = Event(
-            kind=report.kind,  # type: ignore[arg-type]
-            at=self.clock.now(),
-            clip_id=report.clip_id,
-            reason=report.reason,
-            detail=report.detail.replace("\n", " ")[:500],
-        )
-        if event.kind == "refused":
-            self._last_refusal = event
-        self._send_event(event)
-
-    def _send_event(self, event: Event) -> None:
-        """Publish *event*; while offline keep it for the next connect. Events about a clip are
-        also durable in the outbox (an aborted row not yet reported), so they survive restarts."""
-        if not self.link.connected:
-            self._unsent_events.append(event)
-            return
-        handle = self._publish(event)
-        clip_id = event.clip_id
-        if clip_id is not None and event.kind in ("discarded", "error", "aborted"):
-            self._pending.append(_Pending(handle, lambda: self._event_reported(clip_id)))
-
-    def _publish(self, message: MessageModel) -> Handle:
-        try:
-            return self.link.publish(message)
-        except MessageError:  # a message we built is invalid: a bug, logged, never fatal
-            log.exception("could not publish a %s message", type(message).__name__)
-            return _FAILED
-
-    def _event_reported(self, clip_id: str) -> None:
-        try:
-            self.outbox.mark_event_reported(clip_id)
-        except Exception:
-            log.debug("no outbox row for %s", clip_id)
-
-    # --- MQTT ---------------------------------------------------------------------------
-
-    def _announce(self, entry: OutboxEntry) -> None:
-        if not self.link.connected or entry.manifest_json is None or entry.signature is None:
-            return  # replayed from the outbox at the next connect
-        announcement = ClipAnnouncement(
-            manifest=ClipManifest.model_validate_json(entry.manifest_json),
-            signature=entry.signature,
-            url=self.clip_url(entry.clip_id),
-        )
-        handle = self._publish(announcement)
-        clip_id = entry.clip_id
-        self._pending.append(_Pending(handle, lambda: self._announced(clip_id)))
-
-    def _announced(self, clip_id: str) -> None:
-        self.outbox.mark_announced(clip_id)
-        stopped = self._stops.pop(clip_id, None)
-        if stopped is not None:
-            self._announced_ms = (self.clock.monotonic_ns() - stopped) / 1e6
-        log.info("announced %s", clip_id, extra=log_fields(clip_id=clip_id, state="announced"))
-
-    def _check_acks(self) -> bool:
-        """Record what the broker acknowledged; whether anything was."""
-        still = []
-        for pending in self._pending:
-            if pending.handle.acknowledged:
-                pending.on_ack()
-            elif not pending.handle.failed:
-                still.append(pending)
-        acked = len(still) < len(self._pending)
-        self._pending = still
-        return acked
-
-    def _replay(self) -> None:
-        """After (re)connecting: status, then every clip and event the hospital may not know."""
-        self._publish_status()
-        unsent, self._unsent_events = self._unsent_events, []
-        for event in unsent:
-            self._send_event(event)
-        for entry in self.outbox.pending():
-            self._announce(entry)
-        for entry in self.outbox.unreported_aborts():
-            self._report(
-                Report(
-                    "aborted",
-                    "interrupted",
-                    entry.clip_id,
-                    entry.abort_reason or "recording cut off",
-                )
-            )
-
     def _receipt(self, receipt: Receipt) -> None:
         clip_id = receipt.clip_id
         try:
@@ -479,42 +363,14 @@ class UnitLoop:
             log.warning(
                 "rejected a receipt for %s: %s", clip_id, exc, extra=log_fields(clip_id=clip_id)
             )
-            self._report(Report("refused", "receipt_rejected", None, str(exc)[:200]))
+            self.uplink.report(Report("refused", "receipt_rejected", None, str(exc)[:200]))
             return
         log.info(
             "clip %s receipted and deleted",
             clip_id,
             extra=log_fields(clip_id=clip_id, state="deleted"),
         )
-        self._report(Report("deleted", "receipted", clip_id))
-
-    def _publish_status(self) -> None:
-        self._publish(
-            Status(
-                state="recording" if self._capture is not None else "online",
-                since=self.clock.now(),
-                software_version=self.settings.software_version,
-                armed=self.recorder.assignment is not None,
-            )
-        )
-
-    def _telemetry(self) -> None:
-        pending = self.outbox.pending()
-        oldest = None
-        if pending:
-            sealed = [e.sealed_at for e in pending if e.sealed_at is not None]
-            oldest = max((self.clock.now() - min(sealed)).total_seconds(), 0.0) if sealed else 0.0
-        self._publish(
-            Telemetry(
-                at=self.clock.now(),
-                uptime_s=self.clock.monotonic() - self._started,
-                free_bytes=self.outbox.free_bytes(),
-                queue_depth=len(pending),
-                oldest_unreceipted_s=oldest,
-                clock_synced=bool(self.clock_synced()),
-                temperature_c=self.temperature(),
-            )
-        )
+        self.uplink.report(Report("deleted", "receipted", clip_id))
 
 
 def _assignment(command: ArmCommand | None) -> Assignment | None:
