@@ -27,7 +27,7 @@ from protocol.messages import ClipAnnouncement, Event, Status, Telemetry
 from protocol.minisign import SigningKey
 from protocol.signing import sign_receipt
 
-from .catalog import Catalog, CatalogDatabaseError, ClipState
+from .catalog import Catalog, CatalogDatabaseError, CatalogUnavailableError, ClipState
 from .catalog.records import ClipRecord
 from .config import ReceiverConfig
 from .fetch import FetchClient
@@ -142,8 +142,12 @@ class ReceiverService:
     def _on_message(self, incoming: Incoming) -> None:
         try:
             self._record(incoming)
-        except CatalogDatabaseError as exc:  # not recorded: not acknowledged, delivered again
+        except CatalogUnavailableError as exc:  # not recorded now: not acknowledged, comes again
             raise Redeliver(str(exc)) from exc
+        except CatalogDatabaseError:
+            # Refused for good (a broken constraint): delivering it again would refuse it again,
+            # forever. Logged, acknowledged; reconciliation still finds a clip it concerned.
+            log.exception("could not record a message on %s", incoming.topic)
 
     def _record(self, incoming: Incoming) -> None:
         message, topic, at = incoming.message, incoming.topic, incoming.received_at

@@ -5,6 +5,7 @@ from .catalog import Catalog
 from .errors import (
     CatalogDatabaseError,
     CatalogError,
+    CatalogUnavailableError,
     ClipNotFoundError,
     IllegalTransitionError,
     LeaseLostError,
@@ -17,6 +18,7 @@ __all__ = [
     "Catalog",
     "CatalogDatabaseError",
     "CatalogError",
+    "CatalogUnavailableError",
     "ClipNotFoundError",
     "ClipRecord",
     "ClipState",

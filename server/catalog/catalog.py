@@ -17,8 +17,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Self
 
 from alembic.util import CommandError
+from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy import select
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from protocol.message_fields import format_timestamp
@@ -28,7 +35,13 @@ from ..audit import AuditLog
 from ..database import READ_ONLY, make_engine
 from . import fetch_queue, units
 from .engine import run_migrations
-from .errors import CatalogDatabaseError, CatalogError, ClipNotFoundError, LeaseLostError
+from .errors import (
+    CatalogDatabaseError,
+    CatalogError,
+    CatalogUnavailableError,
+    ClipNotFoundError,
+    LeaseLostError,
+)
 from .lifecycle import ACTIVE_STATES, ClipState, check_transition
 from .models import Clip, Unit, UnitEvent
 from .records import ClipRecord, UnitEventRecord, UnitRecord
@@ -107,7 +120,8 @@ class Catalog:
             with (self._writes if write else self._reads).begin() as session:
                 yield session
         except SQLAlchemyError as exc:
-            raise CatalogDatabaseError(f"catalog {self._where}: {_one_line(exc)}") from exc
+            kind = CatalogUnavailableError if unavailable(exc) else CatalogDatabaseError
+            raise kind(f"catalog {self._where}: {_one_line(exc)}") from exc
 
     # --- clips ------------------------------------------------------------------------------
 
@@ -426,6 +440,15 @@ def _check_lease(clip: Clip, worker: str | None) -> None:
     # Without a worker the caller vouches for itself (a tool, or a single receiver).
     if worker is not None and (clip.state is not ClipState.FETCHING or clip.lease_owner != worker):
         raise LeaseLostError(clip.clip_id, worker, clip.lease_owner)
+
+
+def unavailable(exc: SQLAlchemyError) -> bool:
+    """Whether *exc* says the database cannot be used now (and may be later), rather than that
+    the operation itself is refused: SQLAlchemy's operational and interface errors (server
+    gone, locked, disk full), a connection it invalidated, a pool that had none to give."""
+    if isinstance(exc, OperationalError | InterfaceError | sqlalchemy_exc.TimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def _one_line(exc: SQLAlchemyError) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "CatalogDatabaseError",
     "CatalogError",
+    "CatalogUnavailableError",
     "ClipNotFoundError",
     "IllegalTransitionError",
     "LeaseLostError",
@@ -46,3 +47,8 @@ class LeaseLostError(CatalogError):
 
 class CatalogDatabaseError(CatalogError, RuntimeError):
     """The database refused or failed an operation (unreachable, locked, constraint broken)."""
+
+
+class CatalogUnavailableError(CatalogDatabaseError):
+    """The database could not be used just now (unreachable, locked, out of space, a dropped
+    connection): the same operation may well succeed later. A broken constraint is not this."""
