@@ -20,7 +20,7 @@ from protocol.registry import Registry
 
 from .backoff import Backoff
 from .catalog import Catalog, ClipState
-from .catalog.errors import IllegalTransitionError, LeaseLostError
+from .catalog.errors import CatalogUnavailableError, IllegalTransitionError, LeaseLostError
 from .catalog.records import ClipRecord
 from .fetch import FetchClient, FetchError
 from .store import ClipStore
@@ -94,14 +94,26 @@ class Puller:
             thread.join(timeout=60)
 
     def _work(self, worker: str) -> None:
+        unavailable = False
         while not self._stop.is_set():
             try:
                 clip = self._catalog.claim_next(
                     worker=worker, now=datetime.now(UTC), lease_s=self._settings.lease_s
                 )
-            except Exception:  # a database hiccup must not end the worker
+            except CatalogUnavailableError as exc:  # wait for it; one warning per worker per outage
+                if not unavailable:
+                    log.warning(
+                        "%s: claiming clips waits until the catalog is back: %s", worker, exc
+                    )
+                unavailable = True
+                clip = None
+            except Exception:  # a bug must not end the worker either
                 log.exception("claiming a clip failed")
                 clip = None
+            else:
+                if unavailable:
+                    log.info("%s: the catalog is back", worker)
+                unavailable = False
             if clip is None:
                 self._wake.wait(self._settings.idle_poll_s)
                 self._wake.clear()
