@@ -31,7 +31,7 @@ from protocol.messages import ArmCommand
 from protocol.x25519 import X25519Identity
 from provisioning.broker import write_broker_config
 from provisioning.devices import add_device
-from provisioning.receiver import receiver_config
+from provisioning.receivers import receiver_config
 from provisioning.site import Site, init_site
 
 from .localsite import HOST, broker_accepts_logins, broker_user, free_port, unit_config

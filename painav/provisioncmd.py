@@ -186,7 +186,7 @@ def receiver_add(args: argparse.Namespace) -> int:
 
 def receiver_config(args: argparse.Namespace) -> int:
     from provisioning.errors import SiteError
-    from provisioning.receiver import receiver_config
+    from provisioning.receivers import receiver_config
 
     site = _site(args)
     if args.id is not None and args.id not in site.registry().receiver_ids():

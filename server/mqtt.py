@@ -134,9 +134,9 @@ class ReceiverLink:
     :class:`Incoming`; the broker's QoS 1 acknowledgement is sent when it returns, so a message
     is redelivered if the process dies before that. If it raises :class:`Redeliver` (it could
     not record the message: database down, disk full), the message is not acknowledged and the
-    link reconnects, with back-off, so that the broker delivers it again. *on_bad_message* gets
-    the topic and a one-line reason for anything else (invalid payload, another site's or kind's
-    topic); bad messages are counted (:attr:`bad_messages`) and logged at a bounded rate.
+    link reconnects, with back-off, so that the broker delivers it again. Anything else (invalid
+    payload, another site's or kind's topic) is counted (:attr:`bad_messages`), logged at a
+    bounded rate, and given to *on_bad_message*, if any, with the topic and a one-line reason.
     *on_connect* is called after every (re)connect once the broker has answered the
     subscriptions. Any other exception in a callback is logged, never raised into paho, and the
     message is acknowledged.
@@ -157,8 +157,8 @@ class ReceiverLink:
         session_expiry_s: int = 7 * 24 * 3600,
         reconnect_max_s: float = 30.0,
         on_message: Callable[[Incoming], None],
-        on_bad_message: Callable[[str, str], None],
         on_connect: Callable[[], None],
+        on_bad_message: Callable[[str, str], None] | None = None,
     ) -> None:
         if not isinstance(receiver_id, str) or not _ID_RE.fullmatch(receiver_id):
             raise ReceiverLinkError(f"receiver id {receiver_id!r}: not a painav id")
@@ -272,4 +272,5 @@ class ReceiverLink:
     def _bad_message(self, where: str, error: str) -> None:
         error = " ".join(error.split())
         self._bad.report(where, error)
-        guarded(log, "on_bad_message", self._on_bad_message, where, error)
+        if self._on_bad_message is not None:
+            guarded(log, "on_bad_message", self._on_bad_message, where, error)

@@ -68,7 +68,6 @@ class ReceiverService:
             keepalive_s=config.mqtt.keepalive_s,
             session_expiry_s=config.mqtt.session_expiry_s,
             on_message=self._on_message,
-            on_bad_message=lambda topic, error: None,  # counted and logged by the link
             on_connect=self._connected,
         )
         self._connects = 0  # connections to the broker so far; each is followed by a pass

@@ -12,7 +12,7 @@ import pytest
 from painav.cli import main
 from protocol.messages import Event, Status
 from provisioning.devices import add_device, revoke_device
-from provisioning.receiver import receiver_config
+from provisioning.receivers import receiver_config
 from provisioning.site import Site, init_site
 from server.catalog import Catalog
 from tests.support.mosquitto import HOST, SITE

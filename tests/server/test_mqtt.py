@@ -605,7 +605,7 @@ def test_an_announcement_the_catalog_cannot_record_comes_again_once_it_can(
 
     import server.database
     import server.service
-    from provisioning.receiver import receiver_config
+    from provisioning.receivers import receiver_config
     from server.catalog import ClipState
     from server.config import load_config
     from server.service import ReceiverService

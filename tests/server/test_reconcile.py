@@ -14,7 +14,7 @@ import pytest
 from daemon.outbox import Outbox, OutboxEntry
 from painav.cli import main
 from protocol.messages import ClipAnnouncement, ClipManifest, Status
-from provisioning.receiver import receiver_config
+from provisioning.receivers import receiver_config
 from provisioning.site import Site
 from server.audit import verify
 from server.catalog import Catalog, ClipRecord, ClipState

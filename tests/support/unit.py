@@ -264,7 +264,7 @@ def start_receiver(
     its config, spool, catalog and store (unless *store_dir*) in *work*."""
     import threading
 
-    from provisioning.receiver import receiver_config
+    from provisioning.receivers import receiver_config
     from server.config import load_config
     from server.service import ReceiverService
 
@@ -391,7 +391,7 @@ def receiver_process(
 ) -> ReceiverProcess:
     """A not yet started :class:`ReceiverProcess` with its ``receiver.toml`` in *work*; *pull*
     overrides ``[pull]`` settings (e.g. ``lease_s=5``, ``concurrency=2``)."""
-    from provisioning.receiver import receiver_config
+    from provisioning.receivers import receiver_config
 
     work.mkdir(parents=True, exist_ok=True)
     text = receiver_config(
