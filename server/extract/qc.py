@@ -108,7 +108,8 @@ def _voiced(frames: npt.NDArray[np.float64], rate_hz: int) -> npt.NDArray[np.boo
     head = squares[:, n - 1 - lags]  # energy of f[:-lag]
     tail = total - squares[:, lags - 1]  # energy of f[lag:]
     norm = np.sqrt(np.maximum(head * tail, 1e-24))
-    return np.max(correlation / norm, axis=1) >= _VOICED_CORRELATION
+    voiced: npt.NDArray[np.bool_] = np.max(correlation / norm, axis=1) >= _VOICED_CORRELATION
+    return voiced
 
 
 def video_metrics(
