@@ -1,13 +1,14 @@
-"""Messages the hospital sends to a unit: the researcher's arm command and the receipt."""
+"""Messages the hospital sends to a unit: the researcher's arm command, the receipt and the
+quality-control verdict."""
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import ClassVar, Final, Literal, Self
+from typing import Annotated, ClassVar, Final, Literal, Self
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from .errors import MessageError
@@ -18,6 +19,7 @@ from .message_fields import (
     Ed25519SignatureB64,
     OperatorId,
     Pseudonym,
+    ReasonCode,
     ReceiverId,
     Sha256Hex,
     SiteId,
@@ -26,10 +28,20 @@ from .message_fields import (
 )
 from .topics import Kind, Topic
 
-__all__ = ["MAX_ARM_DURATION", "RECEIPT_SIGNING_CONTEXT", "ArmCommand", "Receipt"]
+__all__ = [
+    "MAX_ARM_DURATION",
+    "MAX_QC_REASONS",
+    "RECEIPT_SIGNING_CONTEXT",
+    "ArmCommand",
+    "QcVerdict",
+    "Receipt",
+]
 
 MAX_ARM_DURATION: Final = timedelta(hours=24)
 """The longest an arm command may stay in force: a forgotten cart disarms itself by next day."""
+
+MAX_QC_REASONS: Final = 8
+"""The most reasons a QC verdict carries: the few that matter most, not every measurement."""
 
 RECEIPT_SIGNING_CONTEXT: Final = b"painav-receipt/1\n"
 """Prefix of the bytes a receipt signature covers, so the key signs nothing else by accident."""
@@ -155,3 +167,50 @@ class Receipt(MessageModel):
         if self.device_id != topic.device:
             return "field 'device_id': does not match the topic's device"
         return None
+
+
+class QcVerdict(MessageModel):
+    """The hospital's quality-control verdict on one of the unit's clips, on ``qc``.
+
+    ``usable``: nothing to do. ``check``: a person should look at the clip; the nurse need not
+    act. ``repeat``: the clip will not serve the study; if it is the unit's latest clip, the
+    light asks the nurse to record again while the participant is still there. ``pass`` says
+    which quality check gave it: ``quick`` (right after the clip is stored) or ``full`` (after
+    feature extraction); a later verdict on the same clip replaces an earlier one. ``reasons``
+    are short codes (e.g. ``no_face``, ``audio_clipping``), most important first, no personal
+    data; at least one for ``check`` and ``repeat``. The topic names the unit; the verdict
+    itself only names the clip.
+    """
+
+    # By name too, so Python callers can write pass_=...; the wire is always read by alias.
+    model_config = ConfigDict(validate_by_name=True)
+
+    KIND: ClassVar[Kind] = Kind.QC
+    schema_id: Literal["painav.qc/1"] = Field(default="painav.qc/1", alias="schema")
+    clip_id: ClipId
+    verdict: Literal["usable", "check", "repeat"] = Field(
+        description="usable: nothing to do; check: a person should look; repeat: record again."
+    )
+    reasons: Annotated[tuple[ReasonCode, ...], Field(max_length=MAX_QC_REASONS)] = Field(
+        json_schema_extra={"uniqueItems": True},
+        description=(
+            f"Short reason codes, most important first, at most {MAX_QC_REASONS}, no repeats; "
+            "at least one unless the verdict is usable."
+        ),
+    )
+    pass_: Literal["quick", "full"] = Field(
+        alias="pass",
+        description="quick: checked as soon as the clip was stored; full: after extraction.",
+    )
+    issued_at: Timestamp
+
+    @field_validator("reasons")
+    @classmethod
+    def _reasons_fit_the_verdict(
+        cls, value: tuple[str, ...], info: ValidationInfo
+    ) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise PydanticCustomError("painav_unique", "must not repeat a reason")
+        if not value and info.data.get("verdict") in ("check", "repeat"):
+            raise PydanticCustomError("painav_required", "at least one for check and repeat")
+        return value

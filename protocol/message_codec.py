@@ -42,6 +42,7 @@ MAX_PAYLOAD_BYTES: Final = MappingProxyType(
         Kind.TELEMETRY: 4 * 1024,
         Kind.ARM: 4 * 1024,
         Kind.RECEIPTS: 4 * 1024,
+        Kind.QC: 4 * 1024,
     }
 )
 """The largest payload, in bytes, accepted (and written) for each kind."""

@@ -19,7 +19,14 @@ from typing import Final
 
 from .clip_manifest import AudioTrack, ClipManifest, VideoTrack
 from .errors import MessageError
-from .hospital_messages import MAX_ARM_DURATION, RECEIPT_SIGNING_CONTEXT, ArmCommand, Receipt
+from .hospital_messages import (
+    MAX_ARM_DURATION,
+    MAX_QC_REASONS,
+    RECEIPT_SIGNING_CONTEXT,
+    ArmCommand,
+    QcVerdict,
+    Receipt,
+)
 from .message_codec import MAX_PAYLOAD_BYTES, SCHEMA_VERSION
 from .topics import Kind, Topic, parse_topic
 from .unit_messages import ClipAnnouncement, Event, Status, Telemetry
@@ -27,6 +34,7 @@ from .unit_messages import ClipAnnouncement, Event, Status, Telemetry
 __all__ = [
     "MAX_ARM_DURATION",
     "MAX_PAYLOAD_BYTES",
+    "MAX_QC_REASONS",
     "MESSAGE_TYPES",
     "RECEIPT_SIGNING_CONTEXT",
     "SCHEMA_VERSION",
@@ -36,6 +44,7 @@ __all__ = [
     "ClipManifest",
     "Event",
     "Message",
+    "QcVerdict",
     "Receipt",
     "Status",
     "Telemetry",
@@ -44,7 +53,7 @@ __all__ = [
     "parse_message",
 ]
 
-Message = Status | ClipAnnouncement | Event | Telemetry | ArmCommand | Receipt
+Message = Status | ClipAnnouncement | Event | Telemetry | ArmCommand | Receipt | QcVerdict
 """Any painav MQTT message."""
 
 MESSAGE_TYPES: Final[MappingProxyType[Kind, type[Message]]] = MappingProxyType(
@@ -55,6 +64,7 @@ MESSAGE_TYPES: Final[MappingProxyType[Kind, type[Message]]] = MappingProxyType(
         Kind.TELEMETRY: Telemetry,
         Kind.ARM: ArmCommand,
         Kind.RECEIPTS: Receipt,
+        Kind.QC: QcVerdict,
     }
 )
 """The model for each kind."""

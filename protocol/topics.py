@@ -60,6 +60,7 @@ class Kind(StrEnum):
     TELEMETRY = "telemetry"
     ARM = "cmd/arm"
     RECEIPTS = "receipts"
+    QC = "qc"
 
     @property
     def slug(self) -> str:
@@ -94,6 +95,11 @@ ROUTES: Final = MappingProxyType(
         # Retained so that a unit that was off when the researcher armed it still gets it.
         Kind.ARM: Route(Direction.HOSPITAL_TO_UNIT, retained=True, qos=1),
         Kind.RECEIPTS: Route(Direction.HOSPITAL_TO_UNIT, retained=False, qos=1),
+        # Not retained: a verdict is about one clip, not the unit's state. The unit's persistent
+        # session queues every verdict sent while it is away (a retained one would keep only the
+        # last, and hand a stale one to every later connection). A late verdict is still shown in
+        # `painav device status`; the unit's light ignores one older than its display time.
+        Kind.QC: Route(Direction.HOSPITAL_TO_UNIT, retained=False, qos=1),
     }
 )
 """Per kind: direction, retained or not, QoS. Every kind has exactly one route."""

@@ -18,12 +18,14 @@ from protocol.message_fields import (
 )
 from protocol.messages import (
     MAX_ARM_DURATION,
+    MAX_QC_REASONS,
     ArmCommand,
     AudioTrack,
     ClipAnnouncement,
     ClipManifest,
     Event,
     Message,
+    QcVerdict,
     Receipt,
     Status,
     Telemetry,
@@ -107,6 +109,13 @@ def examples() -> dict[Kind, Message]:
             stored_at=T0 + timedelta(seconds=5),
             receiver_id="receiver-1",
             signature=base64.b64encode(bytes(range(64))).decode(),
+        ),
+        Kind.QC: QcVerdict(
+            clip_id="cart-03-20250301T093000Z-a1b2",
+            verdict="repeat",
+            reasons=("no_face", "audio_clipping"),
+            pass_="quick",
+            issued_at=T0 + timedelta(seconds=20),
         ),
     }
 
@@ -254,6 +263,22 @@ receipts = st.builds(
     signature=st.binary(min_size=64, max_size=64).map(lambda raw: base64.b64encode(raw).decode()),
 )
 
+
+@st.composite
+def qc_verdicts(draw: st.DrawFn) -> QcVerdict:
+    verdict = draw(st.sampled_from(get_args(QcVerdict.model_fields["verdict"].annotation)))
+    least = 0 if verdict == "usable" else 1
+    return QcVerdict(
+        clip_id=draw(clip_ids),
+        verdict=verdict,
+        reasons=tuple(
+            draw(st.lists(reasons, min_size=least, max_size=MAX_QC_REASONS, unique=True))
+        ),
+        pass_=draw(st.sampled_from(["quick", "full"])),
+        issued_at=draw(timestamps),
+    )
+
+
 STRATEGIES: dict[Kind, st.SearchStrategy[Message]] = {
     Kind.STATUS: statuses(),
     Kind.CLIPS: announcements,
@@ -261,5 +286,6 @@ STRATEGIES: dict[Kind, st.SearchStrategy[Message]] = {
     Kind.TELEMETRY: telemetries(),
     Kind.ARM: arm_commands(),
     Kind.RECEIPTS: receipts,
+    Kind.QC: qc_verdicts(),
 }
 """A strategy of valid messages for every kind."""

@@ -23,6 +23,7 @@ from protocol.messages import (
     ClipAnnouncement,
     Event,
     Message,
+    QcVerdict,
     Receipt,
     Status,
     Telemetry,
@@ -499,7 +500,66 @@ def test_every_valid_message_round_trips(data: st.DataObject) -> None:
         assert again.to_payload() == payload
 
 
-@pytest.mark.parametrize("model", [Status, Telemetry, Event, ArmCommand, Receipt])
+@pytest.mark.parametrize("model", [Status, Telemetry, Event, ArmCommand, Receipt, QcVerdict])
 def test_models_refuse_python_values_of_wrong_type(model: type[Message]) -> None:
     with pytest.raises(ValueError):
         model()  # type: ignore[call-arg]
+
+
+# --- the QC verdict ---------------------------------------------------------------------------
+
+
+def test_qc_verdict_wire_form() -> None:
+    verdict = examples()[Kind.QC]
+    assert isinstance(verdict, QcVerdict)
+    assert verdict.to_payload() == (
+        b'{"clip_id":"cart-03-20250301T093000Z-a1b2","issued_at":"2025-03-01T09:30:20Z",'
+        b'"pass":"quick","reasons":["no_face","audio_clipping"],"schema":"painav.qc/1",'
+        b'"verdict":"repeat"}'
+    )
+    on = topic(SITE, DEVICE, Kind.QC)
+    assert on == "painav/v1/ward7/cart-03/qc"
+    parsed_topic, message = parse_message(on, verdict.to_payload())
+    assert parsed_topic.kind is Kind.QC and parsed_topic.device == DEVICE and message == verdict
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"verdict": "repeat", "reasons": []}, "field 'reasons': at least one for check"),
+        ({"verdict": "check", "reasons": []}, "field 'reasons': at least one for check"),
+        ({"reasons": ["no_face", "no_face"]}, "field 'reasons': must not repeat a reason"),
+        ({"reasons": ["No face"]}, "field 'reasons[0]': must be a reason code"),
+        ({"reasons": [f"r{i}" for i in range(9)]}, "field 'reasons': Tuple should have at most 8"),
+        ({"reasons": "no_face"}, "field 'reasons'"),
+        ({"verdict": "bad"}, "field 'verdict'"),
+        ({"pass": "slow"}, "field 'pass'"),
+        ({"clip_id": "../etc"}, "field 'clip_id'"),
+        ({"issued_at": "2025-03-01T10:30:00+01:00"}, "field 'issued_at'"),
+    ],
+)
+def test_qc_verdict_refuses(change: dict[str, Any], expected: str) -> None:
+    data = {**payload_dict(Kind.QC), **change}
+    assert expected in refused(Kind.QC, encode(data), on=topic(SITE, DEVICE, Kind.QC))
+
+
+def test_qc_verdict_needs_every_field_on_the_wire() -> None:
+    for key in ("clip_id", "verdict", "reasons", "pass", "issued_at"):
+        data = payload_dict(Kind.QC)
+        del data[key]
+        assert refused(Kind.QC, encode(data)).endswith(f"field '{key}': Field required")
+    data = payload_dict(Kind.QC)
+    data["pass_"] = data.pop("pass")  # the Python name is not the wire name
+    assert "field 'pass'" in refused(Kind.QC, encode(data))
+
+
+def test_a_usable_verdict_may_have_no_reasons() -> None:
+    usable = QcVerdict(clip_id="c1", verdict="usable", reasons=(), pass_="full", issued_at=T0)
+    assert QcVerdict.parse(usable.to_payload()) == usable
+    assert json.loads(usable.to_payload())["reasons"] == []
+
+
+def test_a_verdict_is_not_a_receipt_or_an_arm_command() -> None:
+    payload = examples()[Kind.QC].to_payload()
+    assert "is not a cmd/arm message" in refused(Kind.ARM, payload)
+    assert "topic is for qc messages" in refused(Kind.RECEIPTS, payload, on="painav/v1/w/u/qc")

@@ -133,6 +133,7 @@ def test_asyncapi_document_shape() -> None:
         "sendTelemetry",
         "receiveCmdArm",
         "receiveReceipts",
+        "receiveQc",
     }
 
 

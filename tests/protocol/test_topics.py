@@ -48,6 +48,7 @@ def test_kind_values_and_slugs() -> None:
         "telemetry",
         "cmd/arm",
         "receipts",
+        "qc",
     ]
     assert Kind.ARM.slug == "cmd-arm"
     assert Kind.STATUS.slug == "status"
@@ -150,6 +151,7 @@ def test_routes_cover_every_kind() -> None:
     assert {k for k, r in ROUTES.items() if r.direction is Direction.HOSPITAL_TO_UNIT} == {
         Kind.ARM,
         Kind.RECEIPTS,
+        Kind.QC,
     }
     assert {k for k, r in ROUTES.items() if r.qos == 0} == {Kind.TELEMETRY}
 
