@@ -22,12 +22,14 @@ broker host. The price is that a new CRL has to reach OUT: :func:`sync_revocatio
 certificate's CN the username and ``use_username_as_clientid`` makes it the client id too, so a
 unit holds exactly one session and a second login with the same certificate takes it over. The
 ACL gives a unit (``pattern``, ``%u`` = its CN) write access to its own ``status``, ``clips``,
-``events`` and ``telemetry`` and read access to its own ``cmd/arm`` and ``receipts``; the
-receiver (``user <receiver_id>``) reads the whole site and writes only ``cmd/arm`` and
-``receipts``. Patterns apply to every user, the receiver included, so the receiver's own name is
-denied as a unit subtree (provisioning already refuses a unit with the receiver's id). Several
-receivers sharing the work through ``$share/<group>/...`` each need their own certificate and CN:
-with the same one they would keep taking over each other's session.
+``events`` and ``telemetry`` and read access to its own ``cmd/arm``, ``receipts`` and ``qc``
+(quality-control verdicts); the receiver (``user <receiver_id>``) reads the whole site and
+writes only ``cmd/arm``, ``receipts`` and ``qc``. Patterns apply to every user, the receiver
+included, so the receiver's own name is denied as a unit subtree (provisioning already refuses
+a unit with the receiver's id). Several receivers sharing the work through ``$share/<group>/...``
+each need their own certificate and CN: with the same one they would keep taking over each
+other's session. A broker configured before the ``qc`` kind existed needs its ACL written again
+(``painav provision broker-config``) and a reload before units receive verdicts.
 
 What Mosquitto 2.0 (checked with 2.0.11, Debian 12) does with that ACL, found by experiment:
 
@@ -153,8 +155,8 @@ def acl_text(
     lines += [f"pattern read {_site_topic(site, '%u', k)}" for k in to_unit]
     lines += [
         "",
-        "# Receivers read every unit and send arm commands and receipts; they can never",
-        "# publish as a unit. Deny lines are checked first.",
+        "# Receivers read every unit and send arm commands, receipts and QC verdicts; they can",
+        "# never publish as a unit. Deny lines are checked first.",
     ]
     for receiver in receiver_ids:
         lines += [

@@ -408,6 +408,32 @@ def test_unit_cannot_read_another_units_receipts(broker: Broker, make_client: Ma
     assert a.received() == []
 
 
+def test_unit_reads_only_its_own_qc_verdicts_and_cannot_write_them(
+    broker: Broker, make_client: MakeClient
+) -> None:
+    site = broker.site
+    receiver = make_client(receiver_identity(site)).connect()
+    a = make_client(unit_identity(site, "cart-01")).connect()
+    b = make_client(unit_identity(site, "cart-02")).connect()
+    a.subscribe(t("cart-02", Kind.QC))  # granted by SUBACK; every delivery is checked
+    a.subscribe(t("cart-01", Kind.QC))
+    assert not b.subscribe(t("cart-02", Kind.QC))[0].is_failure
+
+    # A unit cannot forge a verdict, for itself or for another unit.
+    assert a.publish(t("cart-01", Kind.QC), b"forged-own").value == NOT_AUTHORIZED
+    assert a.publish(t("cart-02", Kind.QC), b"forged-other").value == NOT_AUTHORIZED
+
+    assert not receiver.publish(t("cart-02", Kind.QC), b"verdict-b").is_failure
+    assert not receiver.publish(t("cart-01", Kind.QC), b"verdict-a").is_failure
+    assert not receiver.publish(t("cart-02", Kind.QC), b"marker-b").is_failure
+
+    assert a.expect(t("cart-01", Kind.QC)).payload == b"verdict-a"
+    assert a.received() == []  # cart-02's verdict, sent first, was not delivered to cart-01
+    assert b.expect(t("cart-02", Kind.QC)).payload == b"verdict-b"
+    assert b.expect(t("cart-02", Kind.QC)).payload == b"marker-b"
+    assert b.received() == []  # neither a forgery nor cart-01's verdict
+
+
 def test_unit_reads_its_retained_arm_and_its_receipts(
     broker: Broker, make_client: MakeClient
 ) -> None:
@@ -476,7 +502,7 @@ def test_receiver_reads_everything_and_sends_commands_and_receipts(
             unit.publish(t(unit_id, kind))
             receiver.expect(t(unit_id, kind))
 
-    for kind in (Kind.ARM, Kind.RECEIPTS):
+    for kind in (Kind.ARM, Kind.RECEIPTS, Kind.QC):
         rc = receiver.publish(t("cart-02", kind), retain=ROUTES[kind].retained)
         assert not rc.is_failure, (kind, rc)
         receiver.expect(t("cart-02", kind))
