@@ -1,5 +1,7 @@
 """``make bench``: painav's envelope against the reference ``age`` command on the same file in
-the same run; prints a table and writes it into the README between the bench markers.
+the same run; prints a table and writes it into the README between the bench markers. Then the
+recorder and ingest benchmarks (``recorder.py``, ``ingest.py``) the same way. One part alone:
+``python -m tests.bench.run --only recorder --readme README.md``.
 
 Throughput is the median of interleaved runs (this machine is noisy); the ratio is age's median
 time over ours, so ≥ 1.0 means painav is at least as fast. painav's time is the library's own,
@@ -74,7 +76,33 @@ def main() -> int:
     parser.add_argument("--readme", type=Path, help="write the tables into this README")
     parser.add_argument("--recorder-runs", type=int, default=3)
     parser.add_argument("--ingest-runs", type=int, default=3)
+    parser.add_argument(
+        "--only",
+        choices=("envelope", "recorder", "ingest"),
+        action="append",
+        help="run only this part (repeatable); default: all three",
+    )
     args = parser.parse_args()
+    parts = set(args.only or ("envelope", "recorder", "ingest"))
+    if "envelope" in parts:
+        envelope(args)
+
+    from . import ingest, recorder
+
+    sections = []
+    if "recorder" in parts:
+        sections.append(("recorder", recorder.table(recorder.measure(args.recorder_runs))))
+    if "ingest" in parts:
+        sections.append(("ingest", ingest.table(ingest.measure(args.ingest_runs))))
+    for section_name, section in sections:
+        print(section)
+        if args.readme:
+            write_section(args.readme, section_name, section)
+    return 0
+
+
+def envelope(args: argparse.Namespace) -> None:
+    """painav's envelope against ``age``: the README's envelope table."""
 
     # tmpfs when there is room: this compares the envelope code, not a virtual disk's
     # writeback, which swings single runs by a factor of three here.
@@ -145,18 +173,6 @@ def main() -> int:
     print(table)
     if args.readme:
         write_section(args.readme, "envelope", table)
-
-    from . import ingest, recorder
-
-    sections = (
-        ("recorder", recorder.table(recorder.measure(args.recorder_runs))),
-        ("ingest", ingest.table(ingest.measure(args.ingest_runs))),
-    )
-    for section_name, section in sections:
-        print(section)
-        if args.readme:
-            write_section(args.readme, section_name, section)
-    return 0
 
 
 if __name__ == "__main__":
