@@ -106,6 +106,7 @@ class ClipWriter:
         self._envelope = EnvelopeWriter(_Tee(self._fd, self._signer), recipients)
         self._video_format = (width, height, frame_rate_hz)
         self._audio_format = (sample_rate_hz, channels)
+        self._audio_time_base = Fraction(1, sample_rate_hz)
         self._lock = threading.Lock()
         self._container: Any = None
         self._video: Any = None
@@ -215,10 +216,9 @@ class ClipWriter:
 
     def _write_audio(self, pcm: bytes, frames: int) -> None:
         assert self._audio_start_sample is not None
-        rate, _ = self._audio_format
         out = av.Packet(pcm)
         out.stream = self._audio
-        out.time_base = Fraction(1, rate)
+        out.time_base = self._audio_time_base
         out.pts = out.dts = self._audio_start_sample + self._audio_frames
         self._container.mux(out)
         self._audio_frames += frames

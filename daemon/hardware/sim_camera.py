@@ -40,9 +40,17 @@ class _FrameClock:
         return math.floor((time.monotonic_ns() - self.start_ns) * self.frame_rate_hz / 1e9)
 
     def wait(self, slot: int, stop: threading.Event) -> bool:
-        """Sleep until *slot* is due; False if *stop* was set first."""
+        """Sleep until *slot* is due; False if *stop* was set by then.
+
+        A plain sleep rather than ``stop.wait(delay)``: an Event's timed wait builds a Condition
+        wait and a fresh lock each time and costs about half as much CPU again per wake-up on
+        this VM (100 µs against 65 µs), 30 times a second. The price is that :meth:`stop`
+        returns up to one frame time (33 ms at 30 Hz) later.
+        """
         delay_s = (self.due_ns(slot) - time.monotonic_ns()) / 1e9
-        return not stop.wait(delay_s) if delay_s > 0 else not stop.is_set()
+        if delay_s > 0:
+            time.sleep(delay_s)
+        return not stop.is_set()
 
 
 class _Worker(abc.ABC):

@@ -56,11 +56,15 @@ def _load(path: Path, sample_rate_hz: int, channels: int) -> bytes:
 class SimulatedMicrophone:
     """A microphone that "hears" a file, delivered in real time in blocks of *block_s*, looping.
 
-    Like a sound card it runs on its own clock: block *k* is delivered when its last sample has
-    been "captured", and its pts is start + k × block duration, exactly. If the sink holds the
-    thread for longer than *buffer_s* (a sound card's buffer), the audio that would have been
-    overwritten is skipped — the file position and the pts jump ahead together — and counted
-    in :attr:`overruns`.
+    Like a sound card it runs on its own clock: block *k* is never delivered before its last
+    sample has been "captured", and its pts is start + k × block duration, exactly. Like a
+    card's interrupt, the thread wakes once every *period_s* and hands over every block
+    completed by then, one call each (and, at :meth:`stop`, those completed so far): a wake-up
+    costs more CPU than the blocks it delivers, so waking for each 20 ms block would make the
+    simulation, not the recorder, the cost being measured. If the sink holds the thread for
+    longer than *buffer_s* (a sound card's buffer), the audio that would have been overwritten
+    is skipped — the file position and the pts jump ahead together — and counted in
+    :attr:`overruns`.
 
     >>> mic = SimulatedMicrophone(Path("speech_48k_mono.wav"), sample_rate_hz=48_000)
     >>> mic.start(blocks.append); time.sleep(1.0); mic.stop()
@@ -73,6 +77,7 @@ class SimulatedMicrophone:
         sample_rate_hz: int = 48_000,
         channels: int = 1,
         block_s: float = 0.02,
+        period_s: float = 0.1,
         buffer_s: float = 0.5,
     ) -> None:
         self.sample_rate_hz = sample_rate_hz
@@ -87,7 +92,8 @@ class SimulatedMicrophone:
         except OSError as exc:
             raise HardwareError(f"microphone: cannot read {path}: {exc}") from exc
         self.frames_per_block = max(1, round(sample_rate_hz * block_s))
-        self.buffer_blocks = max(1, math.floor(buffer_s / block_s))
+        self.blocks_per_period = max(1, round(period_s / block_s))
+        self.buffer_blocks = max(self.blocks_per_period, math.floor(buffer_s / block_s))
         self._frame_bytes = 2 * channels
         self._total_frames = len(self.pcm) // self._frame_bytes
         self._thread: threading.Thread | None = None
@@ -131,32 +137,38 @@ class SimulatedMicrophone:
 
     def _block(self, first_frame: int) -> bytes:
         """Frames [first_frame, first_frame + frames_per_block) of the looping file."""
-        out = bytearray()
+        size = self._frame_bytes
         frame, wanted = first_frame % self._total_frames, self.frames_per_block
+        if frame + wanted <= self._total_frames:  # the usual case: one slice, one copy
+            return self.pcm[frame * size : (frame + wanted) * size]
+        out = bytearray()
         while wanted:
             take = min(wanted, self._total_frames - frame)
-            out += self.pcm[frame * self._frame_bytes : (frame + take) * self._frame_bytes]
+            out += self.pcm[frame * size : (frame + take) * size]
             frame, wanted = 0, wanted - take
         return bytes(out)
 
     def _run(self, sink: Callable[[AudioBlock], None]) -> None:
         start_ns = time.monotonic_ns()
-        n = self.frames_per_block
+        n, rate = self.frames_per_block, self.sample_rate_hz
         block = 0
-        while True:
-            ready_ns = start_ns + self._frames_ns((block + 1) * n)  # its last sample is in
+        stopping = False
+        while not stopping:
+            # Wake when the last block of this period is complete (rounded up, so it is).
+            ready_ns = start_ns - (-(block + self.blocks_per_period) * n * 1_000_000_000 // rate)
             delay_s = (ready_ns - time.monotonic_ns()) / 1e9
-            if self._stop.wait(delay_s) if delay_s > 0 else self._stop.is_set():
-                return
-            captured = (time.monotonic_ns() - start_ns) * self.sample_rate_hz // 1_000_000_000
-            newest = captured // n - 1  # the newest complete block
-            if newest - block >= self.buffer_blocks:  # the "card's buffer" has wrapped
+            stopping = self._stop.wait(delay_s) if delay_s > 0 else self._stop.is_set()
+            # Hand over what the "card" holds now: every block whose last sample is in.
+            captured = (time.monotonic_ns() - start_ns) * rate // 1_000_000_000
+            complete = captured // n
+            if complete - block > self.buffer_blocks:  # the "card's buffer" has wrapped
                 self._overruns += 1
-                block = newest - self.buffer_blocks + 1
+                block = complete - self.buffer_blocks
                 log.warning("microphone: overrun (simulated): the sink was too slow")
-            pts_ns = start_ns + self._frames_ns(block * n)
-            try:
-                sink(AudioBlock(self._block(block * n), n, pts_ns))
-            except Exception:  # the capture thread carries on, as a sound card would
-                log.exception("microphone: the audio sink failed")
-            block += 1
+            while block < complete:
+                pts_ns = start_ns + self._frames_ns(block * n)
+                try:
+                    sink(AudioBlock(self._block(block * n), n, pts_ns))
+                except Exception:  # the capture thread carries on, as a sound card would
+                    log.exception("microphone: the audio sink failed")
+                block += 1
