@@ -1,4 +1,4 @@
-"""The receiver's MQTT v5 link: unit messages in, signed receipts and arm commands out.
+"""The receiver's MQTT v5 link: unit messages in; signed receipts, arm commands and QC verdicts out.
 
 A thin layer over :class:`link.MqttLink` that speaks painav's types only; the link's errors come
 out as :class:`ReceiverLinkError`.
@@ -22,6 +22,7 @@ from protocol.messages import (
     ArmCommand,
     ClipAnnouncement,
     Event,
+    QcVerdict,
     Receipt,
     Status,
     Telemetry,
@@ -245,6 +246,22 @@ class ReceiverLink:
         where = topic(self._site, device_id, message.KIND)
         payload = message.to_payload()
         return self._link.publish(where, payload, qos=route.qos, retain=route.retained)
+
+    def publish_verdict(self, device_id: str, verdict: QcVerdict) -> Published:
+        """Send a quality-control *verdict* on one of *device_id*'s clips to that unit, on its
+        ``qc`` topic (QoS 1, not retained).
+
+        Never blocks on the network; the caller marks the verdict sent once the handle is
+        acknowledged, and keeps it pending otherwise (while disconnected the handle is failed at
+        once: nothing is queued for later). If the unit is offline, the broker queues the
+        verdict in the unit's persistent session. MessageError for a bad device id; TypeError
+        for anything but a :class:`QcVerdict`.
+        """
+        if not isinstance(verdict, QcVerdict):
+            raise TypeError(f"publish_verdict(): not a QcVerdict but a {type(verdict).__name__}")
+        route = ROUTES[Kind.QC]
+        where = topic(self._site, device_id, Kind.QC)
+        return self._link.publish(where, verdict.to_payload(), qos=route.qos, retain=route.retained)
 
     # --- paho's network thread ------------------------------------------------------------
 
