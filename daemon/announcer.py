@@ -1,16 +1,17 @@
-"""The unit's MQTT v5 link to the hospital broker: announcements out, arm commands and receipts in.
+"""The unit's MQTT v5 link to the hospital broker: announcements out; arm commands, receipts and
+QC verdicts in.
 
 A thin layer over :class:`link.MqttLink` that speaks painav's types only: messages go out as
-:mod:`protocol.messages` models and come back as parsed :class:`ArmCommand` and
-:class:`Receipt` objects; each publish is a :class:`Published` handle; the link's errors come
-out as :class:`AnnouncerError`.
+:mod:`protocol.messages` models and come back as parsed :class:`ArmCommand`, :class:`Receipt`
+and :class:`QcVerdict` objects; each publish is a :class:`Published` handle; the link's errors
+come out as :class:`AnnouncerError`.
 
 The session is persistent (``clean_start=False`` and an explicit session expiry), so the broker
-keeps the subscriptions and queues receipts while the unit is away. What the *unit* sends is
-never left in paho's memory: a publish while disconnected fails at once, and whatever is in
-flight when the connection drops is failed and dropped from paho's queue. The service's durable
-outbox replays it after ``on_connect``; QoS 1 delivers at least once anyway, so the receiver
-already takes repeats.
+keeps the subscriptions and queues receipts and verdicts while the unit is away. What the
+*unit* sends is never left in paho's memory: a publish while disconnected fails at once, and
+whatever is in flight when the connection drops is failed and dropped from paho's queue. The
+service's durable outbox replays it after ``on_connect``; QoS 1 delivers at least once anyway,
+so the receiver already takes repeats.
 
 All callbacks run on paho's network thread; they must be quick and must not block on the
 announcer (the service's only enqueue). An exception in one is logged, never raised into paho.
@@ -27,7 +28,7 @@ from typing import Final
 from link import LinkError, MqttLink, Published, Received, client_context, guarded
 from protocol.errors import MessageError
 from protocol.message_codec import MessageModel
-from protocol.messages import ArmCommand, Receipt, Status, parse_message
+from protocol.messages import ArmCommand, QcVerdict, Receipt, Status, parse_message
 from protocol.topics import ROUTES, Kind, topic
 
 __all__ = ["Announcer", "AnnouncerError", "Published"]
@@ -47,9 +48,10 @@ class Announcer:
 
     Calls *on_connect* after every (re)connect, once the broker has confirmed the subscriptions,
     so the caller replays its outbox; *on_arm* with each arm command on ``cmd/arm`` (None when
-    the retained command is cleared); *on_receipt* with each receipt; *on_bad_message* with the
-    topic and a one-line reason for anything else that arrives; *on_settled* whenever the broker
-    has acknowledged (or refused) a publish. The last will is the retained offline status.
+    the retained command is cleared); *on_receipt* with each receipt; *on_verdict* with each
+    quality-control verdict on ``qc``; *on_bad_message* with the topic and a one-line reason for
+    anything else that arrives; *on_settled* whenever the broker has acknowledged (or refused) a
+    publish. The last will is the retained offline status.
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class Announcer:
         on_connect: Callable[[], None],
         on_arm: Callable[[ArmCommand | None], None],
         on_receipt: Callable[[Receipt], None],
+        on_verdict: Callable[[QcVerdict], None],
         on_bad_message: Callable[[str, str], None],
         on_settled: Callable[[], None] | None = None,
     ) -> None:
@@ -77,6 +80,7 @@ class Announcer:
             raise AnnouncerError(str(exc)) from None
         self._site, self._device = site_id, device_id
         self._on_arm, self._on_receipt, self._on_bad_message = on_arm, on_receipt, on_bad_message
+        self._on_verdict = on_verdict
         try:
             self._link = MqttLink(
                 client_id=device_id,
@@ -88,7 +92,11 @@ class Announcer:
                 reconnect_max_s=reconnect_max_s,
                 # On every connect, even when the session was resumed: it makes the broker send
                 # the retained arm command again.
-                subscriptions=(self._topics[Kind.ARM], self._topics[Kind.RECEIPTS]),
+                subscriptions=(
+                    self._topics[Kind.ARM],
+                    self._topics[Kind.RECEIPTS],
+                    self._topics[Kind.QC],
+                ),
                 on_connect=on_connect,
                 on_message=self._dispatch,
                 will=(self._topics[Kind.STATUS], Status.last_will().to_payload()),
@@ -162,6 +170,8 @@ class Announcer:
             guarded(log, "on_arm", self._on_arm, parsed_message)
         elif isinstance(parsed_message, Receipt):
             guarded(log, "on_receipt", self._on_receipt, parsed_message)
+        elif isinstance(parsed_message, QcVerdict):
+            guarded(log, "on_verdict", self._on_verdict, parsed_message)
         else:
             self._bad(where, f"a {parsed.kind.value} message is not for the unit")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from protocol.messages import ArmCommand, Receipt
+from protocol.messages import ArmCommand, QcVerdict, Receipt
 
 from .outbox import OutboxEntry
 
@@ -25,6 +25,7 @@ __all__ = [
     "SealFailed",
     "Sealed",
     "UnitEvent",
+    "VerdictReceived",
 ]
 
 
@@ -77,6 +78,13 @@ class ReceiptReceived:
 
 
 @dataclass(frozen=True)
+class VerdictReceived:
+    """The hospital's quality-control verdict on one of this unit's clips arrived."""
+
+    verdict: QcVerdict
+
+
+@dataclass(frozen=True)
 class Connected:
     """The MQTT link (re)connected: replay what the hospital may not have."""
 
@@ -103,6 +111,7 @@ UnitEvent = (
     | CaptureFailed
     | ArmReceived
     | ReceiptReceived
+    | VerdictReceived
     | Connected
     | PublishSettled
     | BadMessage

@@ -26,6 +26,7 @@ from protocol.errors import ProtocolError
 from protocol.messages import (
     ArmCommand,
     Event,
+    QcVerdict,
     Receipt,
 )
 from protocol.minisign import PublicKey
@@ -44,6 +45,7 @@ from .events import (
     Sealed,
     SealFailed,
     UnitEvent,
+    VerdictReceived,
 )
 from .hardware.base import Light
 from .outbox import Outbox
@@ -102,6 +104,8 @@ class UnitSnapshot:
     readiness: Readiness
     press_to_first_frame_ms: float | None
     stop_to_announced_ms: float | None
+    last_verdict: QcVerdict | None = None  # the latest quality-control verdict received
+    record_again: bool = False  # the light asks the nurse to record the latest clip again
 
 
 @dataclass
@@ -127,6 +131,7 @@ class UnitLoop:
         self._capture: Capture | None = None
         self._last_error: str | None = None
         self._first_frame_ms: float | None = None
+        self._last_verdict: QcVerdict | None = None
         self.uplink = Uplink(
             device_id=self.settings.device_id,
             software_version=self.settings.software_version,
@@ -228,6 +233,8 @@ class UnitLoop:
                 self._status()
             case ReceiptReceived(receipt):
                 self._receipt(receipt)
+            case VerdictReceived(verdict):
+                self._verdict(verdict)
             case Connected():
                 self.uplink.replay(
                     recording=self._capture is not None,
@@ -262,6 +269,8 @@ class UnitLoop:
             readiness=self._readiness(),
             press_to_first_frame_ms=self._first_frame_ms,
             stop_to_announced_ms=self.uplink.stop_to_announced_ms,
+            last_verdict=self._last_verdict,
+            record_again=self.recorder.asking_to_record_again,
         )
 
     def _warn_if_presses_would_be_refused(self, readiness: Readiness) -> None:
@@ -371,6 +380,29 @@ class UnitLoop:
             extra=log_fields(clip_id=clip_id, state="deleted"),
         )
         self.uplink.report(Report("deleted", "receipted", clip_id))
+
+    def _verdict(self, verdict: QcVerdict) -> None:
+        # Kept for `device status` whatever clip it names; the recorder decides whether the
+        # light asks for that clip again (only the latest one, and only while it is recent).
+        self._last_verdict = verdict
+        actions = self.recorder.verdict(
+            verdict.clip_id,
+            verdict.verdict,
+            verdict.issued_at,
+            self.clock.monotonic(),
+            self.clock.now(),
+        )
+        self._execute(actions)
+        log.log(
+            logging.WARNING if verdict.verdict == "repeat" else logging.INFO,
+            "QC verdict on %s (%s pass): %s%s%s",
+            verdict.clip_id,
+            verdict.pass_,
+            verdict.verdict,
+            f" ({', '.join(verdict.reasons)})" if verdict.reasons else "",
+            "; the light asks to record again" if self.recorder.asking_to_record_again else "",
+            extra=log_fields(clip_id=verdict.clip_id, device_id=self.settings.device_id),
+        )
 
 
 def _assignment(command: ArmCommand | None) -> Assignment | None:

@@ -45,6 +45,7 @@ class Pattern(enum.Enum):
     REFUSED_CLOCK = "refused_clock"  # three blinks, pause: clock not synchronised
     REFUSED_HARDWARE = "refused_hardware"  # four blinks, pause: camera or microphone missing
     ERROR = "error"  # long on, short off: a clip failed, see the journal
+    RECORD_AGAIN = "record_again"  # bursts of quick flashes: QC asks to repeat the last clip
 
 
 class State(enum.StrEnum):
@@ -78,6 +79,9 @@ class RecorderSettings:
     max_seconds: float = 60.0
     require_clock_sync: bool = True
     refusal_display_s: float = 4.0  # how long a refusal pattern shows before the normal one
+    # How long "please record again" shows (from the verdict's issue) unless a press ends it;
+    # a verdict older than this when it arrives changes no light: the participant has gone.
+    record_again_display_s: float = 300.0
 
 
 # --- actions ---------------------------------------------------------------------------------
@@ -147,6 +151,8 @@ class Recorder:
     _recording: _Recording | None = None
     _sealing: str | None = None
     _refusal_until: float | None = field(default=None, repr=False)
+    _last_clip: str | None = field(default=None, repr=False)  # the latest clip sealed
+    _again_until: float | None = field(default=None, repr=False)
 
     @property
     def state(self) -> State:
@@ -163,7 +169,14 @@ class Recorder:
             return self._recording.clip_id
         return self._sealing
 
+    @property
+    def asking_to_record_again(self) -> bool:
+        """Whether the light asks the nurse to record the latest clip again."""
+        return self._again_until is not None
+
     def _resting(self) -> Show:
+        if self._again_until is not None:
+            return Show(Pattern.RECORD_AGAIN)
         return Show(Pattern.ARMED if self.assignment is not None else Pattern.IDLE)
 
     def _refuse(self, reason: str, pattern: Pattern, mono: float, detail: str) -> list[Action]:
@@ -182,6 +195,7 @@ class Recorder:
             return []
         if self._recording is not None:
             return self._stop("button")
+        self._again_until = None  # the nurse answered: whatever follows shows its own pattern
         actions: list[Action] = self._expire(wall)
         if not ready.camera_present or not ready.microphone_present:
             missing = [
@@ -207,6 +221,7 @@ class Recorder:
                 "clock_unsynchronised", Pattern.REFUSED_CLOCK, mono, "clock not synchronised"
             )
         self._refusal_until = None
+        self._last_clip = None  # a verdict on the clip before this one changes no light now
         clip_id = self.new_clip_id(wall)
         self._recording = _Recording(clip_id, mono)
         who = self.assignment
@@ -235,6 +250,10 @@ class Recorder:
             self._refusal_until = None
             if self.state in (State.IDLE, State.ARMED):
                 actions.append(self._resting())
+        if self._again_until is not None and mono >= self._again_until:
+            self._again_until = None
+            if self.state in (State.IDLE, State.ARMED) and self._refusal_until is None:
+                actions.append(self._resting())
         return actions
 
     def shutdown(self) -> list[Action]:
@@ -257,7 +276,34 @@ class Recorder:
         if self._sealing != clip_id:
             return []
         self._sealing = None
+        self._last_clip = clip_id
         return [self._resting()]
+
+    def verdict(
+        self, clip_id: str, verdict: str, issued_at: datetime, mono: float, wall: datetime
+    ) -> list[Action]:
+        """The hospital's quality-control verdict on a clip (``usable``, ``check`` or
+        ``repeat``). A ``repeat`` of the latest clip sealed, issued less than
+        ``record_again_display_s`` ago, shows :attr:`Pattern.RECORD_AGAIN` until the next press
+        or that time has passed; a later verdict on the same clip that is not ``repeat`` takes
+        the request back. Verdicts on older clips change nothing: the nurse is not asked to
+        repeat a clip that a newer one has followed."""
+        if clip_id != self._last_clip:
+            return []
+        if verdict != "repeat":
+            if self._again_until is None:
+                return []
+            self._again_until = None
+            quiet = self.state in (State.IDLE, State.ARMED) and self._refusal_until is None
+            return [self._resting()] if quiet else []
+        left_s = self.settings.record_again_display_s - (wall - issued_at).total_seconds()
+        if left_s <= 0:
+            return []
+        # Never longer than the display time, whatever the verdict's clock says.
+        self._again_until = mono + min(left_s, self.settings.record_again_display_s)
+        if self.state in (State.IDLE, State.ARMED) and self._refusal_until is None:
+            return [Show(Pattern.RECORD_AGAIN)]
+        return []
 
     def seal_failed(self, clip_id: str, detail: str) -> list[Action]:
         if self._sealing != clip_id:
@@ -274,6 +320,7 @@ class Recorder:
         self.assignment = assignment
         if before == assignment:
             return []
+        self._again_until = None  # the request was about the participant armed before
         actions: list[Action] = []
         if assignment is None:
             actions.append(Report("disarmed", "command"))
@@ -296,6 +343,7 @@ class Recorder:
         if self.assignment is None or wall < self.assignment.expires_at:
             return []
         self.assignment = None
+        self._again_until = None
         actions: list[Action] = [Report("disarmed", "expired")]
         if self.state == State.IDLE and self._refusal_until is None:
             actions.append(self._resting())

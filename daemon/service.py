@@ -37,6 +37,7 @@ from .events import (
     Pressed,
     PublishSettled,
     ReceiptReceived,
+    VerdictReceived,
 )
 from .hardware.base import Button, Camera, Light, Microphone
 from .loop import LoopSettings, UnitLoop
@@ -109,6 +110,7 @@ class Service:
             on_connect=lambda: self.loop.post(Connected()),
             on_arm=lambda command: self.loop.post(ArmReceived(command)),
             on_receipt=lambda receipt: self.loop.post(ReceiptReceived(receipt)),
+            on_verdict=lambda verdict: self.loop.post(VerdictReceived(verdict)),
             on_bad_message=lambda topic, error: self.loop.post(BadMessage(topic, error)),
             on_settled=lambda: self.loop.post(PublishSettled()),
         )
@@ -201,7 +203,7 @@ class Service:
             return {"ok": True}
         if command == "status":
             s = self.loop.snapshot
-            refusal = s.last_refusal
+            refusal, verdict = s.last_refusal, s.last_verdict
             return {
                 "ok": True,
                 "device_id": self.device_id,
@@ -221,6 +223,18 @@ class Service:
                 "microphone_present": s.readiness.microphone_present,
                 "press_to_first_frame_ms": s.press_to_first_frame_ms,
                 "stop_to_announced_ms": s.stop_to_announced_ms,
+                "last_verdict": (
+                    {
+                        "clip_id": verdict.clip_id,
+                        "verdict": verdict.verdict,
+                        "reasons": list(verdict.reasons),
+                        "pass": verdict.pass_,
+                        "issued_at": verdict.issued_at.isoformat(),
+                    }
+                    if verdict
+                    else None
+                ),
+                "record_again": s.record_again,
                 "pid": os.getpid(),
             }
         raise ValueError(f"unknown command {command!r}")

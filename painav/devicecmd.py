@@ -114,6 +114,7 @@ def status(args: argparse.Namespace) -> int:
         f"clock       {_clock(answer)}",
         f"last error  {answer['last_error'] or 'none'}",
         f"refused     {_refusal(answer['last_refusal'])}",
+        f"qc verdict  {_verdict(answer.get('last_verdict'), answer.get('record_again', False))}",
     ]
     if answer.get("press_to_first_frame_ms") is not None:
         lines.append(
@@ -130,6 +131,17 @@ def _clock(answer: dict[str, Any]) -> str:
     if answer["require_clock_sync"]:
         return "NOT SYNCHRONISED: every press is refused until NTP has set the clock"
     return "not synchronised (allowed by [recorder] require_clock_sync = false)"
+
+
+def _verdict(verdict: dict[str, Any] | None, record_again: bool) -> str:
+    if not verdict:
+        return "none yet"
+    reasons = f" ({', '.join(verdict['reasons'])})" if verdict["reasons"] else ""
+    text = f"{verdict['verdict'].upper()}{reasons} for clip {verdict['clip_id']}"
+    text += f", {verdict['pass']} check at {verdict['issued_at']}"
+    if record_again:
+        text += "; the light asks to record it again"
+    return text
 
 
 def _refusal(refusal: dict[str, str] | None) -> str:

@@ -52,4 +52,6 @@ PATTERNS: dict[Pattern, Blink] = {
     Pattern.REFUSED_CLOCK: Blink(on_s=0.2, off_s=0.3, count=3, pause_s=1.2),
     Pattern.REFUSED_HARDWARE: Blink(on_s=0.2, off_s=0.3, count=4, pause_s=1.2),
     Pattern.ERROR: Blink(on_s=1.5, off_s=0.3),
+    # Unlike the counted refusals (0.2 s flashes): a flurry too quick to count, then a pause.
+    Pattern.RECORD_AGAIN: Blink(on_s=0.1, off_s=0.1, count=6, pause_s=1.5),
 }

@@ -22,10 +22,12 @@ from typing import Any
 import pytest
 
 from daemon.announcer import Announcer, AnnouncerError
-from protocol.messages import ArmCommand, ClipAnnouncement, Receipt, Status, Telemetry
+from protocol.errors import MessageError
+from protocol.messages import ArmCommand, ClipAnnouncement, QcVerdict, Receipt, Status, Telemetry
 from protocol.topics import Kind, topic
 from provisioning.devices import add_device
 from provisioning.site import Site, init_site
+from server.mqtt import ReceiverLink
 from tests.protocol.message_examples import MINISIGN, examples, manifest
 from tests.support.mosquitto import (
     HOST,
@@ -47,6 +49,9 @@ ARM = ArmCommand(
 DISARM = ArmCommand(participant=None, issued_at=NOW)
 RECEIPT = examples()[Kind.RECEIPTS].model_copy(update={"device_id": UNIT, "clip_id": CLIP_ID})
 assert isinstance(RECEIPT, Receipt)
+VERDICT = QcVerdict(
+    clip_id=CLIP_ID, verdict="repeat", reasons=("no_face",), pass_="quick", issued_at=NOW
+)
 
 MakeClient = Callable[..., Client]
 
@@ -62,6 +67,7 @@ class Seen:
     connects: int = 0
     arms: list[ArmCommand | None] = field(default_factory=list)
     receipts: list[Receipt] = field(default_factory=list)
+    verdicts: list[QcVerdict] = field(default_factory=list)
     bad: list[tuple[str, str]] = field(default_factory=list)
     _changed: threading.Condition = field(default_factory=threading.Condition)
 
@@ -98,6 +104,7 @@ def make_announcer(site: Site, port: int, seen: Seen, **changes: Any) -> Announc
         "on_connect": lambda: seen.record("connect"),
         "on_arm": lambda command: seen.record("arms", command),
         "on_receipt": lambda receipt: seen.record("receipts", receipt),
+        "on_verdict": lambda verdict: seen.record("verdicts", verdict),
         "on_bad_message": lambda where, error: seen.record("bad", (where, error)),
     }
     options.update(changes)
@@ -365,6 +372,71 @@ def test_receipts_sent_while_the_unit_is_away_arrive_when_it_returns(
     assert receiver.publish(t(Kind.RECEIPTS), RECEIPT.to_payload()).value == 0
     _, seen = start_unit()
     seen.wait_for(lambda: seen.receipts == [RECEIPT], "the queued receipt")
+
+
+def test_a_qc_verdict_reaches_on_verdict_and_a_bad_one_the_bad_message_path(
+    start_unit: StartUnit, receiver: Client
+) -> None:
+    _, seen = start_unit()
+    bad = VERDICT.model_dump(mode="json", by_alias=True)
+    receiver.publish(t(Kind.QC), _json({**bad, "reasons": []}))  # repeat without a reason
+    receiver.publish(t(Kind.QC), RECEIPT.to_payload())  # another kind's payload on qc
+    receiver.publish(t(Kind.QC), VERDICT.to_payload())
+    seen.wait_for(lambda: seen.verdicts == [VERDICT], "the verdict")
+    assert [where for where, _ in seen.bad] == [t(Kind.QC), t(Kind.QC)]
+    assert "field 'reasons': at least one for check and repeat" in seen.bad[0][1]
+    assert "is not a qc message" in seen.bad[1][1]
+
+
+def test_verdicts_sent_while_the_unit_is_away_arrive_when_it_returns(
+    start_unit: StartUnit, receiver: Client
+) -> None:
+    first, _ = start_unit()
+    first.stop()
+    usable = VERDICT.model_copy(update={"verdict": "usable", "reasons": (), "pass_": "full"})
+    for verdict in (VERDICT, usable):
+        # Success, not 0x10 "no matching subscribers": the broker kept the unit's subscription.
+        assert receiver.publish(t(Kind.QC), verdict.to_payload()).value == 0
+    _, seen = start_unit()
+    seen.wait_for(lambda: seen.verdicts == [VERDICT, usable], "both queued verdicts, in order")
+
+
+def test_the_receiver_links_verdict_reaches_the_unit(broker: Broker, start_unit: StartUnit) -> None:
+    """The hospital's sending side (server.mqtt.ReceiverLink.publish_verdict) end to end."""
+    _, seen = start_unit()
+    site = broker.site
+    connected = threading.Event()
+    link = ReceiverLink(
+        site_id=SITE,
+        receiver_id=site.receiver_id,
+        host=HOST,
+        port=broker.port,
+        cert_file=site.paths.receiver_dir / "tls.crt",
+        key_file=site.paths.receiver_dir / "tls.key",
+        ca_file=site.paths.receiver_dir / "ca.pem",
+        keepalive_s=5,
+        session_expiry_s=60,
+        reconnect_max_s=1.0,
+        on_message=lambda incoming: None,
+        on_connect=connected.set,
+    )
+    with pytest.raises(MessageError):
+        link.publish_verdict("Cart 1", VERDICT)  # not a device id
+    assert link.publish_verdict(UNIT, VERDICT).failed  # not connected yet: nothing queued
+    link.start()
+    try:
+        assert connected.wait(WAIT_S)
+        handle = link.publish_verdict(UNIT, VERDICT)
+        assert handle.wait(WAIT_S) and handle.acknowledged
+        seen.wait_for(lambda: seen.verdicts == [VERDICT], "the receiver's verdict")
+        # A verdict for a unit that does not exist is still accepted by the broker (and
+        # delivered to nobody): acknowledgement means "the broker has it", not "the unit saw it".
+        assert link.publish_verdict("cart-99", VERDICT).wait(WAIT_S)
+        with pytest.raises(TypeError):
+            link.publish_verdict(UNIT, RECEIPT)  # type: ignore[arg-type]
+    finally:
+        link.stop()
+    assert seen.bad == []
 
 
 def test_unusable_tls_files_are_named(broker_site: Site, tmp_path: Path) -> None:

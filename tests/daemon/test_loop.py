@@ -10,12 +10,12 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
 from daemon.capture import Capturer
-from daemon.events import ArmReceived, Connected, Pressed, ReceiptReceived
+from daemon.events import ArmReceived, Connected, Pressed, ReceiptReceived, VerdictReceived
 from daemon.hardware.base import Pattern
 from daemon.hardware.sim_camera import SimulatedCamera
 from daemon.hardware.sim_controls import SimulatedLight
@@ -24,7 +24,7 @@ from daemon.loop import LoopSettings, UnitLoop
 from daemon.outbox import Outbox
 from daemon.recorder import Recorder, RecorderSettings
 from protocol.message_codec import MessageModel
-from protocol.messages import ArmCommand, ClipAnnouncement, Event, Status
+from protocol.messages import ArmCommand, ClipAnnouncement, Event, QcVerdict, Status
 from protocol.minisign import SigningKey
 from protocol.signing import sign_receipt
 from protocol.x25519 import X25519Identity
@@ -291,3 +291,69 @@ def test_arming_tags_the_next_clip(make_unit: Callable[..., Unit]) -> None:
     announcement = record(unit)
     assert announcement.manifest.participant == "PAIN-0042"
     assert announcement.manifest.visit == "v1"
+
+
+def verdict_on(
+    clip_id: str, verdict: Literal["usable", "check", "repeat"], at: datetime, *reasons: str
+) -> VerdictReceived:
+    return VerdictReceived(
+        QcVerdict(clip_id=clip_id, verdict=verdict, reasons=reasons, pass_="quick", issued_at=at)
+    )
+
+
+def test_a_repeat_verdict_on_the_last_clip_asks_to_record_again_until_the_next_press(
+    make_unit: Callable[..., Unit],
+) -> None:
+    unit = make_unit()
+    clip_id = record(unit).manifest.clip_id
+    unit.link.ack_all()
+    assert unit.light.pattern is Pattern.IDLE
+    sent_before = len(unit.link.sent)
+
+    unit.clock.mono += 25.0  # the quick pass answers within the 30 s target
+    unit.loop.post(verdict_on(clip_id, "repeat", unit.clock.now(), "no_face", "audio_clipping"))
+    unit.settle()
+    assert unit.light.pattern is Pattern.RECORD_AGAIN
+    snapshot = unit.loop.snapshot
+    assert snapshot.record_again and snapshot.state == "idle"
+    assert snapshot.last_verdict is not None
+    assert (snapshot.last_verdict.clip_id, snapshot.last_verdict.verdict) == (clip_id, "repeat")
+    assert snapshot.last_verdict.reasons == ("no_face", "audio_clipping")
+    # The Event model has no kind for "verdict shown": the unit publishes nothing about it.
+    assert len(unit.link.sent) == sent_before
+
+    unit.loop.post(Pressed())  # the nurse records again
+    unit.settle()
+    assert unit.light.pattern is Pattern.RECORDING and not unit.loop.snapshot.record_again
+    assert unit.loop.snapshot.last_verdict is not None  # still shown in device status
+
+
+def test_the_request_to_record_again_times_out(make_unit: Callable[..., Unit]) -> None:
+    unit = make_unit()
+    clip_id = record(unit).manifest.clip_id
+    unit.loop.post(verdict_on(clip_id, "repeat", unit.clock.now(), "too_dark"))
+    unit.settle()
+    assert unit.light.pattern is Pattern.RECORD_AGAIN
+    unit.clock.mono += 299.0
+    unit.settle(1)
+    assert unit.light.pattern is Pattern.RECORD_AGAIN
+    unit.clock.mono += 1.0
+    unit.settle(1)
+    assert unit.light.pattern is Pattern.IDLE and not unit.loop.snapshot.record_again
+
+
+def test_verdicts_that_leave_the_light_alone(make_unit: Callable[..., Unit]) -> None:
+    unit = make_unit()
+    clip_id = record(unit).manifest.clip_id
+    now = unit.clock.now()
+    for event in (
+        verdict_on(clip_id, "usable", now),
+        verdict_on(clip_id, "check", now, "low_speech"),
+        verdict_on("cart-01-20261127T090000Z-0000", "repeat", now, "no_face"),  # an older clip
+        verdict_on(clip_id, "repeat", now - timedelta(minutes=10), "no_face"),  # arrived late
+    ):
+        unit.loop.post(event)
+        unit.settle()
+        assert unit.light.pattern is Pattern.IDLE
+        assert unit.loop.snapshot.last_verdict == event.verdict
+    assert not unit.loop.snapshot.record_again

@@ -143,7 +143,88 @@ def test_shutdown_seals_what_is_recording() -> None:
     assert r.shutdown() == []
 
 
-EVENTS = st.sampled_from(["press", "long", "tick", "sealed", "fail", "arm", "disarm", "bad"])
+def sealed_clip(r: Recorder, mono: float = 0.0) -> str:
+    """Record and seal one clip; its id."""
+    start = r.press(mono, T0, READY)[0]
+    assert isinstance(start, Start)
+    r.press(mono + 5.0, T0, READY)
+    assert r.sealed(start.clip_id)[-1] in (Show(Pattern.IDLE), Show(Pattern.ARMED))
+    return start.clip_id
+
+
+def test_a_repeat_verdict_on_the_latest_clip_asks_to_record_again_until_a_press() -> None:
+    r = recorder()
+    clip_id = sealed_clip(r)
+    issued = T0 + timedelta(seconds=20)
+    assert r.verdict(clip_id, "repeat", issued, 30.0, issued) == [Show(Pattern.RECORD_AGAIN)]
+    assert r.asking_to_record_again and r.state == State.IDLE
+    assert r.tick(100.0, issued) == []  # still asking
+    actions = r.press(110.0, issued, READY)  # the nurse records again
+    assert kinds(actions) == [Start, Show] and actions[-1] == Show(Pattern.RECORDING)
+    assert not r.asking_to_record_again
+
+
+def test_the_request_ends_by_itself_after_the_display_time() -> None:
+    r = recorder(record_again_display_s=300.0)
+    clip_id = sealed_clip(r)
+    assert r.verdict(clip_id, "repeat", T0, 10.0, T0 + timedelta(seconds=60)) == [
+        Show(Pattern.RECORD_AGAIN)
+    ]
+    assert r.tick(249.0, T0) == []  # 300 s from the verdict's issue, 60 s of which had passed
+    assert r.tick(250.0, T0) == [Show(Pattern.IDLE)]
+    assert not r.asking_to_record_again
+
+
+def test_verdicts_that_change_no_light() -> None:
+    r = recorder()
+    first = sealed_clip(r)
+    second = sealed_clip(r, 20.0)
+    late = T0 + timedelta(seconds=301)
+    assert r.verdict(first, "repeat", T0, 30.0, T0) == []  # an older clip: a newer one followed
+    assert r.verdict(second, "repeat", T0, 30.0, late) == []  # too old: the participant has gone
+    assert r.verdict(second, "check", T0, 30.0, T0) == []
+    assert r.verdict(second, "usable", T0, 30.0, T0) == []
+    assert r.verdict("another", "repeat", T0, 30.0, T0) == []
+    assert not r.asking_to_record_again
+
+
+def test_a_later_verdict_on_the_same_clip_takes_the_request_back() -> None:
+    r = recorder()
+    clip_id = sealed_clip(r)
+    assert r.verdict(clip_id, "repeat", T0, 30.0, T0) == [Show(Pattern.RECORD_AGAIN)]
+    assert r.verdict(clip_id, "usable", T0, 40.0, T0) == [Show(Pattern.IDLE)]
+    assert not r.asking_to_record_again
+
+
+def test_no_request_while_recording_or_for_a_clip_before_a_new_recording() -> None:
+    r = recorder()
+    clip_id = sealed_clip(r)
+    r.press(30.0, T0, READY)  # recording the next clip
+    assert r.verdict(clip_id, "repeat", T0, 31.0, T0) == []
+    assert r.state == State.RECORDING and not r.asking_to_record_again
+
+
+def test_arming_for_another_participant_ends_the_request() -> None:
+    r = recorder()
+    clip_id = sealed_clip(r)
+    r.verdict(clip_id, "repeat", T0, 30.0, T0)
+    who = Assignment("PAIN-0002", None, T0 + timedelta(hours=1))
+    assert r.arm(who, T0)[-1] == Show(Pattern.ARMED)
+    assert not r.asking_to_record_again
+
+
+def test_a_refusal_shows_over_the_request_and_the_request_is_over() -> None:
+    r = recorder()
+    clip_id = sealed_clip(r)
+    r.verdict(clip_id, "repeat", T0, 30.0, T0)
+    actions = r.press(40.0, T0, Readiness("low_storage", True, True, True))
+    assert Show(Pattern.REFUSED_STORAGE) in actions
+    assert r.tick(45.0, T0) == [Show(Pattern.IDLE)]
+
+
+EVENTS = st.sampled_from(
+    ["press", "long", "tick", "sealed", "fail", "arm", "disarm", "bad", "repeat", "usable"]
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -155,6 +236,7 @@ def test_every_press_ends_in_a_clip_or_a_report(events: list[str]) -> None:
     r = recorder()
     mono, started, ended = 0.0, set(), set()
     sealing: str | None = None
+    last_sealed: str | None = None
     for event in events:
         mono += 7.0
         if event == "press":
@@ -176,8 +258,14 @@ def test_every_press_ends_in_a_clip_or_a_report(events: list[str]) -> None:
             actions = r.seal_failed(sealing, "x")
         elif event == "arm":
             actions = r.arm(Assignment("PAIN-0001", None, T0 + timedelta(hours=1)), T0)
+        elif event in ("repeat", "usable"):
+            actions = r.verdict(last_sealed or "none", event, T0, mono, T0)
         else:
             actions = r.arm(None, T0)
+        shown = [a.pattern for a in actions if isinstance(a, Show)]
+        if r.state in (State.RECORDING, State.SEALING):
+            # A verdict never hides that a recording is running or being finished.
+            assert Pattern.RECORD_AGAIN not in shown
         for a in actions:
             if isinstance(a, Start):
                 started.add(a.clip_id)
@@ -187,6 +275,7 @@ def test_every_press_ends_in_a_clip_or_a_report(events: list[str]) -> None:
                 ended.add(a.clip_id)
         if event in ("sealed", "fail") and sealing and r.state != State.SEALING:
             ended.add(sealing)
+            last_sealed = sealing if event == "sealed" else last_sealed
             sealing = None
     if sealing:
         ended.add(sealing)  # its seal result is still to come
