@@ -136,6 +136,7 @@ class Service:
                 RecorderSettings(
                     max_seconds=cfg.recorder.max_seconds,
                     require_clock_sync=cfg.recorder.require_clock_sync,
+                    record_again_display_s=cfg.recorder.record_again_s,
                 ),
                 new_clip_id=lambda wall: new_clip_id(self.device_id, wall),
             ),

@@ -87,6 +87,9 @@ class RecorderSection(_Section):
     clock_sync_file: Path = Path("/run/systemd/timesync/synchronized")
     # Expected clip size at the configured bitrates, for the free-space check at a press.
     reserve_bytes: int = Field(default=80 << 20, ge=0)
+    # How long after the hospital issued it a "record again" verdict may still light the unit:
+    # later, the participant has probably gone.
+    record_again_s: float = Field(default=300.0, ge=0, le=3600)
 
 
 class CameraSection(_Section):
