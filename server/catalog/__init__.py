@@ -1,5 +1,6 @@
-"""The catalog: clips through their lifecycle, units, and the fetch queue, in SQL (SQLite or
-PostgreSQL), with every change written to the audit log (:mod:`server.audit`)."""
+"""The catalog: clips through their lifecycle, units, the fetch and extraction queues, and what
+extraction found (features with provenance, quality checks, verdicts for the units), in SQL
+(SQLite or PostgreSQL), with every change written to the audit log (:mod:`server.audit`)."""
 
 from .catalog import Catalog
 from .errors import (
@@ -7,11 +8,22 @@ from .errors import (
     CatalogError,
     CatalogUnavailableError,
     ClipNotFoundError,
+    ClipStateError,
     IllegalTransitionError,
     LeaseLostError,
+    ResultConflictError,
 )
 from .lifecycle import TRANSITIONS, ClipState
 from .records import ClipRecord, UnitEventRecord, UnitRecord
+from .results import (
+    FeatureRecord,
+    FrameFile,
+    Provenance,
+    QcPass,
+    QcRecord,
+    Verdict,
+    VerdictRecord,
+)
 
 __all__ = [
     "TRANSITIONS",
@@ -22,8 +34,17 @@ __all__ = [
     "ClipNotFoundError",
     "ClipRecord",
     "ClipState",
+    "ClipStateError",
+    "FeatureRecord",
+    "FrameFile",
     "IllegalTransitionError",
     "LeaseLostError",
+    "Provenance",
+    "QcPass",
+    "QcRecord",
+    "ResultConflictError",
     "UnitEventRecord",
     "UnitRecord",
+    "Verdict",
+    "VerdictRecord",
 ]

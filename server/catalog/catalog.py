@@ -10,7 +10,6 @@ not at all. Times are timezone-aware (naive ones are refused) and kept in UTC.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -34,44 +33,36 @@ from protocol.messages import ClipAnnouncement, Event, Status, Telemetry
 from ..audit import AuditLog
 from ..database import READ_ONLY, make_engine
 from . import fetch_queue, units
+from .clip_rows import REASON_RE, bounded, check_lease, code, locked, move, one_line, utc
 from .engine import run_migrations
 from .errors import (
     CatalogDatabaseError,
     CatalogError,
     CatalogUnavailableError,
     ClipNotFoundError,
-    LeaseLostError,
 )
-from .lifecycle import ACTIVE_STATES, ClipState, check_transition
+from .extraction import ExtractionMixin
+from .findings import FindingsMixin
+from .lifecycle import ACTIVE_STATES, ClipState
 from .models import Clip, Unit, UnitEvent
 from .records import ClipRecord, UnitEventRecord, UnitRecord
 
-__all__ = ["Catalog", "utc"]
-
-REASON_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
-"""Quarantine reasons are codes, like the protocol's reason codes: never free text."""
-
-MAX_ERROR_CHARS: Final = 500
+__all__ = ["REASON_RE", "Catalog", "utc"]
 
 CLAIM_CANDIDATES: Final = 32
 """How many clips a claim tries before it gives up, when other receivers hold the first."""
-
-
-def utc(value: datetime, name: str) -> datetime:
-    """*value* in UTC; ValueError naming *name* if it is naive."""
-    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"{name} must be a timezone-aware datetime")
-    return value.astimezone(UTC)
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class Catalog:
+class Catalog(ExtractionMixin, FindingsMixin):
     """The catalog database: ``sqlite:///path/catalog.db`` or ``postgresql+psycopg://…``.
 
-    Opening it migrates the schema to the newest revision. *actor* names this receiver in the
+    Opening it migrates the schema to the newest revision. The extraction worker's methods
+    are in :mod:`.extraction` (claims, failures, leases, decrypt audit) and :mod:`.findings`
+    (features, quality checks, the verdict outbox). *actor* names this receiver in the
     audit log; *clock* gives the time of changes whose caller gives none (and of audit rows).
     """
 
@@ -83,7 +74,7 @@ class Catalog:
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         self._clock = clock
-        self._actor = _bounded(actor, "actor", 64)
+        self._actor = bounded(actor, "actor", 64)
         try:
             self._engine = make_engine(url)
         except ArgumentError as exc:
@@ -147,7 +138,7 @@ class Catalog:
                     s, "ingest", clip_id=clip.clip_id, actor=self._actor, detail=detail
                 )
                 return ClipRecord.of(clip), True
-            clip = self._locked(s, m.clip_id)
+            clip = locked(s, m.clip_id)
             clip.announce_count += 1
             clip.last_announced_at = max(clip.last_announced_at, at)
             reason = _conflict(clip, ann)
@@ -178,7 +169,7 @@ class Catalog:
         :meth:`mark_stored` (passing ``worker`` so a report on a lost lease is refused).
         """
         now = utc(now, "now")
-        _bounded(worker, "worker", 64)
+        bounded(worker, "worker", 64)
         if not lease_s > 0:
             raise ValueError("lease_s must be positive")
         with self._session(write=True) as s:
@@ -189,7 +180,7 @@ class Catalog:
             else:
                 return None
             previous = clip.lease_owner if clip.state is ClipState.FETCHING else None
-            self._move(s, clip, ClipState.FETCHING, at=now)
+            move(clip, ClipState.FETCHING, at=now)
             if previous is not None:
                 clip.attempts += 1
                 clip.last_error = f"lease of {previous} expired"
@@ -204,11 +195,11 @@ class Catalog:
     ) -> ClipRecord:
         """Put a clip that could not be fetched back in the queue, due again at *retry_at*."""
         retry_at = utc(retry_at, "retry_at")
-        error = " ".join(error.split())[:MAX_ERROR_CHARS]  # one line, bounded
+        error = one_line(error)
         with self._session(write=True) as s:
-            clip = self._locked(s, clip_id)
-            _check_lease(clip, worker)
-            self._move(s, clip, ClipState.ANNOUNCED, at=self._clock())
+            clip = locked(s, clip_id)
+            check_lease(clip, worker, ClipState.FETCHING)
+            move(clip, ClipState.ANNOUNCED, at=self._clock())
             clip.attempts += 1
             clip.last_error = error
             clip.next_attempt_at = retry_at
@@ -227,11 +218,11 @@ class Catalog:
     ) -> ClipRecord:
         """Record that the verified ciphertext is in the store under *store_key*."""
         stored_at = utc(stored_at, "stored_at")
-        _bounded(store_key, "store_key", 256)
+        bounded(store_key, "store_key", 256)
         with self._session(write=True) as s:
-            clip = self._locked(s, clip_id)
-            _check_lease(clip, worker)
-            self._move(s, clip, ClipState.STORED, at=stored_at)
+            clip = locked(s, clip_id)
+            check_lease(clip, worker, ClipState.FETCHING)
+            move(clip, ClipState.STORED, at=stored_at)
             clip.store_key = store_key
             clip.stored_at = stored_at
             detail = {"store_key": store_key, "sha256": clip.sha256, "size_bytes": clip.size_bytes}
@@ -245,7 +236,7 @@ class Catalog:
         *worker_prefix* (a receiver's own, at its start: they died with its last run, and
         need not wait for their leases to expire). Returns the clip ids."""
         now = utc(now, "now")
-        _bounded(worker_prefix, "worker_prefix", 64)
+        bounded(worker_prefix, "worker_prefix", 64)
         held = (
             select(Clip)
             .where(
@@ -258,7 +249,7 @@ class Catalog:
             released = []
             for clip in s.scalars(held):
                 owner = clip.lease_owner
-                self._move(s, clip, ClipState.ANNOUNCED, at=now)
+                move(clip, ClipState.ANNOUNCED, at=now)
                 clip.attempts += 1
                 clip.last_error = f"{owner} stopped while fetching"
                 clip.next_attempt_at = now
@@ -283,7 +274,7 @@ class Catalog:
         """Set a clip aside for a person to look at; *reason* is a code like ``bad_signature``."""
         when = self._clock() if at is None else utc(at, "at")
         with self._session(write=True) as s:
-            clip = self._locked(s, clip_id)
+            clip = locked(s, clip_id)
             self._quarantine(s, clip, reason, at=when, detail={"reason": reason})
             return ClipRecord.of(clip)
 
@@ -291,9 +282,10 @@ class Catalog:
         """Record that the signed receipt for a stored clip was sent to its unit."""
         when = utc(at, "at")
         with self._session(write=True) as s:
-            clip = self._locked(s, clip_id)
-            self._move(s, clip, ClipState.RECEIPTED, at=when)
+            clip = locked(s, clip_id)
+            move(clip, ClipState.RECEIPTED, at=when)
             clip.receipted_at = when
+            clip.next_attempt_at = when  # due for extraction from now
             detail = {"sha256": clip.sha256, "device_id": clip.device_id}
             self.audit.append(s, "receipt", clip_id=clip_id, actor=self._actor, detail=detail)
             return ClipRecord.of(clip)
@@ -331,29 +323,12 @@ class Catalog:
             row = s.scalars(query).one_or_none()
             return None if row is None else ClipRecord.of(row)
 
-    def _locked(self, s: Session, clip_id: str) -> Clip:
-        clip = s.execute(
-            select(Clip).where(Clip.clip_id == clip_id).with_for_update()
-        ).scalar_one_or_none()
-        if clip is None:
-            raise ClipNotFoundError(clip_id)
-        return clip
-
-    def _move(self, s: Session, clip: Clip, target: ClipState, *, at: datetime) -> None:
-        check_transition(clip.clip_id, clip.state, target)
-        clip.state = target
-        clip.state_changed_at = at
-        if target is not ClipState.FETCHING:
-            clip.lease_owner = None
-            clip.lease_expires_at = None
-
     def _quarantine(
         self, s: Session, clip: Clip, reason: str, *, at: datetime, detail: dict[str, Any]
     ) -> None:
-        if not REASON_RE.fullmatch(reason):
-            raise ValueError("reason must be a code: a-z first, then up to 63 of a-z, 0-9, '_'")
+        code(reason, "reason")
         previous = clip.state.value
-        self._move(s, clip, ClipState.QUARANTINED, at=at)
+        move(clip, ClipState.QUARANTINED, at=at)
         clip.quarantine_reason = reason
         detail = {**detail, "from_state": previous}
         self.audit.append(s, "quarantine", clip_id=clip.clip_id, actor=self._actor, detail=detail)
@@ -427,19 +402,6 @@ def _conflict(clip: Clip, ann: ClipAnnouncement) -> str | None:
     if ann.manifest.sha256 != clip.sha256 or ann.manifest.size_bytes != clip.size_bytes:
         return "reannounced_with_different_hash"
     return None
-
-
-def _bounded(value: str, name: str, limit: int) -> str:
-    # Checked here because SQLite would store an over-long value that PostgreSQL refuses.
-    if not 0 < len(value) <= limit:
-        raise ValueError(f"{name} must be 1 to {limit} characters")
-    return value
-
-
-def _check_lease(clip: Clip, worker: str | None) -> None:
-    # Without a worker the caller vouches for itself (a tool, or a single receiver).
-    if worker is not None and (clip.state is not ClipState.FETCHING or clip.lease_owner != worker):
-        raise LeaseLostError(clip.clip_id, worker, clip.lease_owner)
 
 
 def unavailable(exc: SQLAlchemyError) -> bool:

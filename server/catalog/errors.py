@@ -7,8 +7,10 @@ __all__ = [
     "CatalogError",
     "CatalogUnavailableError",
     "ClipNotFoundError",
+    "ClipStateError",
     "IllegalTransitionError",
     "LeaseLostError",
+    "ResultConflictError",
 ]
 
 
@@ -34,12 +36,28 @@ class IllegalTransitionError(CatalogError, ValueError):
         self.target = target
 
 
+class ClipStateError(CatalogError, ValueError):
+    """A clip is not in a state that allows what was asked (e.g. a quick quality check of a
+    clip whose ciphertext is not stored)."""
+
+    def __init__(self, clip_id: str, state: str, what: str) -> None:
+        super().__init__(f"clip {clip_id!r} is {state}: {what}")
+        self.clip_id = clip_id
+        self.state = state
+
+
+class ResultConflictError(CatalogError, ValueError):
+    """A result was recorded again under the same key with a different provenance: the
+    configuration hash does not cover everything that changes the values."""
+
+
 class LeaseLostError(CatalogError):
-    """A worker reported on a fetch whose lease another worker has since taken over."""
+    """A worker reported on a fetch or an extraction whose lease it no longer holds (another
+    worker has taken it over, or the clip has moved on)."""
 
     def __init__(self, clip_id: str, worker: str, owner: str | None) -> None:
         holder = f"now held by {owner!r}" if owner else "no longer held"
-        super().__init__(f"clip {clip_id!r}: the fetch lease of {worker!r} is {holder}")
+        super().__init__(f"clip {clip_id!r}: the lease of {worker!r} is {holder}")
         self.clip_id = clip_id
         self.worker = worker
         self.owner = owner

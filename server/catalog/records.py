@@ -40,6 +40,9 @@ class ClipRecord:
     store_key: str | None
     stored_at: datetime | None
     receipted_at: datetime | None
+    extract_attempts: int
+    extraction_error: str | None
+    extracted_at: datetime | None
 
     @property
     def site_id(self) -> str:
@@ -73,6 +76,9 @@ class ClipRecord:
             store_key=row.store_key,
             stored_at=row.stored_at,
             receipted_at=row.receipted_at,
+            extract_attempts=row.extract_attempts,
+            extraction_error=row.extraction_error,
+            extracted_at=row.extracted_at,
         )
 
 
