@@ -47,31 +47,34 @@ CLAIM_CANDIDATES: Final = 32
 _S = ClipState
 
 
-def waiting(now: datetime) -> ColumnElement[bool]:
-    """The condition that a clip is waiting to be extracted at *now*."""
+def waiting(now: datetime, *, due_only: bool = True) -> ColumnElement[bool]:
+    """The condition that a clip is waiting to be extracted at *now* (or, not *due_only*, is
+    receipted at all: a person asked for it)."""
+    receipted = Clip.state == _S.RECEIPTED
     return or_(
-        and_(Clip.state == _S.RECEIPTED, Clip.next_attempt_at <= now),
+        and_(receipted, Clip.next_attempt_at <= now) if due_only else receipted,
         and_(Clip.state == _S.EXTRACTING, Clip.lease_expires_at <= now),
     )
 
 
 def candidates(now: datetime, *, limit: int, clip_id: str | None = None) -> Select[str]:
     """The ids of the first *limit* clips to extract at *now*, in order (reads, locks nothing);
-    with *clip_id*, that clip if it is waiting."""
-    query = select(Clip.clip_id).where(waiting(now))
-    if clip_id is not None:
-        query = query.where(Clip.clip_id == clip_id)
+    with *clip_id*, that clip if it is receipted (due or not) or its lease expired."""
+    query = select(Clip.clip_id)
+    if clip_id is None:
+        query = query.where(waiting(now))
+    else:
+        query = query.where(waiting(now, due_only=False), Clip.clip_id == clip_id)
     # A clip under an expired lease is a retry too: its worker's attempt is lost.
     tries = Clip.extract_attempts + case((Clip.state == _S.EXTRACTING, 1), else_=0)
     order = (tries, Clip.stored_at.desc(), Clip.clip_id)
     return query.order_by(*order).limit(limit)
 
 
-def lock_if_waiting(clip_id: str, now: datetime) -> Select[Clip]:
+def lock_if_waiting(clip_id: str, now: datetime, *, due_only: bool = True) -> Select[Clip]:
     """Lock and return clip *clip_id* if it is still waiting at *now* and nobody holds it."""
-    return (
-        select(Clip).where(Clip.clip_id == clip_id, waiting(now)).with_for_update(skip_locked=True)
-    )
+    still = waiting(now, due_only=due_only)
+    return select(Clip).where(Clip.clip_id == clip_id, still).with_for_update(skip_locked=True)
 
 
 def _positive(value: float, name: str) -> None:
@@ -103,7 +106,9 @@ class ExtractionMixin:
 
         A clip whose lease expired is taken over and the lost attempt counted; a clip whose
         attempts reach *max_attempts* so is marked ``failed`` and passed over. With *clip_id*
-        (``painav extract clip``), only that clip, if it is waiting. The holder renews the
+        (``painav extract clip``), only that clip: receipted, even if a retry is not yet due,
+        or under an expired lease (an ``extracted`` or ``failed`` one is first requeued with
+        :meth:`requeue_extraction`). The holder renews the
         lease with :meth:`renew_extraction_lease` and reports with :meth:`mark_extracted` or
         :meth:`extraction_failed`; a report on a lost lease raises :class:`LeaseLostError`.
         """
@@ -114,7 +119,8 @@ class ExtractionMixin:
         with self._session(write=True) as s:
             ids = s.scalars(candidates(now, limit=CLAIM_CANDIDATES, clip_id=clip_id)).all()
             for candidate in ids:
-                clip = s.scalars(lock_if_waiting(candidate, now)).one_or_none()
+                lock = lock_if_waiting(candidate, now, due_only=clip_id is None)
+                clip = s.scalars(lock).one_or_none()
                 if clip is None:
                     continue
                 previous = clip.lease_owner if clip.state is _S.EXTRACTING else None

@@ -159,6 +159,34 @@ def test_only_receipted_clips_that_are_due_are_claimed_first_tries_and_newest_fi
     assert catalog.clip("announced").state is ClipState.ANNOUNCED
 
 
+def test_one_clip_is_claimed_by_name_even_before_its_retry_is_due(
+    catalog: Catalog, announce: Announce
+) -> None:
+    receipted(catalog, announce, "clip-1")
+    receipted(catalog, announce, "clip-2", at=1)
+    assert claim(catalog) == "clip-2"
+    now = T0 + timedelta(seconds=100)
+    catalog.extraction_failed(
+        "clip-2",
+        worker="x1",
+        reason="x",
+        now=now,
+        retry_at=now + timedelta(hours=1),
+        max_attempts=MAX,
+    )
+
+    def by_name(clip_id: str) -> str | None:
+        clip = catalog.claim_for_extraction(
+            worker="manager", now=now, lease_s=LEASE_S, max_attempts=MAX, clip_id=clip_id
+        )
+        return None if clip is None else clip.clip_id
+
+    assert by_name("clip-2") == "clip-2"  # `painav extract clip clip-2`: now, not in an hour
+    assert by_name("clip-2") is None  # held
+    assert by_name("nope") is None
+    assert claim(catalog) == "clip-1"
+
+
 def test_an_expired_extraction_lease_is_taken_over(catalog: Catalog, announce: Announce) -> None:
     receipted(catalog, announce, "clip-1")
     assert claim(catalog, "x1", at=100, lease_s=30) == "clip-1"
