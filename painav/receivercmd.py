@@ -75,24 +75,30 @@ def clips(args: argparse.Namespace) -> int:
     try:
         state = ClipState(args.state) if args.state else None
         rows = catalog.clips(state=state)
+        verdicts = catalog.last_verdicts(c.clip_id for c in rows)
     finally:
         catalog.close()
     if args.json:
-        print(json.dumps([_clip_json(c) for c in rows], indent=2))
+        print(json.dumps([_clip_json(c, verdicts.get(c.clip_id)) for c in rows], indent=2))
         return 0
-    print(f"{'clip':<34} {'unit':<12} {'state':<12} {'seconds':>7} {'bytes':>10}  reason")
+    print(f"{'clip':<34} {'unit':<12} {'state':<12} {'seconds':>7} {'bytes':>10}  {'qc':<7} reason")
     for c in rows:
+        qc = verdicts.get(c.clip_id)
         print(
             f"{c.clip_id:<34} {c.device_id:<12} {c.state.value:<12} "
-            f"{c.manifest.duration_s:>7.1f} {c.size_bytes:>10}  {c.quarantine_reason or ''}"
+            f"{c.manifest.duration_s:>7.1f} {c.size_bytes:>10}  "
+            f"{qc.verdict.value if qc else '-':<7} "
+            f"{c.quarantine_reason or c.extraction_error or ''}"
         )
     return 0
 
 
-def _clip_json(c: object) -> dict[str, object]:
+def _clip_json(c: object, qc: object = None) -> dict[str, object]:
+    from server.catalog import QcRecord
     from server.catalog.records import ClipRecord
 
     assert isinstance(c, ClipRecord)
+    assert qc is None or isinstance(qc, QcRecord)
     return {
         "clip_id": c.clip_id,
         "device_id": c.device_id,
@@ -106,6 +112,17 @@ def _clip_json(c: object) -> dict[str, object]:
         "receipted_at": c.receipted_at.isoformat() if c.receipted_at else None,
         "quarantine_reason": c.quarantine_reason,
         "attempts": c.attempts,
+        "extract_attempts": c.extract_attempts,
+        "extraction_error": c.extraction_error,
+        "extracted_at": c.extracted_at.isoformat() if c.extracted_at else None,
+        "qc": None
+        if qc is None
+        else {
+            "pass": qc.qc_pass.value,
+            "verdict": qc.verdict.value,
+            "reasons": list(qc.reasons),
+            "at": qc.created_at.isoformat(),
+        },
     }
 
 
