@@ -383,9 +383,12 @@ def test_concurrent_claimers_never_share_a_clip(db_url: str, announce: Announce)
         claimed: dict[str, list[str]] = {}
         errors: list[BaseException] = []
 
+        start = threading.Barrier(4)  # all claim from the first clip on, none runs ahead
+
         def work(catalog: Catalog, worker: str) -> None:
             mine = claimed.setdefault(worker, [])
             try:
+                start.wait(timeout=30)
                 while True:
                     clip = catalog.claim_next(worker=worker, now=now, lease_s=LONG_LEASE_S)
                     if clip is None:
