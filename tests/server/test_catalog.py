@@ -412,7 +412,10 @@ def test_concurrent_claimers_never_share_a_clip(db_url: str, announce: Announce)
         assert errors == []
         every = [clip_id for clips in claimed.values() for clip_id in clips]
         assert len(every) == len(set(every)) == total
-        assert all(len(clips) > 0 for clips in claimed.values())
+        # The work is shared. On SQLite, whose writers take turns at one lock, a thread can lose
+        # every turn to the others on a loaded machine; on PostgreSQL every worker gets clips.
+        busy = [worker for worker, clips in claimed.items() if clips]
+        assert len(busy) == 4 if db_url.startswith("postgresql") else len(busy) >= 2, claimed
         # The catalog agrees on who holds each clip.
         holders = {c.clip_id: c.lease_owner for c in catalogs[1].clips(limit=total + 1)}
         assert holders == {clip_id: w for w, clips in claimed.items() for clip_id in clips}
