@@ -11,7 +11,8 @@ again after that gets its receipt again: the unit may have missed it. Every
 thread lists the online units' outboxes (:mod:`server.reconcile`), so a clip whose announcement
 was lost is pulled all the same. After a connection is the likely time: Mosquitto (2.0) does not
 restore shared subscriptions when it restarts, so what units announce between its restart and
-the receiver's return reaches no one.
+the receiver's return reaches no one. Quality verdicts the extraction worker recorded go back
+to their units from here, every tick, on a thread of their own (:mod:`server.verdicts`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from protocol.messages import ClipAnnouncement, Event, Status, Telemetry
@@ -35,6 +36,7 @@ from .mqtt import Incoming, ReceiverLink, Redeliver
 from .puller import Puller, PullSettings
 from .reconcile import reconcile_once
 from .store import LocalStore
+from .verdicts import send_verdicts
 
 __all__ = ["ReceiverService"]
 
@@ -72,6 +74,8 @@ class ReceiverService:
         )
         self._connects = 0  # connections to the broker so far; each is followed by a pass
         self._receipts = ThreadPoolExecutor(1, thread_name_prefix="receipts")
+        self._verdicts = ThreadPoolExecutor(1, thread_name_prefix="verdicts")
+        self._sending: Future[int] | None = None
         self.fetcher = FetchClient(
             cert_file=tls.cert, key_file=tls.key, ca_file=tls.ca, timeout_s=config.pull.timeout_s
         )
@@ -109,6 +113,7 @@ class ReceiverService:
                     next_audit = now + _AUDIT_HEAD_S
                     # The audit chain's head in the journal: a rewrite of the whole table shows.
                     log.info("audit head: %s", self.catalog.audit.head())
+                self._send_verdicts()
                 if now >= next_reconcile:
                     self.reconcile()
                     # Counted from the end of a pass, so a slow pass never runs back to back.
@@ -116,8 +121,20 @@ class ReceiverService:
         finally:
             self.puller.stop()
             self._receipts.shutdown(wait=True)
+            self._verdicts.shutdown(wait=True)
             self.link.stop()
             self.catalog.close()
+
+    def _send_verdicts(self) -> None:
+        """Start a round of sending verdicts, unless one is still waiting for acknowledgements."""
+        if not self.link.connected or (self._sending is not None and not self._sending.done()):
+            return
+        self._sending = self._verdicts.submit(
+            send_verdicts,
+            self.catalog,
+            self.link.publish_verdict,
+            site_id=self.config.site.site_id,
+        )
 
     def reconcile(self) -> None:
         """One reconciliation pass (in the caller's thread); never raises."""
