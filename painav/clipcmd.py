@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from protocol.envelope import EnvelopeReader
 from protocol.errors import KeyFormatError
@@ -66,7 +67,34 @@ def verify(args: argparse.Namespace) -> int:
     return 0
 
 
+# Matroska files (and so the unit's clips) begin with the EBML magic number.
+_EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+
+
+class _Hashed:
+    """The decrypted stream, read once from the front: the bytes already peeked at, then the
+    rest, all of it hashed on the way through."""
+
+    def __init__(self, head: bytes, reader: EnvelopeReader) -> None:
+        self._head = head
+        self._reader = reader
+        self.digest = hashlib.sha256(head)
+
+    def read(self, size: int = -1) -> bytes:
+        if self._head and size >= 0:
+            data, self._head = self._head[:size], self._head[size:]
+            return data
+        head, self._head = self._head, b""
+        data = self._reader.read(size)
+        self.digest.update(data)
+        return head + data
+
+
 def decrypt(args: argparse.Namespace) -> int:
+    """Decrypt a clip. To a file: the media remuxed (packets copied, nothing re-encoded) so
+    that players show its length and can seek, which the live-written clip does not allow; a
+    plaintext that is not Matroska is written as decrypted. To stdout (``-o -``): the
+    plaintext exactly as decrypted."""
     if args.pubkey or args.registry:
         _check_signature(args, None, None)
     identities = _load_identities(args.identity)
@@ -75,33 +103,55 @@ def decrypt(args: argparse.Namespace) -> int:
     if not to_stdout and out_path.exists() and not args.force:
         print(f"painav: error: {out_path} exists (use --force to overwrite)", file=sys.stderr)
         return 1
-    digest = hashlib.sha256()
     with args.file.open("rb") as src, EnvelopeReader(src, identities) as reader:
         if to_stdout:
             # stdout cannot be taken back: a later chunk failing still ends with an error.
             for chunk in reader:
                 sys.stdout.buffer.write(chunk)
-                digest.update(chunk)
             sys.stdout.buffer.flush()
             return 0
+        head = reader.read(len(_EBML_MAGIC))
+        stream = _Hashed(head, reader)
         # Written beside the target and renamed only once every chunk authenticated, so a
         # bad clip never leaves a plausible-looking partial file.
         fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent or ".")
         try:
             with os.fdopen(fd, "wb") as out:
-                for chunk in reader:
-                    out.write(chunk)
-                    digest.update(chunk)
+                if head == _EBML_MAGIC:
+                    note = _remux(args.file, stream, out)
+                    if note is None:
+                        return 1
+                else:
+                    note = "as decrypted (not Matroska)"
+                    while chunk := stream.read(1 << 20):
+                        out.write(chunk)
+                # The demuxer may stop before the end: the rest must still authenticate.
+                while stream.read(1 << 20):
+                    pass
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, out_path)
-        except BaseException:
+        finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            raise
     print(
-        f"{args.file}: decrypted to {out_path} "
-        f"({out_path.stat().st_size} bytes, plaintext sha256 {digest.hexdigest()})",
+        f"{args.file}: decrypted to {out_path} ({note}; {out_path.stat().st_size} bytes, "
+        f"plaintext sha256 {stream.digest.hexdigest()})",
         file=sys.stderr,
     )
     return 0
+
+
+def _remux(clip: Path, stream: _Hashed, out: BinaryIO) -> str | None:
+    """Remux the Matroska in *stream* into *out*; a note for the summary, or None after
+    reporting media that cannot be remuxed."""
+    from server.extract.media import MediaError
+    from server.extract.remux import remux
+
+    try:
+        result = remux(stream, out)
+    except MediaError as exc:
+        print(f"painav: error: {clip}: {exc} (use -o - for the plaintext as is)", file=sys.stderr)
+        return None
+    length = f"{result.duration_s:.3f} s" if result.duration_s is not None else "unknown length"
+    return f"remuxed, {length}, {result.packets} packets copied"

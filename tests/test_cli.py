@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import stat
 import subprocess
@@ -198,3 +199,78 @@ def test_help_names_the_config_read_without_config(
     with pytest.raises(SystemExit):
         main([*command, "--help"])
     assert default in " ".join(capsys.readouterr().out.split())
+
+
+def _media_clip(folder: Path) -> dict[str, Path]:
+    """A real clip from the unit's clip writer, and the data key that opens it."""
+    from daemon.hardware.sim_mic import voice_like_signal
+    from tests.server.extract.clips import synthetic_clip
+
+    made = synthetic_clip(folder / "clip.age", voice_like_signal(48_000, 1), seconds=2.0)
+    key = folder / "data-key.txt"
+    key.write_text(f"{made.identity}\n")
+    return {"clip": made.path, "key": key, "dir": folder}
+
+
+@pytest.mark.integration  # ffprobe
+def test_decrypt_remuxes_a_clip_so_players_see_its_length(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import av
+
+    from server.extract.media import decrypt_to_memory
+
+    clip = _media_clip(tmp_path)
+    out = tmp_path / "clip.mkv"
+    args = ["clip", "decrypt", str(clip["clip"]), "-i", str(clip["key"]), "-o", str(out)]
+    assert main(args) == 0
+    assert "remuxed" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.age", "clip.mkv", "data-key.txt"]
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert abs(float(probe.stdout) - 2.0) < 0.05
+
+    with clip["clip"].open("rb") as f:
+        live = decrypt_to_memory(f, [clip["key"].read_text().strip()])
+
+    def packets(source: str | io.BytesIO) -> list[tuple[str, int | None, bool, bytes]]:
+        with av.open(source, "r") as container:
+            return [
+                (p.stream.type, p.pts, p.is_keyframe, bytes(p)) for p in container.demux() if p.size
+            ]
+
+    assert packets(str(out)) == packets(io.BytesIO(live))  # copied, not re-encoded
+
+
+def test_decrypt_of_broken_media_is_one_line_and_leaves_no_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    identity = X25519Identity.generate()
+    clip_path = tmp_path / "clip.age"
+    with clip_path.open("wb") as f, EnvelopeWriter(f, [identity.recipient]) as env:
+        env.write(b"\x1a\x45\xdf\xa3" + bytes(range(256)) * 400)  # Matroska's magic, then noise
+    key = tmp_path / "data-key.txt"
+    key.write_text(f"{identity}\n")
+    out = tmp_path / "clip.mkv"
+    assert main(["clip", "decrypt", str(clip_path), "-i", str(key), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("painav: error:") and "clip media" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.age", "data-key.txt"]
+
+
+@pytest.mark.parametrize("cut", [1, 70_000])
+def test_decrypt_of_a_truncated_media_clip_leaves_no_file(
+    tmp_path: Path, cut: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clip = _media_clip(tmp_path)
+    clip["clip"].write_bytes(clip["clip"].read_bytes()[:-cut])
+    out = tmp_path / "clip.mkv"
+    assert main(["clip", "decrypt", str(clip["clip"]), "-i", str(clip["key"]), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("painav: error:") and "fails authentication" in err
+    assert err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.age", "data-key.txt"]
