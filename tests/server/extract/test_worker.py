@@ -1,0 +1,97 @@
+"""The extraction worker on real parts: a unit records (simulated camera and microphone, real
+H.264 and PCM), the real receiver stores the clip; the worker decrypts it in memory, checks it,
+extracts voice features with provenance; the receiver sends the quick verdict back to the unit,
+which shows it. Nothing the worker wrote holds plaintext media."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq  # type: ignore[import-untyped]
+import pytest
+
+from protocol.extract_config import (
+    CatalogSection,
+    ExtractConfig,
+    FeaturesSection,
+    KeysSection,
+    SiteSection,
+    StoreSection,
+    WorkSection,
+)
+from server.catalog import ClipState
+from server.extract.worker import ExtractError, ExtractionWorker, load_identities
+from tests.daemon.test_unit_e2e import assert_no_plaintext_media
+from tests.server.test_receiver_e2e import wait_for
+from tests.support.mosquitto import Broker
+from tests.support.unit import make_unit, start_receiver
+
+
+def extract_config(site_name: str, receiver: Path, work: Path, data_key: Path) -> ExtractConfig:
+    return ExtractConfig(
+        site=SiteSection(site_id=site_name),
+        catalog=CatalogSection(url=f"sqlite:///{receiver / 'catalog.db'}"),
+        store=StoreSection(dir=receiver / "store"),
+        keys=KeysSection(data_key=data_key),
+        features=FeaturesSection(dir=work / "features"),
+        work=WorkSection(idle_poll_s=0.2),
+    )
+
+
+def test_a_recorded_clip_is_extracted_and_its_verdict_reaches_the_unit(
+    broker_site, broker: Broker, tmp_path: Path
+) -> None:
+    site = broker_site
+    receiver = start_receiver(site, broker, tmp_path / "receiver")
+    unit = make_unit(site, broker, tmp_path / "unit", max_seconds=4.0).start()
+    work = tmp_path / "worker"
+    config = extract_config(site.name, tmp_path / "receiver", work, site.paths.data_key)
+    worker = ExtractionWorker(
+        config, worker_id="x1@test", identities=load_identities(site.paths.data_key)
+    )
+    try:
+        unit.press()  # stops by itself at 4 s
+        catalog = receiver.service.catalog
+        (clip,) = wait_for(
+            lambda: catalog.clips(state=ClipState.RECEIPTED) or None, "a receipted clip", 60
+        )
+        outcome = worker.extract_one()
+        assert outcome is not None and outcome.result == "extracted", outcome
+        assert catalog.clip(clip.clip_id).state is ClipState.EXTRACTED
+
+        features = {f.feature_set: f for f in catalog.features(clip.clip_id)}
+        assert set(features) == {"egemaps_functionals", "egemaps_lld"}
+        functionals = features["egemaps_functionals"]
+        assert len(functionals.values or {}) == 88
+        assert functionals.provenance.tool == "opensmile"
+        assert functionals.provenance.sample_rate_hz == 16_000
+        lld = features["egemaps_lld"]
+        assert lld.frames is not None
+        table = pq.read_table(work / "features" / lld.frames.path)
+        assert table.num_rows == lld.frames.frame_count > 300  # 10 ms frames of about 4 s
+        assert len(table.column_names) == 2 + 25
+
+        (quick,) = catalog.qc(clip.clip_id)
+        assert quick.verdict.value == outcome.verdict
+        shown = wait_for(
+            lambda: unit.status().get("last_verdict") or None, "the verdict at the unit", 30
+        )
+        assert shown["clip_id"] == clip.clip_id and shown["verdict"] == outcome.verdict
+
+        assert worker.extract_one() is None  # nothing else to do
+        assert_no_plaintext_media(work)
+        assert catalog.audit.verify().ok
+        actions = [e.action for e in catalog.audit.entries(clip_id=clip.clip_id)]
+        assert actions.index("decrypt") < actions.index("extracted")
+    finally:
+        assert unit.stop() == 0, unit.log()
+        receiver.stop()
+        worker.catalog.close()
+
+
+def test_a_missing_data_key_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ExtractError, match=r"data key .*missing.txt: cannot read: No such file"):
+        load_identities(tmp_path / "missing.txt")
+    (tmp_path / "empty.txt").write_text("# nothing here\n")
+    with pytest.raises(ExtractError, match="no AGE-SECRET-KEY-1"):
+        load_identities(tmp_path / "empty.txt")
