@@ -59,10 +59,11 @@ def _build_parser() -> argparse.ArgumentParser:
     decrypt.add_argument("--force", action="store_true", help="overwrite an existing output")
     decrypt.set_defaults(handler="painav.clipcmd:decrypt")
 
-    from . import devicecmd, provisioncmd, receivercmd
+    from . import devicecmd, extractcmd, provisioncmd, receivercmd
 
     devicecmd.add_parser(commands)
     receivercmd.add_parser(commands)
+    extractcmd.add_parser(commands)
     provisioncmd.add_parser(commands)
 
     demo = commands.add_parser(
@@ -90,6 +91,7 @@ _ERRORS = (
     ("server.store", "StoreError"),
     ("server.fetch", "FetchError"),
     ("server.mqtt", "ReceiverLinkError"),
+    ("server.extract.worker", "ExtractError"),
 )
 
 

@@ -108,6 +108,27 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     rconfig.set_defaults(handler="painav.provisioncmd:receiver_config")
 
+    extract = sub.add_parser("extract", help="the extraction worker's config").add_subparsers(
+        dest="extract_command", required=True, metavar="ACTION"
+    )
+    econfig = extract.add_parser(
+        "config", parents=[common], help="print an extract.toml for the site's workers"
+    )
+    econfig.add_argument(
+        "--catalog-url", required=True, help="the receivers' catalog (postgresql+psycopg://…)"
+    )
+    econfig.add_argument("--store", type=Path, required=True, help="the receivers' clip store")
+    econfig.add_argument(
+        "--features", type=Path, required=True, help="where per-frame features are written"
+    )
+    econfig.add_argument(
+        "--data-key",
+        type=Path,
+        default=Path("/etc/painav/keys/data-key.txt"),
+        help="the data key (under systemd it comes as a credential instead)",
+    )
+    econfig.set_defaults(handler="painav.provisioncmd:extract_config")
+
     broker = sub.add_parser(
         "broker-config", parents=[common], help="write a Mosquitto configuration for the site"
     )
@@ -227,6 +248,20 @@ def _install_registry(site: Site, path: Path | None) -> None:
     if path is not None:
         site.registry().save(path)
         print(f"installed the unit registry for the receiver: {path}")
+
+
+def extract_config(args: argparse.Namespace) -> int:
+    from provisioning.extraction import extract_config
+
+    text = extract_config(
+        _site(args),
+        catalog_url=args.catalog_url,
+        store_dir=args.store,
+        features_dir=args.features,
+        data_key=args.data_key,
+    )
+    print(text, end="")
+    return 0
 
 
 def _sync_broker(site: Site, broker_dir: Path | None) -> None:
