@@ -72,7 +72,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", type=Path, help="keep every file the demo makes here")
     demo.add_argument("--clips", type=int, default=3, help="button presses (default 3)")
     demo.add_argument("--units", type=int, default=2, help="simulated units (default 2)")
-    demo.add_argument("--seconds", type=float, default=2.0, help="length of each recording")
+    demo.add_argument("--seconds", type=float, default=4.0, help="length of each recording")
     demo.add_argument("--keep-running", action="store_true", help="stay up until Ctrl-C")
     demo.set_defaults(handler="painav.demo:run")
     return parser

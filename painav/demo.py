@@ -3,13 +3,14 @@
 Provisions a throwaway site, starts Mosquitto with the generated TLS/ACL configuration, the
 receiver (SQLite catalog, local store) and K simulated units; arms one unit for a demo
 participant, presses the buttons N times, waits until every clip is stored, receipted and gone
-from its unit, and prints what happened. ``--workdir DIR`` keeps every file it made.
+from its unit; then an extraction worker decrypts each clip in memory, checks its quality and
+extracts its voice features, and the quick verdict goes back to the unit. It prints what
+happened. ``--workdir DIR`` keeps every file it made.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import signal
 import subprocess
@@ -23,14 +24,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from daemon.control import ControlClient, ControlError
-from protocol.envelope import EnvelopeReader
 from protocol.messages import ArmCommand
-from protocol.x25519 import X25519Identity
 from provisioning.broker import write_broker_config
 from provisioning.devices import add_device
+from provisioning.extraction import extract_config
 from provisioning.receivers import receiver_config
 from provisioning.site import Site, init_site
 
@@ -160,12 +160,47 @@ def _run(stack: ExitStack, work: Path, args: argparse.Namespace) -> int:
         time.sleep(0.2)
     print()
 
-    _say("8. the extraction host decrypts one clip in memory with the data key")
-    identity = X25519Identity.from_string(site.paths.data_key.read_text().splitlines()[-1])
+    _say("8. the extraction worker decrypts each clip in memory: quality check, voice features")
+    extract_path = hospital / "extract.toml"
+    extract_path.write_text(
+        extract_config(
+            site,
+            catalog_url=f"sqlite:///{hospital / 'catalog.db'}",
+            store_dir=hospital / "store",
+            features_dir=hospital / "features",
+            data_key=site.paths.data_key,
+        )
+    )
+    _start_worker(stack, extract_path)
+    ids = [c.clip_id for c in done]
+    _wait(
+        lambda: all(catalog.clip(i).state.value in ("extracted", "failed") for i in ids),
+        "the extraction",
+        60 + 20 * args.clips,
+    )
     first = done[0]
-    with service.store.open(first.sha256) as f, EnvelopeReader(f, [identity]) as reader:
-        media = reader.read()
-    _say(f"   {first.clip_id}: {len(media)} bytes of Matroska — {_probe(media)}")
+    with service.store.open(first.sha256) as f:  # as the worker does: in memory only
+        facts = _media_facts(f, site.paths.data_key)
+    _say(f"   {first.clip_id} decrypted in memory: {facts}")
+    verdicts = catalog.last_verdicts(ids)
+    for clip_id in ids:
+        features = {f.feature_set: f for f in catalog.features(clip_id)}
+        functionals = features.get("egemaps_functionals")
+        lld = features.get("egemaps_lld")
+        qc = verdicts.get(clip_id)
+        _say(
+            f"   {clip_id}: quick check {qc.verdict.value if qc else '-'}"
+            f" ({', '.join(qc.reasons) if qc and qc.reasons else 'no reasons'}); "
+            f"{len(functionals.values or {}) if functionals else 0} eGeMAPS functionals, "
+            f"{lld.frames.frame_count if lld and lld.frames else 0} descriptor frames"
+        )
+    last = units[(args.clips - 1) % len(units)]
+    _wait(lambda: last.status()["last_verdict"] is not None, "the verdict at the unit", 30)
+    shown = last.status()["last_verdict"]
+    _say(
+        f"   {last.device_id} shows the verdict on its last clip: {shown['verdict']}"
+        + (" — its light asks the nurse to record again" if shown["verdict"] == "repeat" else "")
+    )
 
     _say("\nsummary")
     _say(f"   {'clip':<34} {'unit':<8} {'participant':<11} {'sec':>4} {'bytes':>9}  stored after")
@@ -244,6 +279,36 @@ def _start_receiver(stack: ExitStack, config_path: Path) -> ReceiverService:
     return service
 
 
+def _start_worker(stack: ExitStack, config_path: Path) -> None:
+    from protocol.extract_config import ExtractConfig
+    from protocol.tomlconfig import load_toml
+    from server.extract.worker import ExtractionWorker, data_key_path, load_identities
+
+    config = load_toml(config_path, ExtractConfig)
+    worker = ExtractionWorker(
+        config, worker_id="extract-demo", identities=load_identities(data_key_path(config))
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), name="extract", daemon=True)
+    thread.start()
+    stack.callback(worker.catalog.close)
+    stack.callback(thread.join, 60)
+    stack.callback(stop.set)
+
+
+def _media_facts(ciphertext: BinaryIO, data_key: Path) -> str:
+    from server.extract.media import ClipMedia
+    from server.extract.worker import load_identities
+
+    facts = ClipMedia.decrypt(ciphertext, load_identities(data_key)).facts()
+    video_s = facts.video_end_s - facts.video_start_s
+    audio_s = facts.audio_end_s - facts.audio_start_s
+    return (
+        f"video {facts.video_codec} {facts.width}x{facts.height} {video_s:.1f} s, "
+        f"audio {facts.audio_codec} {facts.audio_sample_rate_hz} Hz {audio_s:.1f} s"
+    )
+
+
 def _start_unit(
     stack: ExitStack, site: Site, device_id: str, work: Path, port: int, seconds: float
 ) -> _Unit:
@@ -273,17 +338,3 @@ def _terminate(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=25)
         except subprocess.TimeoutExpired:
             process.kill()
-
-
-def _probe(media: bytes) -> str:
-    import av
-
-    with av.open(io.BytesIO(media), mode="r") as container:
-        parts = []
-        for stream in container.streams:
-            packets = [p for p in container.demux(stream) if p.size]
-            container.seek(0)
-            end = max((p.pts or 0) + (p.duration or 0) for p in packets)
-            seconds = float(end * stream.time_base) if stream.time_base else 0.0
-            parts.append(f"{stream.type} {stream.codec_context.name} {seconds:.1f} s")
-        return ", ".join(parts)
