@@ -5,6 +5,8 @@ which shows it. Nothing the worker wrote holds plaintext media."""
 
 from __future__ import annotations
 
+import hashlib
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
@@ -22,6 +24,7 @@ from protocol.extract_config import (
 from server.catalog import ClipState
 from server.extract.worker import ExtractError, ExtractionWorker, load_identities
 from tests.daemon.test_unit_e2e import assert_no_plaintext_media
+from tests.server.conftest import Announce
 from tests.server.test_receiver_e2e import wait_for
 from tests.support.mosquitto import Broker
 from tests.support.unit import make_unit, start_receiver
@@ -95,3 +98,41 @@ def test_a_missing_data_key_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "empty.txt").write_text("# nothing here\n")
     with pytest.raises(ExtractError, match="no AGE-SECRET-KEY-1"):
         load_identities(tmp_path / "empty.txt")
+
+
+def test_a_valid_age_file_with_broken_media_fails_at_once_with_its_reason(
+    tmp_path: Path, announce: Announce
+) -> None:
+    from protocol.envelope import EnvelopeWriter
+    from protocol.x25519 import X25519Identity
+    from server.catalog import Catalog
+    from server.store import LocalStore
+
+    identity = X25519Identity.generate()
+    key = tmp_path / "data-key.txt"
+    key.write_text(f"# test\n{identity}\n")
+    spool = tmp_path / "garbage.age"
+    with spool.open("wb") as f, EnvelopeWriter(f, [identity.recipient]) as envelope:
+        envelope.write(b"not Matroska at all " * 1000)
+    digest = hashlib.sha256(spool.read_bytes()).hexdigest()
+    store_key = LocalStore(tmp_path / "store").put(digest, spool, "untrusted comment: test\n")
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    now = datetime.now(UTC)
+    catalog.record_announcement(announce("clip-1", sha256=digest), received_at=now)
+    assert catalog.claim_next(worker="rx", now=now, lease_s=60) is not None
+    catalog.mark_stored("clip-1", store_key=store_key, stored_at=now, worker="rx")
+    catalog.mark_receipted("clip-1", at=now)
+    config = extract_config("ward7", tmp_path, tmp_path / "worker", key)
+    worker = ExtractionWorker(
+        config, worker_id="x1@test", identities=load_identities(key), catalog=catalog
+    )
+    try:
+        outcome = worker.extract_one()
+        assert outcome is not None and outcome.result == "failed"
+        clip = catalog.clip("clip-1")
+        assert clip.state is ClipState.FAILED
+        assert clip.extraction_error is not None
+        assert clip.extraction_error.startswith("MediaError: ")
+        assert worker.extract_one() is None  # not retried: it would fail the same way
+    finally:
+        catalog.close()
