@@ -115,6 +115,9 @@ class ExtractionWorker:
         self._voice = VoiceExtractor(analysis_rate_hz=config.features.voice_rate_hz)
         self._faces = FaceFinder(width_px=_QC_WIDTH)
         self._version = painav_version()
+        # Temp files carry the worker's name: a restarted worker removes what it left when it was
+        # killed, and never another worker's file being written.
+        self._temp_tag = "".join(c if c.isalnum() or c in "-_" else "_" for c in worker_id)
         self._qc_hash = hashlib.sha256(
             f"{config.qc.model_dump_json()}|{_QC_FPS}|{_QC_WIDTH}".encode()
         ).hexdigest()
@@ -125,6 +128,8 @@ class ExtractionWorker:
 
     def run(self, stop: threading.Event) -> None:
         """Extract clips until *stop* is set."""
+        for leftover in self._features_dir.glob(f"*/.*.{self._temp_tag}.*"):
+            leftover.unlink(missing_ok=True)  # cut off by a kill: its result was never recorded
         taken = self.catalog.release_extraction_leases(self.worker_id, now=datetime.now(UTC))
         if taken:
             log.info("took back %d clip(s) this worker was extracting: %s", len(taken), taken)
@@ -279,7 +284,7 @@ class ExtractionWorker:
         path = self._features_dir / relative
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-            fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{self._temp_tag}.")
             try:
                 with os.fdopen(fd, "wb") as out:
                     out.write(lld.to_parquet())

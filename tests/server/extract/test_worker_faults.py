@@ -1,0 +1,160 @@
+"""The extraction worker killed mid-clip, again and again: every clip ends extracted, each
+result written once, nothing half-written and no plaintext left anywhere."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from protocol.envelope import EnvelopeReader, EnvelopeWriter
+from protocol.extract_config import (
+    CatalogSection,
+    ExtractConfig,
+    FeaturesSection,
+    KeysSection,
+    SiteSection,
+    StoreSection,
+    WorkSection,
+)
+from protocol.x25519 import X25519Identity
+from provisioning.config_files import toml_text
+from server.catalog import Catalog, ClipRecord, ClipState
+from server.store import LocalStore
+from tests.daemon.test_unit_e2e import assert_no_plaintext_media
+from tests.server.conftest import Announce
+from tests.support.unit import PAINAV
+
+from .clips import synthetic_clip, wav_samples
+
+CLIPS = 6
+KILLS = 10
+
+
+def stock(tmp_path: Path, announce: Announce, speech: Path) -> tuple[Path, list[str]]:
+    """*CLIPS* receipted clips of speech in a store and a SQLite catalog, encrypted to a data
+    key; the worker's extract.toml (20 attempts: every kill costs the clip one)."""
+    identity = X25519Identity.generate()
+    key = tmp_path / "data-key.txt"
+    key.write_text(f"# test\n{identity}\n")
+    store = LocalStore(tmp_path / "store")
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    catalog = Catalog(url)
+    pcm = wav_samples(speech).tobytes()
+    ids = []
+    try:
+        for n in range(CLIPS):
+            made = synthetic_clip(tmp_path / f"made-{n}.age", pcm, seconds=4.0)
+            spool = tmp_path / f"clip-{n}.age"
+            with made.path.open("rb") as src, EnvelopeReader(src, [made.identity]) as reader:
+                plaintext = reader.read()
+            with spool.open("wb") as out, EnvelopeWriter(out, [identity.recipient]) as writer:
+                writer.write(plaintext)
+            made.path.unlink()
+            digest = hashlib.sha256(spool.read_bytes()).hexdigest()
+            store_key = store.put(digest, spool, "untrusted comment: test\n", move=True)
+            clip_id = f"clip-{n}"
+            now = datetime.now(UTC)
+            catalog.record_announcement(announce(clip_id, sha256=digest), received_at=now)
+            assert catalog.claim_next(worker="rx", now=now, lease_s=60) is not None
+            catalog.mark_stored(clip_id, store_key=store_key, stored_at=now, worker="rx")
+            catalog.mark_receipted(clip_id, at=now)
+            ids.append(clip_id)
+    finally:
+        catalog.close()
+    config = ExtractConfig(
+        site=SiteSection(site_id="ward7"),
+        catalog=CatalogSection(url=url),
+        store=StoreSection(dir=tmp_path / "store"),
+        keys=KeysSection(data_key=key),
+        features=FeaturesSection(dir=tmp_path / "features"),
+        work=WorkSection(max_attempts=20, idle_poll_s=0.2, lease_s=600),
+    )
+    path = tmp_path / "extract.toml"
+    path.write_text(toml_text(config))
+    return path, ids
+
+
+def extracting(catalog: Catalog) -> list[ClipRecord]:
+    return catalog.clips(state=ClipState.EXTRACTING)
+
+
+def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k != "PAINAV_DATA_KEY_FILE"}
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [str(PAINAV), "extract", "run", "--config", str(config), "--worker", "1"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**env, "TMPDIR": str(config.parent / "tmp")},
+        )
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_clip_ten_times_loses_and_repeats_nothing(
+    tmp_path: Path, announce: Announce, speech_48k: Path
+) -> None:
+    config, ids = stock(tmp_path, announce, speech_48k)
+    (tmp_path / "tmp").mkdir()
+    log = tmp_path / "worker.log"
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    rng = random.Random(10)
+    kills = 0
+    try:
+        while kills < KILLS:
+            # A killed worker's clip stays "extracting" under its old lease: wait for a lease
+            # this run took.
+            before = {(c.clip_id, c.lease_expires_at) for c in extracting(catalog)}
+            worker = start(config, log)
+            deadline = time.monotonic() + 60
+            busy = False
+            while time.monotonic() < deadline and worker.poll() is None:
+                if {(c.clip_id, c.lease_expires_at) for c in extracting(catalog)} - before:
+                    busy = True
+                    break
+                if all(catalog.clip(i).state is ClipState.EXTRACTED for i in ids):
+                    break
+                time.sleep(0.02)
+            if not busy:
+                worker.terminate()
+                worker.wait(30)
+                break  # everything was extracted before the next kill
+            time.sleep(rng.uniform(0.0, 0.6))  # somewhere inside the clip
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(30)
+            kills += 1
+        runs = log.read_text().count("OpenFace is not configured")
+        worker = start(config, log)  # the last run finishes the rest
+        deadline = time.monotonic() + 180
+        while log.read_text().count("OpenFace is not configured") == runs:  # it is up
+            assert worker.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        while not all(catalog.clip(i).state is ClipState.EXTRACTED for i in ids):
+            assert worker.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        worker.terminate()
+        assert worker.wait(30) == 0
+        assert kills == KILLS, f"killed inside a clip only {kills} times"
+        assert log.read_text().count("took back 1 clip(s)") == KILLS
+        for clip_id in ids:
+            features = catalog.features(clip_id)
+            assert sorted(f.feature_set for f in features) == ["egemaps_functionals", "egemaps_lld"]
+            assert len(catalog.qc(clip_id)) == 1
+            frames = next(f.frames for f in features if f.frames is not None)
+            written = (tmp_path / "features" / frames.path).read_bytes()
+            assert hashlib.sha256(written).hexdigest() == frames.sha256
+        leftovers = [p.name for p in (tmp_path / "features").rglob(".*")]
+        assert leftovers == []  # temp files of killed runs were removed by the next one
+        assert catalog.audit.verify().ok
+        assert_no_plaintext_media(tmp_path / "features")
+        assert_no_plaintext_media(tmp_path / "tmp")
+    finally:
+        catalog.close()
