@@ -38,14 +38,16 @@ CLIPS = 6
 KILLS = 10
 
 
-def stock(tmp_path: Path, announce: Announce, speech: Path) -> tuple[Path, list[str]]:
+def stock(
+    tmp_path: Path, announce: Announce, speech: Path, url: str | None = None
+) -> tuple[Path, list[str]]:
     """*CLIPS* receipted clips of speech in a store and a SQLite catalog, encrypted to a data
     key; the worker's extract.toml (20 attempts: every kill costs the clip one)."""
     identity = X25519Identity.generate()
     key = tmp_path / "data-key.txt"
     key.write_text(f"# test\n{identity}\n")
     store = LocalStore(tmp_path / "store")
-    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    url = url or f"sqlite:///{tmp_path / 'catalog.db'}"
     catalog = Catalog(url)
     pcm = wav_samples(speech).tobytes()
     ids = []
@@ -86,11 +88,11 @@ def extracting(catalog: Catalog) -> list[ClipRecord]:
     return catalog.clips(state=ClipState.EXTRACTING)
 
 
-def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
+def start(config: Path, log: Path, number: int = 1) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "PAINAV_DATA_KEY_FILE"}
     with log.open("ab") as out:
         return subprocess.Popen(
-            [str(PAINAV), "extract", "run", "--config", str(config), "--worker", "1"],
+            [str(PAINAV), "extract", "run", "--config", str(config), "--worker", str(number)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**env, "TMPDIR": str(config.parent / "tmp")},
@@ -157,4 +159,33 @@ def test_a_worker_killed_mid_clip_ten_times_loses_and_repeats_nothing(
         assert_no_plaintext_media(tmp_path / "features")
         assert_no_plaintext_media(tmp_path / "tmp")
     finally:
+        catalog.close()
+
+
+def test_two_workers_on_postgresql_extract_every_clip_exactly_once(
+    tmp_path: Path, announce: Announce, speech_48k: Path, postgres_url: str
+) -> None:
+    config, ids = stock(tmp_path, announce, speech_48k, url=postgres_url)
+    (tmp_path / "tmp").mkdir()
+    logs = [tmp_path / "worker-1.log", tmp_path / "worker-2.log"]
+    workers = [start(config, log, number) for number, log in enumerate(logs, 1)]
+    catalog = Catalog(postgres_url)
+    try:
+        deadline = time.monotonic() + 180
+        while not all(catalog.clip(i).state is ClipState.EXTRACTED for i in ids):
+            assert all(w.poll() is None for w in workers), [log.read_text() for log in logs]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        for clip_id in ids:
+            assert len(catalog.features(clip_id)) == 2 and len(catalog.qc(clip_id)) == 1
+            extracted = [
+                e for e in catalog.audit.entries(clip_id=clip_id) if e.action == "extracted"
+            ]
+            assert len(extracted) == 1
+        done = [log.read_text().count(" extracted (quick check") for log in logs]
+        assert sum(done) == CLIPS, done
+    finally:
+        for w in workers:
+            w.terminate()
+            w.wait(30)
         catalog.close()
