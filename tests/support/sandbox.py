@@ -14,10 +14,12 @@ Debian's ``libseccomp2``) and execs *COMMAND* under them, as systemd 252 does fo
 - ``SystemCallArchitectures=native``: libseccomp's filters cover the native ABI only.
 - ``RestrictAddressFamilies=``: ``socket()`` for any other family fails with EAFNOSUPPORT.
 - ``NoNewPrivileges=``: set always, as seccomp requires for an unprivileged process.
+- ``MemoryDenyWriteExecute=yes``: the kernel's own ``PR_SET_MDWE`` (Linux 6.3+), which refuses
+  what systemd's filter refuses (memory both writable and executable, or made executable
+  later); inherited across exec. On an older kernel the launcher refuses to run.
 
 Not applied (they are not system-call filters, or need PID 1): mount namespaces and
-``ProtectSystem=``, the device cgroup, ``IPAddressDeny=``, capabilities, users,
-``MemoryDenyWriteExecute=``.
+``ProtectSystem=``, the device cgroup, ``IPAddressDeny=``, capabilities, users.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ __all__ = ["SyscallSandbox", "install", "launcher", "sandbox_from_unit", "servic
 
 _SCMP_ACT_ALLOW = 0x7FFF0000
 _PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_MDWE = 65
+_PR_MDWE_REFUSE_EXEC_GAIN = 1
 _SCMP_CMP_EQ = 4
 _SCMP_CMP_GE = 5
 
@@ -115,6 +119,7 @@ class SyscallSandbox:
     errno_number: int  # what a filtered call fails with
     protect_clock: bool
     address_families: frozenset[int] | None  # allowed socket() families; None: any
+    deny_write_execute: bool = False
 
 
 def sandbox_from_unit(unit: Path) -> SyscallSandbox:
@@ -125,6 +130,7 @@ def sandbox_from_unit(unit: Path) -> SyscallSandbox:
     errno_number = errno.EPERM
     protect_clock = False
     families: set[int] | None = None
+    deny_write_execute = False
     for key, value in service_settings(unit):
         if key == "SystemCallFilter":
             if not value:
@@ -144,6 +150,8 @@ def sandbox_from_unit(unit: Path) -> SyscallSandbox:
             errno_number = getattr(errno, value)
         elif key == "ProtectClock":
             protect_clock = _truthy(value)
+        elif key == "MemoryDenyWriteExecute":
+            deny_write_execute = _truthy(value)
         elif key == "RestrictAddressFamilies":
             if value.startswith("~") or not value:
                 raise NotImplementedError("only an allow-list of address families is modelled")
@@ -156,6 +164,7 @@ def sandbox_from_unit(unit: Path) -> SyscallSandbox:
         errno_number,
         protect_clock,
         frozenset(families) if families is not None else None,
+        deny_write_execute,
     )
 
 
@@ -201,6 +210,8 @@ def install(sandbox: SyscallSandbox) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    if sandbox.deny_write_execute and libc.prctl(_PR_SET_MDWE, _PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0):
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_MDWE): needs Linux 6.3 or later")
     lib = _libseccomp()
     if sandbox.address_families is not None:
         refuse = _scmp_act_errno(errno.EAFNOSUPPORT)

@@ -3,7 +3,9 @@ result written once, nothing half-written and no plaintext left anywhere."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import random
 import signal
@@ -189,3 +191,38 @@ def test_two_workers_on_postgresql_extract_every_clip_exactly_once(
             w.terminate()
             w.wait(30)
         catalog.close()
+
+
+def test_the_worker_runs_under_its_units_sandbox_with_the_provisioned_config(
+    tmp_path: Path, announce: Announce, speech_48k: Path
+) -> None:
+    """``painav provision extract config``'s file, the data key handed over as systemd does
+    ($PAINAV_DATA_KEY_FILE), and painav-extract@.service's system-call filter, clock
+    protection, address families and W^X memory: a call the sandbox forbids fails here as it
+    would fail the service."""
+    from painav.cli import main
+    from provisioning.site import init_site
+    from tests.support.sandbox import launcher
+
+    _, ids = stock(tmp_path, announce, speech_48k)
+    site = init_site(tmp_path / "site", "ward7", broker_hosts=("127.0.0.1",))
+    config = tmp_path / "provisioned.toml"
+    args = ["provision", "extract", "config", "--dir", str(site.dir)]
+    args += ["--catalog-url", f"sqlite:///{tmp_path / 'catalog.db'}"]
+    args += ["--store", str(tmp_path / "store"), "--features", str(tmp_path / "features")]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(args) == 0  # data_key: /etc/painav/keys/data-key.txt, as on the host
+    config.write_text(out.getvalue())
+    unit = Path(__file__).resolve().parents[3] / "systemd" / "painav-extract@.service"
+    env = {**os.environ, "PAINAV_DATA_KEY_FILE": str(tmp_path / "data-key.txt")}
+    run = subprocess.run(
+        [*launcher(unit), str(PAINAV), "extract", "clip", ids[0], "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"clip {ids[0]}: extracted" in run.stdout
+    assert "egemaps_functionals" in run.stdout and "egemaps_lld" in run.stdout
