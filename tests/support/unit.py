@@ -347,6 +347,7 @@ class ReceiverProcess:
     work: Path
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    wrapper: list[str] = field(default_factory=list)  # e.g. a unit file's sandbox launcher
 
     @property
     def log_path(self) -> Path:
@@ -363,7 +364,7 @@ class ReceiverProcess:
             log.write(f"--- start {self.starts} ---\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                [str(PAINAV), "receiver", "run", "--config", str(self.config)],
+                [*self.wrapper, str(PAINAV), "receiver", "run", "--config", str(self.config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
