@@ -263,7 +263,9 @@ class OpenFaceExtractor:
     *binary* is IT's ``FeatureExtraction``; *min_confidence* the tracking confidence a frame
     needs (0–1); *runtime_dir* the tmpfs under which each run gets its private output folder
     (refused if it is not a memory filesystem). The timeout of a run is *timeout_base_s* plus
-    *timeout_per_clip_s* seconds for every second of the clip. Use :meth:`from_config` to get
+    *timeout_per_clip_s* seconds for every second of the clip (330 s for a 60 s clip by default:
+    OpenFace tracks at a few to a few tens of frames a second on a CPU; keep it within the
+    worker's lease). Use :meth:`from_config` to get
     :class:`OpenFaceNotConfigured` instead of an exception when there is no OpenFace.
     """
 
@@ -273,8 +275,8 @@ class OpenFaceExtractor:
         *,
         min_confidence: float = 0.8,
         runtime_dir: Path | None = None,
-        timeout_base_s: float = 60.0,
-        timeout_per_clip_s: float = 10.0,
+        timeout_base_s: float = 30.0,
+        timeout_per_clip_s: float = 5.0,
     ) -> None:
         if not 0 <= min_confidence <= 1:
             raise ValueError(f"min_confidence must be in [0, 1], not {min_confidence}")
