@@ -3,10 +3,11 @@ OpenFace's ``FeatureExtraction`` (it is on no registry), run on a clip held in m
 
 The decrypted clip never touches a disk. It goes into a memory file (``memfd_create``, sealed
 against writes) that the child inherits under the same number and opens as ``/proc/self/fd/N``;
-OpenFace writes its CSV into a fresh 0700 folder on a tmpfs (``$XDG_RUNTIME_DIR``, else
-``/dev/shm``, or *runtime_dir*) that is removed afterwards whatever happens. The output flags are
-always explicit (``-aus -pose -gaze``): without them OpenFace also writes aligned face images,
-HOG features and a tracked video. A run that outlasts its timeout (proportional to the clip's
+OpenFace writes its CSV into a fresh 0700 folder on a tmpfs (``$RUNTIME_DIRECTORY``,
+``$XDG_RUNTIME_DIR``, ``/dev/shm``, or *runtime_dir*; refused if not a memory filesystem) that
+is removed afterwards whatever happens. The output flags are always explicit (``-aus -pose
+-gaze``): without them OpenFace also writes aligned face images, HOG features and a tracked
+video. A run that outlasts its timeout (proportional to the clip's
 length) is killed with its whole process group::
 
     openface = OpenFaceExtractor.from_config(config.features)
@@ -211,8 +212,13 @@ def _filesystem_type(path: Path) -> str | None:
 
 
 def default_runtime_dir() -> Path:
-    """``$XDG_RUNTIME_DIR`` when set (systemd's per-user tmpfs), else ``/dev/shm``."""
-    return Path(os.environ.get("XDG_RUNTIME_DIR") or "/dev/shm")
+    """``$RUNTIME_DIRECTORY`` (a unit's ``RuntimeDirectory=`` under /run), else
+    ``$XDG_RUNTIME_DIR``, else ``/dev/shm``: each a tmpfs on systemd hosts."""
+    for name in ("RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"):
+        value = os.environ.get(name, "").split(":")[0]  # systemd joins several with ":"
+        if value:
+            return Path(value)
+    return Path("/dev/shm")
 
 
 @contextlib.contextmanager

@@ -262,6 +262,18 @@ def test_configured_from_the_features_section(tmp_path: Path, runtime_dir: Path)
     assert openface.min_confidence == 0.9 and openface.runtime_dir == runtime_dir
 
 
+def test_the_default_runtime_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.extract.face_openface import default_runtime_dir
+
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    assert default_runtime_dir() == SHM
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+    assert default_runtime_dir() == Path("/run/user/1000")
+    monkeypatch.setenv("RUNTIME_DIRECTORY", "/run/painav-extract-1:/run/other")
+    assert default_runtime_dir() == Path("/run/painav-extract-1")
+
+
 def test_an_output_folder_on_disk_is_refused(tmp_path: Path) -> None:
     from server.extract.face_openface import _filesystem_type
 
