@@ -160,7 +160,7 @@ def _run(stack: ExitStack, work: Path, args: argparse.Namespace) -> int:
         time.sleep(0.2)
     print()
 
-    _say("8. the extraction worker decrypts each clip in memory: quality check, voice features")
+    _say("8. the extraction worker decrypts each clip in memory: quality, voice and face features")
     extract_path = hospital / "extract.toml"
     extract_path.write_text(
         extract_config(
@@ -187,15 +187,25 @@ def _run(stack: ExitStack, work: Path, args: argparse.Namespace) -> int:
         features = {f.feature_set: f for f in catalog.features(clip_id)}
         functionals = features.get("egemaps_functionals")
         lld = features.get("egemaps_lld")
+        face = features.get("mediapipe_face_summary")
+        share = (face.values or {}).get("face_share") if face else None
         qc = verdicts.get(clip_id)
         _say(
-            f"   {clip_id}: quick check {qc.verdict.value if qc else '-'}"
+            f"   {clip_id}: quality {qc.verdict.value if qc else '-'}"
             f" ({', '.join(qc.reasons) if qc and qc.reasons else 'no reasons'}); "
             f"{len(functionals.values or {}) if functionals else 0} eGeMAPS functionals, "
-            f"{lld.frames.frame_count if lld and lld.frames else 0} descriptor frames"
+            f"{lld.frames.frame_count if lld and lld.frames else 0} descriptor frames; "
+            f"face in {share or 0:.0%} of frames (MediaPipe blendshapes, a proxy for AUs)"
         )
     last = units[(args.clips - 1) % len(units)]
-    _wait(lambda: last.status()["last_verdict"] is not None, "the verdict at the unit", 30)
+    final = verdicts.get(ids[-1])  # the full check's, which follows the quick one's
+    want = final.verdict.value if final else None
+
+    def shown_final() -> bool:
+        seen = last.status()["last_verdict"]
+        return seen is not None and (want is None or seen["verdict"] == want)
+
+    _wait(shown_final, "the verdict at the unit", 30)
     shown = last.status()["last_verdict"]
     _say(
         f"   {last.device_id} shows the verdict on its last clip: {shown['verdict']}"
@@ -291,7 +301,7 @@ def _start_worker(stack: ExitStack, config_path: Path) -> None:
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), name="extract", daemon=True)
     thread.start()
-    stack.callback(worker.catalog.close)
+    stack.callback(worker.close)
     stack.callback(thread.join, 60)
     stack.callback(stop.set)
 

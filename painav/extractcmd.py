@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         worker.run(stop)
     finally:
-        worker.catalog.close()
+        worker.close()
     return 0
 
 
@@ -120,7 +120,7 @@ def clip(args: argparse.Namespace) -> int:
         outcome = worker.extract_one(args.clip_id)
         features = worker.catalog.features(args.clip_id) if outcome else []
     finally:
-        worker.catalog.close()
+        worker.close()
     if outcome is None:
         print(
             f"painav: error: clip {args.clip_id}: not waiting for extraction "

@@ -50,6 +50,10 @@ class FeaturesSection(_Section):
         default=16_000, ge=8_000, le=48_000, description="openSMILE's analysis sample rate"
     )
     face_fps: float = Field(default=10.0, gt=0, le=60, description="video frames analysed a second")
+    face_model: Path | None = Field(
+        default=None,
+        description="MediaPipe's face_landmarker.task (default: the one the set-up installed)",
+    )
     openface_bin: Path | None = Field(
         default=None, description="OpenFace 2.x FeatureExtraction, where IT installed it"
     )

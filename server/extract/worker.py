@@ -7,12 +7,14 @@ written to the audit log (no audit, no decrypt); the clip is decrypted and demux
 runs and its verdict goes into the catalog at once, from where the receiver sends it to the
 unit while the participant is still there; then the voice features (openSMILE eGeMAPSv02
 functionals into the catalog, descriptors as a Parquet file in the feature folder); then the
-clip is ``extracted``. Broken media or a clip that will not decrypt fails the clip at once,
-with the reason; any other failure is retried later, at most ``max_attempts`` times.
+face features (MediaPipe, and OpenFace's action units where IT installed it) and the full
+quality check, whose face share comes from the landmarker; then the clip is ``extracted``.
+Broken media or a clip that will not decrypt fails the clip at once, with the reason; any other
+failure is retried later, at most ``max_attempts`` times.
 
 Crash points: killed before ``mark_extracted``, the clip's lease runs out and it is claimed
 again (costing an attempt); results already recorded are not written twice (the catalog's
-result keys), and a descriptor file is written under its result key, temp file and rename.
+result keys), and a per-frame table is written under its result key, temp file and rename.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import math
 import os
 import tempfile
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -39,10 +41,18 @@ from ..catalog import Catalog, CatalogUnavailableError, LeaseLostError
 from ..catalog.records import ClipRecord
 from ..catalog.results import FrameFile, Provenance
 from ..store import LocalStore
+from .face_mediapipe import FEATURE_SET_FRAMES as MP_FRAMES
+from .face_mediapipe import FEATURE_SET_SUMMARY as MP_SUMMARY
+from .face_mediapipe import FEATURE_SET_VERSION as MP_VERSION
+from .face_mediapipe import FaceFeatures, MediaPipeFaces
+from .face_openface import FEATURE_SET_FRAMES as OF_FRAMES
+from .face_openface import FEATURE_SET_SUMMARY as OF_SUMMARY
+from .face_openface import FEATURE_SET_VERSION as OF_VERSION
+from .face_openface import OpenFaceExtractor, OpenFaceNotConfigured
 from .faces import FaceFinder
-from .media import ClipMedia, MediaError
-from .qc import QcResult, audio_metrics, judge, video_metrics
-from .voice import LowLevelDescriptors, VoiceExtractor, VoiceProvenance
+from .media import ClipMedia, MediaError, StreamFacts
+from .qc import AudioMetrics, QcResult, VideoMetrics, audio_metrics, judge, video_metrics
+from .voice import VoiceExtractor, VoiceProvenance
 
 __all__ = ["ExtractError", "ExtractionWorker", "Outcome", "load_identities"]
 
@@ -114,6 +124,10 @@ class ExtractionWorker:
         self._features_dir = config.features.dir
         self._voice = VoiceExtractor(analysis_rate_hz=config.features.voice_rate_hz)
         self._faces = FaceFinder(width_px=_QC_WIDTH)
+        self._landmarks = MediaPipeFaces(
+            model_path=config.features.face_model, fps=config.features.face_fps
+        )
+        self._openface = OpenFaceExtractor.from_config(config.features)
         self._version = painav_version()
         # Temp files carry the worker's name: a restarted worker removes what it left when it was
         # killed, and never another worker's file being written.
@@ -121,8 +135,13 @@ class ExtractionWorker:
         self._qc_hash = hashlib.sha256(
             f"{config.qc.model_dump_json()}|{_QC_FPS}|{_QC_WIDTH}".encode()
         ).hexdigest()
-        if config.features.openface_bin is None:
-            log.info("OpenFace is not configured: voice features and the quality check only")
+        if isinstance(self._openface, OpenFaceNotConfigured):
+            log.info("%s: voice, MediaPipe and the quality check only", self._openface.reason)
+
+    def close(self) -> None:
+        """Close the face landmarker (it holds native resources) and the catalog."""
+        self._landmarks.close()
+        self.catalog.close()
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -196,7 +215,10 @@ class ExtractionWorker:
         self.catalog.audit_decrypt(clip.clip_id, worker=self.worker_id, purpose="extraction")
         with self._store.open(clip.sha256) as ciphertext:
             media = ClipMedia.decrypt(ciphertext, self._identities)
-        quick = self._quick_check(media)
+        facts, track = media.facts(), media.audio()
+        audio = audio_metrics(track.samples, track.sample_rate_hz)
+        video = self._video_metrics(media, facts.frame_times_s)
+        quick = self._judge(facts, audio, video)
         self.catalog.record_qc(
             clip.clip_id,
             worker=self.worker_id,
@@ -208,8 +230,7 @@ class ExtractionWorker:
             painav_version=self._version,
             now=datetime.now(UTC),
         )
-        audio = media.audio()
-        features = self._voice.extract(audio.samples, audio.sample_rate_hz, start_s=audio.start_s)
+        features = self._voice.extract(track.samples, track.sample_rate_hz, start_s=track.start_s)
         functionals = features.functionals
         self._record(
             clip,
@@ -219,32 +240,89 @@ class ExtractionWorker:
             values=_finite(functionals.values),
         )
         lld = features.lld
-        frames = self._write_frames(clip.clip_id, "egemaps_lld", lld)
-        self._record(
-            clip,
+        version = lld.provenance.feature_set_version
+        frames = self._write_table(
+            clip.clip_id,
             "egemaps_lld",
-            lld.provenance.feature_set_version,
-            self._provenance(lld.provenance),
-            frames=frames,
+            version,
+            lld.provenance.config_hash,
+            lld.to_parquet,
+            lld.frame_count,
+        )
+        self._record(clip, "egemaps_lld", version, self._provenance(lld.provenance), frames=frames)
+        face = self._landmarks.analyse(media.frames(self.config.features.face_fps))
+        self._record_face(clip, face)
+        self._openface_features(clip, media, facts.duration_s)
+        # The full check: the quick one's measures, with the landmarker's face share (10 frames a
+        # second, tracked) in place of the cascade's (2 a second).
+        share = face.summary.get("face_share")
+        full = self._judge(facts, audio, replace(video, face_share=share or 0.0))
+        self.catalog.record_qc(
+            clip.clip_id,
+            worker=self.worker_id,
+            qc_pass="full",
+            verdict=full.verdict,
+            reasons=list(full.reasons),
+            metrics=_finite(full.metrics),
+            config_hash=self._qc_hash,
+            painav_version=self._version,
+            now=datetime.now(UTC),
         )
         return quick.verdict
 
-    def _quick_check(self, media: ClipMedia) -> QcResult:
-        facts = media.facts()
-        audio = media.audio()
+    def _video_metrics(self, media: ClipMedia, frame_times_s: tuple[float, ...]) -> VideoMetrics:
         faces, luma = [], []
         for sample in media.frames(_QC_FPS, width=_QC_WIDTH):
             grey = (sample.image @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
             faces.append(self._faces.present(grey))
             luma.append(grey)
+        return video_metrics(frame_times_s, faces=faces, luma=luma)
+
+    def _judge(self, facts: StreamFacts, audio: AudioMetrics, video: VideoMetrics) -> QcResult:
         return judge(
-            audio_metrics(audio.samples, audio.sample_rate_hz),
-            video_metrics(facts.frame_times_s, faces=faces, luma=luma),
+            audio,
+            video,
             duration_s=facts.duration_s,
             av_offset_ms=facts.av_offset_ms,
             frames=facts.frame_count,
             limits=self.config.qc,
         )
+
+    def _record_face(self, clip: ClipRecord, face: FaceFeatures) -> None:
+        provenance = face.provenance.catalog(self._version)
+        self._record(clip, MP_SUMMARY, MP_VERSION, provenance, values=_finite(face.summary))
+        frames = self._write_table(
+            clip.clip_id,
+            MP_FRAMES,
+            MP_VERSION,
+            provenance.config_hash,
+            face.frames.to_parquet,
+            face.frames.frame_count,
+        )
+        self._record(clip, MP_FRAMES, MP_VERSION, provenance, frames=frames)
+
+    def _openface_features(self, clip: ClipRecord, media: ClipMedia, duration_s: float) -> None:
+        if not isinstance(self._openface, OpenFaceExtractor):
+            return
+        of = self._openface.extract(media.data, duration_s=duration_s)
+        provenance = Provenance(
+            tool=of.provenance.tool,
+            tool_version=of.provenance.tool_version,
+            config_hash=of.provenance.config_hash,
+            painav_version=self._version,
+            model_file=of.provenance.binary_path,
+            model_sha256=of.provenance.binary_sha256,
+        )
+        self._record(clip, OF_SUMMARY, OF_VERSION, provenance, values=_finite(of.summary))
+        frames = self._write_table(
+            clip.clip_id,
+            OF_FRAMES,
+            OF_VERSION,
+            provenance.config_hash,
+            of.frames.to_parquet,
+            of.frames.kept,
+        )
+        self._record(clip, OF_FRAMES, OF_VERSION, provenance, frames=frames)
 
     def _provenance(self, voice: VoiceProvenance) -> Provenance:
         return Provenance(
@@ -276,18 +354,25 @@ class ExtractionWorker:
             now=datetime.now(UTC),
         )
 
-    def _write_frames(self, clip_id: str, feature_set: str, lld: LowLevelDescriptors) -> FrameFile:
-        """The descriptors as Parquet under their result key (temp file, fsync, rename): a
+    def _write_table(
+        self,
+        clip_id: str,
+        feature_set: str,
+        version: str,
+        config_hash: str,
+        parquet: Callable[[], bytes],
+        frame_count: int,
+    ) -> FrameFile:
+        """A per-frame table as Parquet under its result key (temp file, fsync, rename): a
         re-run finds the file there and keeps it."""
-        version = lld.provenance.feature_set_version
-        relative = f"{clip_id}/{feature_set}-{version}-{lld.provenance.config_hash[:16]}.parquet"
+        relative = f"{clip_id}/{feature_set}-{version}-{config_hash[:16]}.parquet"
         path = self._features_dir / relative
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
             fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{self._temp_tag}.")
             try:
                 with os.fdopen(fd, "wb") as out:
-                    out.write(lld.to_parquet())
+                    out.write(parquet())
                     out.flush()
                     os.fsync(out.fileno())
                 os.replace(temp, path)
@@ -295,7 +380,7 @@ class ExtractionWorker:
                 Path(temp).unlink(missing_ok=True)
                 raise
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        return FrameFile(relative, digest, frame_count=lld.frame_count)
+        return FrameFile(relative, digest, frame_count=frame_count)
 
 
 def _finite(values: Mapping[str, object]) -> dict[str, float | None]:

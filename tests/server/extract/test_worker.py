@@ -63,7 +63,12 @@ def test_a_recorded_clip_is_extracted_and_its_verdict_reaches_the_unit(
         assert catalog.clip(clip.clip_id).state is ClipState.EXTRACTED
 
         features = {f.feature_set: f for f in catalog.features(clip.clip_id)}
-        assert set(features) == {"egemaps_functionals", "egemaps_lld"}
+        assert set(features) == {
+            "egemaps_functionals",
+            "egemaps_lld",
+            "mediapipe_face_summary",
+            "mediapipe_face_frames",
+        }
         functionals = features["egemaps_functionals"]
         assert len(functionals.values or {}) == 88
         assert functionals.provenance.tool == "opensmile"
@@ -74,12 +79,17 @@ def test_a_recorded_clip_is_extracted_and_its_verdict_reaches_the_unit(
         assert table.num_rows == lld.frames.frame_count > 300  # 10 ms frames of about 4 s
         assert len(table.column_names) == 2 + 25
 
-        (quick,) = catalog.qc(clip.clip_id)
-        assert quick.verdict.value == outcome.verdict
+        face = features["mediapipe_face_summary"]
+        assert face.provenance.tool == "mediapipe" and face.provenance.model_sha256
+        assert face.values is not None and "pspi_proxy_mp_mean" in face.values
+        checks = {qc.qc_pass.value: qc for qc in catalog.qc(clip.clip_id)}
+        assert set(checks) == {"quick", "full"}
+        assert checks["quick"].verdict.value == outcome.verdict
         shown = wait_for(
             lambda: unit.status().get("last_verdict") or None, "the verdict at the unit", 30
         )
-        assert shown["clip_id"] == clip.clip_id and shown["verdict"] == outcome.verdict
+        assert shown["clip_id"] == clip.clip_id
+        assert shown["verdict"] in {qc.verdict.value for qc in checks.values()}
 
         assert worker.extract_one() is None  # nothing else to do
         assert_no_plaintext_media(work)
@@ -89,7 +99,7 @@ def test_a_recorded_clip_is_extracted_and_its_verdict_reaches_the_unit(
     finally:
         assert unit.stop() == 0, unit.log()
         receiver.stop()
-        worker.catalog.close()
+        worker.close()
 
 
 def test_a_missing_data_key_is_one_line(tmp_path: Path) -> None:

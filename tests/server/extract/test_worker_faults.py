@@ -150,11 +150,16 @@ def test_a_worker_killed_mid_clip_ten_times_loses_and_repeats_nothing(
         assert log.read_text().count("took back 1 clip(s)") == KILLS
         for clip_id in ids:
             features = catalog.features(clip_id)
-            assert sorted(f.feature_set for f in features) == ["egemaps_functionals", "egemaps_lld"]
-            assert len(catalog.qc(clip_id)) == 1
-            frames = next(f.frames for f in features if f.frames is not None)
-            written = (tmp_path / "features" / frames.path).read_bytes()
-            assert hashlib.sha256(written).hexdigest() == frames.sha256
+            assert sorted(f.feature_set for f in features) == [
+                "egemaps_functionals",
+                "egemaps_lld",
+                "mediapipe_face_frames",
+                "mediapipe_face_summary",
+            ]
+            assert len(catalog.qc(clip_id)) == 2  # quick and full
+            for frames in [f.frames for f in features if f.frames is not None]:
+                written = (tmp_path / "features" / frames.path).read_bytes()
+                assert hashlib.sha256(written).hexdigest() == frames.sha256
         leftovers = [p.name for p in (tmp_path / "features").rglob(".*")]
         assert leftovers == []  # temp files of killed runs were removed by the next one
         assert catalog.audit.verify().ok
@@ -179,7 +184,7 @@ def test_two_workers_on_postgresql_extract_every_clip_exactly_once(
             assert time.monotonic() < deadline
             time.sleep(0.1)
         for clip_id in ids:
-            assert len(catalog.features(clip_id)) == 2 and len(catalog.qc(clip_id)) == 1
+            assert len(catalog.features(clip_id)) == 4 and len(catalog.qc(clip_id)) == 2
             extracted = [
                 e for e in catalog.audit.entries(clip_id=clip_id) if e.action == "extracted"
             ]
