@@ -231,3 +231,31 @@ def test_the_worker_runs_under_its_units_sandbox_with_the_provisioned_config(
     assert run.returncode == 0, run.stdout + run.stderr
     assert f"clip {ids[0]}: extracted" in run.stdout
     assert "egemaps_functionals" in run.stdout and "egemaps_lld" in run.stdout
+
+
+def test_with_openface_configured_the_worker_records_action_units(
+    tmp_path: Path, announce: Announce, speech_48k: Path
+) -> None:
+    """OpenFace through its adapter (here its stand-in, which checks it is given the clip as
+    a memory file and writes OpenFace's exact CSV), beside voice and MediaPipe."""
+    from protocol.tomlconfig import load_toml
+    from server.extract.worker import ExtractionWorker, load_identities
+
+    path, ids = stock(tmp_path, announce, speech_48k)
+    config = load_toml(path, ExtractConfig)
+    standin = Path(__file__).with_name("openface_standin.py")
+    features = config.features.model_copy(update={"openface_bin": standin})
+    config = config.model_copy(update={"features": features})
+    worker = ExtractionWorker(
+        config, worker_id="x1@test", identities=load_identities(config.keys.data_key)
+    )
+    try:
+        outcome = worker.extract_one(ids[0])
+        assert outcome is not None and outcome.result == "extracted", outcome
+        sets = {f.feature_set: f for f in worker.catalog.features(ids[0])}
+        assert {"openface_au_summary", "openface_au_frames"} <= set(sets)
+        summary = sets["openface_au_summary"]
+        assert summary.provenance.tool == "openface" and summary.provenance.model_sha256
+        assert summary.values is not None and "pspi_au45_for_au43_mean" in summary.values
+    finally:
+        worker.close()
