@@ -1,6 +1,7 @@
 """``make bench``: painav's envelope against the reference ``age`` command on the same file in
 the same run; prints a table and writes it into the README between the bench markers. Then the
-recorder and ingest benchmarks (``recorder.py``, ``ingest.py``) the same way. One part alone:
+recorder, ingest and extraction benchmarks (``recorder.py``, ``ingest.py``, ``extract.py``) the
+same way. One part alone:
 ``python -m tests.bench.run --only recorder --readme README.md``.
 
 Throughput is the median of interleaved runs (this machine is noisy); the ratio is age's median
@@ -76,24 +77,30 @@ def main() -> int:
     parser.add_argument("--readme", type=Path, help="write the tables into this README")
     parser.add_argument("--recorder-runs", type=int, default=3)
     parser.add_argument("--ingest-runs", type=int, default=3)
+    parser.add_argument("--extract-runs", type=int, default=3)
+    parser.add_argument("--extract-clips", type=int, default=4, help="per clips-a-minute run")
+    parser.add_argument("--latency-runs", type=int, default=2, help="60 s recordings each")
     parser.add_argument(
         "--only",
-        choices=("envelope", "recorder", "ingest"),
+        choices=("envelope", "recorder", "ingest", "extract"),
         action="append",
-        help="run only this part (repeatable); default: all three",
+        help="run only this part (repeatable); default: all four",
     )
     args = parser.parse_args()
-    parts = set(args.only or ("envelope", "recorder", "ingest"))
+    parts = set(args.only or ("envelope", "recorder", "ingest", "extract"))
     if "envelope" in parts:
         envelope(args)
 
-    from . import ingest, recorder
+    from . import extract, ingest, recorder
 
     sections = []
     if "recorder" in parts:
         sections.append(("recorder", recorder.table(recorder.measure(args.recorder_runs))))
     if "ingest" in parts:
         sections.append(("ingest", ingest.table(ingest.measure(args.ingest_runs))))
+    if "extract" in parts:
+        figures = extract.measure(args.extract_runs, args.extract_clips, args.latency_runs)
+        sections.append(("extract", extract.table(figures)))
     for section_name, section in sections:
         print(section)
         if args.readme:
