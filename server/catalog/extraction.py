@@ -89,8 +89,7 @@ class ExtractionMixin:
     _actor: str
     _clock: Callable[[], datetime]
 
-    def _session(self, *, write: bool) -> AbstractContextManager[Session]:
-        raise NotImplementedError
+    _session: Callable[..., AbstractContextManager[Session]]  # the Catalog's transaction
 
     def claim_for_extraction(
         self,

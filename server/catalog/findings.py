@@ -51,8 +51,7 @@ class FindingsMixin:
 
     _clock: Callable[[], datetime]
 
-    def _session(self, *, write: bool) -> AbstractContextManager[Session]:
-        raise NotImplementedError
+    _session: Callable[..., AbstractContextManager[Session]]  # the Catalog's transaction
 
     # --- features ---------------------------------------------------------------------------
 

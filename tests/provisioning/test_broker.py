@@ -40,6 +40,7 @@ from provisioning.crl import refresh_crl
 from provisioning.devices import revoke_device
 from provisioning.receivers import add_receiver, receiver_dir
 from provisioning.site import Site, init_site
+from tests.support.environment import missing
 from tests.support.mosquitto import (
     HOST,
     SITE,
@@ -156,7 +157,7 @@ def test_refuses_a_folder_the_broker_account_cannot_reach(
     if os.geteuid() != 0:
         # Only root hands files to another account. CI runs as root, so there it must run.
         assert not os.environ.get("CI"), "CI must run the suite as root"
-        pytest.skip("only root hands the files to another account")
+        missing("root, who alone hands the files to another account")
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
     with pytest.raises(BrokerConfigError, match=f"cannot pass through {private}"):

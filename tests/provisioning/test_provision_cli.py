@@ -10,6 +10,7 @@ import pytest
 
 from painav.cli import main
 from provisioning.site import Site
+from tests.support.environment import missing
 from tests.support.mosquitto import HOST, Broker, broker_user, free_port
 
 
@@ -72,7 +73,7 @@ def test_broker_listens_where_broker_config_says(
         f"listener {port} {wanted}"
     ]
     if broker_user() != "mosquitto":
-        pytest.skip("the generated config drops to the mosquitto account, which is missing here")
+        missing("the mosquitto account the generated config drops to")
     broker = Broker(broker_site, broker_out, port, broker_out / "mosquitto.log")
     try:
         broker.start()  # returns once a TLS login on 127.0.0.1 succeeds

@@ -28,6 +28,7 @@ import pytest
 from daemon.hardware import alsa_messages
 from daemon.hardware.base import AudioBlock, HardwareError
 from daemon.hardware.pyaudio_mic import CaptureClock, PyAudioMicrophone
+from tests.support.environment import missing
 
 from .conftest import SPEECH_RATE_HZ
 
@@ -293,6 +294,6 @@ sys.exit(0 if router.alsa else 1)
         timeout=60,
     )
     if done.returncode == 77:
-        pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3+)")
+        missing("PR_SET_MDWE (Linux 6.3+)")
     assert done.returncode == 0, done.stderr
     assert "Unknown PCM" in done.stderr and "ALSA lib" not in done.stderr  # the log's, not ALSA's

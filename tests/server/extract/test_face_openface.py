@@ -32,6 +32,7 @@ from server.extract.face_openface import (
     OpenFaceTimeout,
 )
 from server.extract.media import ClipMedia
+from tests.support.environment import missing
 
 from . import openface_standin as standin
 from .clips import synthetic_clip
@@ -44,7 +45,7 @@ SHM = Path("/dev/shm")
 def runtime_dir() -> Iterator[Path]:
     """A fresh folder on tmpfs for the adapter's output folders; it must be empty after a run."""
     if not SHM.is_dir():
-        pytest.skip("no /dev/shm here")
+        missing("/dev/shm")
     folder = Path(tempfile.mkdtemp(prefix="painav-test-openface-", dir=SHM))
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
@@ -277,10 +278,17 @@ def test_the_default_runtime_dir(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_an_output_folder_on_disk_is_refused(tmp_path: Path) -> None:
     from server.extract.face_openface import _filesystem_type
 
-    if _filesystem_type(tmp_path) in ("tmpfs", "ramfs"):
-        pytest.skip("the temporary folder is on tmpfs here")
-    with pytest.raises(ValueError, match="memory filesystem"):
-        OpenFaceExtractor(STANDIN, runtime_dir=tmp_path)
+    folder = tmp_path
+    if _filesystem_type(folder) in ("tmpfs", "ramfs"):  # then a folder beside this file
+        folder = Path(tempfile.mkdtemp(prefix=".openface-disk-", dir=Path(__file__).parent))
+    try:
+        if _filesystem_type(folder) in ("tmpfs", "ramfs"):
+            missing("a folder on a disk file system")
+        with pytest.raises(ValueError, match="memory filesystem"):
+            OpenFaceExtractor(STANDIN, runtime_dir=folder)
+    finally:
+        if folder != tmp_path:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_parse_a_face_less_clip_and_a_broken_csv(runtime_dir: Path) -> None:
