@@ -2,7 +2,7 @@
 
 The plaintext lives only in this process's memory (one ``bytes`` object); nothing is written to
 disk, not even a temporary file. From it come the audio as float32 mono in [-1, 1], video frames
-sampled at a chosen rate as RGB arrays, and the stream facts quality control needs::
+sampled at a chosen rate as RGB or grey arrays, and the stream facts quality control needs::
 
     with open("clip.age", "rb") as f:
         media = ClipMedia.decrypt(f, [identity])
@@ -10,6 +10,8 @@ sampled at a chosen rate as RGB arrays, and the stream facts quality control nee
     audio = media.audio()            # AudioTrack(samples, sample_rate_hz, start_s, ...)
     for sample in media.frames(fps=10.0):
         sample.time_s, sample.image  # (H, W, 3) uint8 RGB
+    for sample in media.frames(fps=2.0, width=640, grey=True):
+        sample.image                 # (360, 640) uint8 luma, 0–255
 
 Media that PyAV cannot read (an authentic age file with garbage inside, a clip without a video
 or an audio track, a decode error) raises :class:`MediaError` with a one-line reason; the
@@ -22,10 +24,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar, cast
 
 import av
 import numpy as np
@@ -36,6 +40,8 @@ from protocol.errors import ProtocolError
 from protocol.x25519 import X25519Identity
 
 __all__ = ["AudioTrack", "ClipMedia", "MediaError", "StreamFacts", "VideoSample"]
+
+_T = TypeVar("_T")
 
 # Matroska stores timestamps in milliseconds: audio blocks that are not a whole number of
 # milliseconds long arrive up to half a millisecond off. Only a larger jump is a real gap.
@@ -70,7 +76,8 @@ class AudioTrack:
 @dataclass(frozen=True)
 class VideoSample:
     """One decoded frame: its index among the clip's frames, its time on the clip's clock,
-    and the picture as an (height, width, 3) uint8 RGB array."""
+    and the picture as an (height, width, 3) uint8 RGB array, or (height, width) uint8 luma
+    for a grey frame."""
 
     index: int
     time_s: float
@@ -281,17 +288,33 @@ class ClipMedia:
             )
 
     def frames(
-        self, fps: float | None = 10.0, *, width: int | None = None
+        self,
+        fps: float | None = 10.0,
+        *,
+        width: int | None = None,
+        grey: bool = False,
+        ahead: int = 0,
     ) -> Iterator[VideoSample]:
         """Video frames sampled at about *fps* frames per second (every frame if None or if the
-        clip has fewer), as RGB arrays, scaled to *width* pixels wide (aspect kept) if given.
+        clip has fewer), as RGB arrays, or as luma arrays if *grey*, scaled to *width* pixels
+        wide (aspect kept) if given.
 
-        Every frame is decoded (H.264 needs them all), but only the sampled ones are converted
-        to RGB. Sampling follows the timestamps: after a gap the next frame is taken at once.
+        Every frame is decoded (H.264 needs them all), but only the sampled ones are converted.
+        A grey frame is the decoded picture's own luma plane, scaled and expanded to full range
+        (0–255) by FFmpeg's swscale in one step: no RGB conversion. Sampling follows the
+        timestamps: after a gap the next frame is taken at once.
+
+        With *ahead* > 0 the video is decoded on a thread of its own, at most *ahead* sampled
+        frames ahead of the caller, so that decoding runs while the caller works on the frames
+        (FFmpeg and OpenCV both release the GIL); the frames are the same. A decoding error is
+        raised here as it would be without; closing the iterator stops the thread.
         """
         if fps is not None and fps <= 0:
             raise ValueError(f"fps must be positive, not {fps}")
-        step = 1.0 / fps if fps else 0.0
+        samples = self._sampled(1.0 / fps if fps else 0.0, width, "gray" if grey else "rgb24")
+        return _read_ahead(samples, ahead) if ahead > 0 else samples
+
+    def _sampled(self, step: float, width: int | None, pixels: str) -> Iterator[VideoSample]:
         with self._open("decode the video") as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
@@ -309,8 +332,49 @@ class ClipMedia:
                         due += step  # catch up after a gap rather than emit a burst
                 if width is not None and height is None:
                     height = max(2, round(frame.height * width / frame.width / 2) * 2)
-                picture = frame.to_ndarray(format="rgb24", width=width, height=height)
+                picture = frame.to_ndarray(format=pixels, width=width, height=height)
                 yield VideoSample(index=index, time_s=t, image=picture)
+
+
+def _read_ahead(items: Iterator[_T], depth: int) -> Iterator[_T]:
+    """*items*, taken on a thread of their own at most *depth* ahead of the consumer. What the
+    producer raises is raised here; closing this generator stops the producer, which closes
+    *items* (a generator's ``with`` blocks end on the thread that ran them)."""
+    slots: queue.Queue[tuple[bool, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    break
+                slots.put((True, item))
+            slots.put((False, None))
+        except BaseException as exc:  # handed to the consumer, who raises it
+            slots.put((False, exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="painav-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            more, value = slots.get()
+            if more:
+                yield cast(_T, value)
+            elif value is None:
+                return
+            else:
+                assert isinstance(value, BaseException)
+                raise value
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting for room
+            with contextlib.suppress(queue.Empty):
+                slots.get(timeout=0.05)
+        thread.join()
 
 
 def _mono(frame: Any) -> npt.NDArray[np.float32]:

@@ -271,11 +271,14 @@ class ExtractionWorker:
         return quick.verdict
 
     def _video_metrics(self, media: ClipMedia, frame_times_s: tuple[float, ...]) -> VideoMetrics:
+        # Grey frames straight from the decoder's luma plane, scaled by swscale: no RGB frame
+        # and no per-pixel arithmetic, for the cascade and the luma measures alike. Decoding
+        # (every frame) runs on its own thread beside the cascade (the sampled ones): both use
+        # the cores, and the check's latency is their CPU time shared over them, not their sum.
         faces, luma = [], []
-        for sample in media.frames(_QC_FPS, width=_QC_WIDTH):
-            grey = (sample.image @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
-            faces.append(self._faces.present(grey))
-            luma.append(grey)
+        for sample in media.frames(_QC_FPS, width=_QC_WIDTH, grey=True, ahead=4):
+            faces.append(self._faces.present(sample.image))
+            luma.append(sample.image)
         return video_metrics(frame_times_s, faces=faces, luma=luma)
 
     def _judge(self, facts: StreamFacts, audio: AudioMetrics, video: VideoMetrics) -> QcResult:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from daemon.hardware.sim_mic import voice_like_signal
 from protocol.envelope import EnvelopeWriter
 from protocol.errors import NoIdentityMatchError, PayloadError
 from protocol.x25519 import X25519Identity
-from server.extract.media import ClipMedia, MediaError, decrypt_to_memory
+from server.extract.media import ClipMedia, MediaError, _read_ahead, decrypt_to_memory
 
 from .clips import FPS, Clip, aligned, synthetic_clip, wav_samples
 
@@ -91,6 +93,45 @@ def test_frames_are_sampled_at_the_asked_rate(voice_clip: Clip) -> None:
     assert small.image.shape == (60, 80, 3)
     with pytest.raises(ValueError):
         next(media.frames(fps=0))
+
+
+def test_grey_frames_are_the_luma_of_the_same_samples(voice_clip: Clip) -> None:
+    media = open_clip(voice_clip)
+    colour = list(media.frames(fps=10.0, width=80))
+    grey = list(media.frames(fps=10.0, width=80, grey=True))
+    assert [(s.index, s.time_s) for s in grey] == [(s.index, s.time_s) for s in colour]
+    for g, c in zip(grey, colour, strict=True):
+        assert g.image.shape == (60, 80) and g.image.dtype == np.uint8
+        luma = c.image @ np.array([0.299, 0.587, 0.114])
+        assert float(np.abs(g.image - luma).mean()) < 3.0  # the same picture, within a level or two
+    # full range, as luma from RGB is: the gradient's black and white, not video's 16–235
+    assert min(int(g.image.min()) for g in grey) < 12
+    assert max(int(g.image.max()) for g in grey) > 243
+    assert next(media.frames(fps=1.0, grey=True)).image.shape == (120, 160)
+
+
+def test_frames_decoded_ahead_are_the_same_and_the_thread_ends(voice_clip: Clip) -> None:
+    media = open_clip(voice_clip)
+    threads = threading.active_count()
+    here = list(media.frames(fps=10.0, width=80, grey=True))
+    ahead = list(media.frames(fps=10.0, width=80, grey=True, ahead=2))
+    assert [(s.index, s.time_s) for s in ahead] == [(s.index, s.time_s) for s in here]
+    assert all(np.array_equal(a.image, h.image) for a, h in zip(ahead, here, strict=True))
+    early = media.frames(fps=None, ahead=1)
+    assert next(early).index == 0
+    early.close()  # type: ignore[attr-defined]  # stops the decoding thread
+    assert threading.active_count() == threads
+
+
+def test_an_error_while_reading_ahead_is_raised_to_the_reader() -> None:
+    def broken() -> Iterator[int]:
+        yield 1
+        raise MediaError("clip media: decode the video: broken")
+
+    reader = _read_ahead(broken(), 4)
+    assert next(reader) == 1
+    with pytest.raises(MediaError, match="broken"):
+        next(reader)
 
 
 def test_decrypting_needs_no_file_on_disk(
