@@ -219,17 +219,7 @@ class ExtractionWorker:
         audio = audio_metrics(track.samples, track.sample_rate_hz)
         video = self._video_metrics(media, facts.frame_times_s)
         quick = self._judge(facts, audio, video)
-        self.catalog.record_qc(
-            clip.clip_id,
-            worker=self.worker_id,
-            qc_pass="quick",
-            verdict=quick.verdict,
-            reasons=list(quick.reasons),
-            metrics=_finite(quick.metrics),
-            config_hash=self._qc_hash,
-            painav_version=self._version,
-            now=datetime.now(UTC),
-        )
+        self._record_qc(clip, "quick", quick)
         features = self._voice.extract(track.samples, track.sample_rate_hz, start_s=track.start_s)
         functionals = features.functionals
         self._record(
@@ -257,17 +247,7 @@ class ExtractionWorker:
         # second, tracked) in place of the cascade's (2 a second).
         share = face.summary.get("face_share")
         full = self._judge(facts, audio, replace(video, face_share=share or 0.0))
-        self.catalog.record_qc(
-            clip.clip_id,
-            worker=self.worker_id,
-            qc_pass="full",
-            verdict=full.verdict,
-            reasons=list(full.reasons),
-            metrics=_finite(full.metrics),
-            config_hash=self._qc_hash,
-            painav_version=self._version,
-            now=datetime.now(UTC),
-        )
+        self._record_qc(clip, "full", full)
         return quick.verdict
 
     def _video_metrics(self, media: ClipMedia, frame_times_s: tuple[float, ...]) -> VideoMetrics:
@@ -280,6 +260,19 @@ class ExtractionWorker:
             faces.append(self._faces.present(sample.image))
             luma.append(sample.image)
         return video_metrics(frame_times_s, faces=faces, luma=luma)
+
+    def _record_qc(self, clip: ClipRecord, qc_pass: str, result: QcResult) -> None:
+        self.catalog.record_qc(
+            clip.clip_id,
+            worker=self.worker_id,
+            qc_pass=qc_pass,
+            verdict=result.verdict,
+            reasons=list(result.reasons),
+            metrics=_finite(result.metrics),
+            config_hash=self._qc_hash,
+            painav_version=self._version,
+            now=datetime.now(UTC),
+        )
 
     def _judge(self, facts: StreamFacts, audio: AudioMetrics, video: VideoMetrics) -> QcResult:
         return judge(
