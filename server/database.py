@@ -3,6 +3,8 @@ and the audit log's check."""
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -58,12 +60,29 @@ def _sqlite_connect(dbapi_connection: Any, _record: object) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        _wal(cursor)
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
     finally:
         cursor.close()
+
+
+def _wal(cursor: Any) -> None:
+    """Put the database in WAL mode, once. Switching a new database's journal needs it to
+    itself, and SQLite answers "locked" at once rather than waiting (its busy timeout does not
+    cover this): receivers that open a new catalog together try again, up to the timeout."""
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+        return
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _sqlite_begin(conn: Connection) -> None:
