@@ -33,7 +33,17 @@ from protocol.messages import ClipAnnouncement, Event, Status, Telemetry
 from ..audit import AuditLog
 from ..database import READ_ONLY, make_engine
 from . import fetch_queue, units
-from .clip_rows import REASON_RE, bounded, check_lease, code, locked, move, one_line, utc
+from .clip_rows import (
+    REASON_RE,
+    bounded,
+    check_lease,
+    code,
+    held_by,
+    locked,
+    move,
+    one_line,
+    utc,
+)
 from .engine import run_migrations
 from .errors import (
     CatalogDatabaseError,
@@ -236,18 +246,9 @@ class Catalog(ExtractionMixin, FindingsMixin):
         *worker_prefix* (a receiver's own, at its start: they died with its last run, and
         need not wait for their leases to expire). Returns the clip ids."""
         now = utc(now, "now")
-        bounded(worker_prefix, "worker_prefix", 64)
-        held = (
-            select(Clip)
-            .where(
-                Clip.state == ClipState.FETCHING,
-                Clip.lease_owner.startswith(worker_prefix, autoescape=True),
-            )
-            .with_for_update()
-        )
         with self._session(write=True) as s:
             released = []
-            for clip in s.scalars(held):
+            for clip in held_by(s, ClipState.FETCHING, worker_prefix):
                 owner = clip.lease_owner
                 move(clip, ClipState.ANNOUNCED, at=now)
                 clip.attempts += 1

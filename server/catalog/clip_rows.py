@@ -69,6 +69,18 @@ def locked(s: Session, clip_id: str) -> Clip:
     return clip
 
 
+def held_by(s: Session, state: ClipState, worker_prefix: str) -> list[Clip]:
+    """The clips in *state* leased to workers whose name starts with *worker_prefix*, locked:
+    what a restarted receiver or worker takes back at once."""
+    bounded(worker_prefix, "worker_prefix", 64)
+    query = (
+        select(Clip)
+        .where(Clip.state == state, Clip.lease_owner.startswith(worker_prefix, autoescape=True))
+        .with_for_update()
+    )
+    return list(s.scalars(query))
+
+
 def move(clip: Clip, target: ClipState, *, at: datetime) -> None:
     """Move *clip* to *target* (:class:`IllegalTransitionError` if the lifecycle forbids it);
     a state that holds no lease drops the lease."""

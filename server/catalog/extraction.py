@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from protocol.message_fields import format_timestamp
 
 from ..audit import AuditLog
-from .clip_rows import bounded, check_lease, code, locked, move, one_line, utc
+from .clip_rows import bounded, check_lease, code, held_by, locked, move, one_line, utc
 from .errors import ClipNotFoundError, ClipStateError
 from .lifecycle import STORED_STATES, ClipState
 from .models import Clip, ClipFeatures, ClipQc
@@ -224,18 +224,9 @@ class ExtractionMixin:
         counts as a failed attempt, so a clip that kills its worker ends ``failed``.
         Returns the clip ids."""
         now = utc(now, "now")
-        bounded(worker_prefix, "worker_prefix", 64)
-        held = (
-            select(Clip)
-            .where(
-                Clip.state == _S.EXTRACTING,
-                Clip.lease_owner.startswith(worker_prefix, autoescape=True),
-            )
-            .with_for_update()
-        )
         with self._session(write=True) as s:
             released = []
-            for clip in s.scalars(held):
+            for clip in held_by(s, _S.EXTRACTING, worker_prefix):
                 owner = clip.lease_owner
                 move(clip, _S.RECEIPTED, at=now)
                 clip.extract_attempts += 1
