@@ -59,12 +59,13 @@ def _build_parser() -> argparse.ArgumentParser:
     decrypt.add_argument("--force", action="store_true", help="overwrite an existing output")
     decrypt.set_defaults(handler="painav.clipcmd:decrypt")
 
-    from . import devicecmd, extractcmd, provisioncmd, receivercmd
+    from . import devicecmd, extractcmd, provisioncmd, receivercmd, researchcmd
 
     devicecmd.add_parser(commands)
     receivercmd.add_parser(commands)
     extractcmd.add_parser(commands)
     provisioncmd.add_parser(commands)
+    researchcmd.add_parser(commands)
 
     demo = commands.add_parser(
         "demo", help="run the bedside-to-hospital path on one machine with embedded defaults"

@@ -12,6 +12,7 @@ from .errors import (
     IllegalTransitionError,
     LeaseLostError,
     ResultConflictError,
+    StudyError,
 )
 from .lifecycle import TRANSITIONS, ClipState
 from .records import ClipRecord, UnitEventRecord, UnitRecord
@@ -24,6 +25,7 @@ from .results import (
     Verdict,
     VerdictRecord,
 )
+from .study import ConsentRecord, ParticipantRecord, VisitRecord
 
 __all__ = [
     "TRANSITIONS",
@@ -35,16 +37,20 @@ __all__ = [
     "ClipRecord",
     "ClipState",
     "ClipStateError",
+    "ConsentRecord",
     "FeatureRecord",
     "FrameFile",
     "IllegalTransitionError",
     "LeaseLostError",
+    "ParticipantRecord",
     "Provenance",
     "QcPass",
     "QcRecord",
     "ResultConflictError",
+    "StudyError",
     "UnitEventRecord",
     "UnitRecord",
     "Verdict",
     "VerdictRecord",
+    "VisitRecord",
 ]

@@ -56,6 +56,7 @@ from .findings import FindingsMixin
 from .lifecycle import ACTIVE_STATES, ClipState
 from .models import Clip, Unit, UnitEvent
 from .records import ClipRecord, UnitEventRecord, UnitRecord
+from .study import StudyMixin
 
 __all__ = ["REASON_RE", "Catalog", "utc"]
 
@@ -67,12 +68,13 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class Catalog(ExtractionMixin, FindingsMixin):
+class Catalog(ExtractionMixin, FindingsMixin, StudyMixin):
     """The catalog database: ``sqlite:///path/catalog.db`` or ``postgresql+psycopg://…``.
 
     Opening it migrates the schema to the newest revision. The extraction worker's methods
     are in :mod:`.extraction` (claims, failures, leases, decrypt audit) and :mod:`.findings`
-    (features, quality checks, the verdict outbox). *actor* names this receiver in the
+    (features, quality checks, the verdict outbox); the study's in :mod:`.study` (participants,
+    consent, visits). *actor* names this receiver (or the person at the command line) in the
     audit log; *clock* gives the time of changes whose caller gives none (and of audit rows).
     """
 

@@ -11,6 +11,7 @@ __all__ = [
     "IllegalTransitionError",
     "LeaseLostError",
     "ResultConflictError",
+    "StudyError",
 ]
 
 
@@ -70,3 +71,7 @@ class CatalogDatabaseError(CatalogError, RuntimeError):
 class CatalogUnavailableError(CatalogDatabaseError):
     """The database could not be used just now (unreachable, locked, out of space, a dropped
     connection): the same operation may well succeed later. A broken constraint is not this."""
+
+
+class StudyError(CatalogError, ValueError):
+    """A change to the study's participants, consent or visits that its rules refuse."""

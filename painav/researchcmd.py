@@ -1,0 +1,149 @@
+"""``painav research …``: enrol participants, record consent, open and close visits, look."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from server.catalog import Catalog
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=Path("/etc/painav/receiver.toml"),
+        help="the receiver's config, for its catalog (default: %(default)s)",
+    )
+    research = commands.add_parser(
+        "research", help="the study: participants, consent, visits (for data managers)"
+    )
+    sub = research.add_subparsers(dest="research_command", required=True, metavar="ACTION")
+
+    enrol = sub.add_parser("enrol", parents=[common], help="enrol a participant with consent")
+    enrol.add_argument("pseudonym", help="the study id, e.g. PAIN-0042 (never a name or number)")
+    enrol.add_argument("--group", required=True, choices=("pain", "control"))
+    enrol.add_argument("--language", required=True, choices=("nl", "en"))
+    enrol.add_argument("--consent-form", required=True, help="the signed form's version")
+    enrol.add_argument("--consent-date", type=_date, help="when it was signed (default: today)")
+    enrol.add_argument("--enrolled", type=_date, help="enrolment date (default: today)")
+    enrol.set_defaults(handler="painav.researchcmd:enrol")
+
+    consent = sub.add_parser(
+        "consent", parents=[common], help="record a newer consent form the participant signed"
+    )
+    consent.add_argument("pseudonym")
+    consent.add_argument("--form", required=True, help="the signed form's version")
+    consent.add_argument("--date", type=_date, help="when it was signed (default: today)")
+    consent.set_defaults(handler="painav.researchcmd:consent")
+
+    visit = sub.add_parser("visit", parents=[common], help="open or close a participant's visit")
+    visit.add_argument("action", choices=("open", "close"))
+    visit.add_argument("pseudonym")
+    visit.add_argument("number", nargs="?", type=int, help="the visit to close")
+    visit.add_argument("--on", type=_date, help="the visit's day (default: today)")
+    visit.set_defaults(handler="painav.researchcmd:visit")
+
+    show = sub.add_parser("show", parents=[common], help="participants with consent and visits")
+    show.add_argument("pseudonym", nargs="?", help="only this participant")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(handler="painav.researchcmd:show")
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a date (YYYY-MM-DD)") from None
+
+
+def _catalog(args: argparse.Namespace) -> Catalog:
+    from server.catalog import Catalog
+    from server.config import load_config
+
+    # Who changed the study, in the audit log: the account at the command line.
+    return Catalog(load_config(args.config).catalog.url, actor=f"os:{getpass.getuser()}"[:64])
+
+
+def enrol(args: argparse.Namespace) -> int:
+    with _catalog(args) as catalog:
+        today = date.today()
+        added = catalog.enrol(
+            args.pseudonym,
+            group=args.group,
+            language=args.language,
+            enrolled_on=args.enrolled or today,
+            consented_on=args.consent_date or today,
+            form_version=args.consent_form,
+        )
+    print(f"enrolled {added.pseudonym} ({added.group}, {added.language}); open a visit next")
+    return 0
+
+
+def consent(args: argparse.Namespace) -> int:
+    with _catalog(args) as catalog:
+        catalog.record_consent(
+            args.pseudonym, consented_on=args.date or date.today(), form_version=args.form
+        )
+    print(f"{args.pseudonym}: consent form {args.form} recorded")
+    return 0
+
+
+def visit(args: argparse.Namespace) -> int:
+    with _catalog(args) as catalog:
+        if args.action == "open":
+            opened = catalog.open_visit(args.pseudonym, on=args.on or date.today())
+            print(f"{args.pseudonym}: visit {opened.number} ({opened.label}) open")
+            return 0
+        if args.number is None:
+            print("painav: error: research visit close: give the visit's number")
+            return 2
+        catalog.close_visit(args.pseudonym, args.number)
+    print(f"{args.pseudonym}: visit {args.number} closed")
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    with _catalog(args) as catalog:
+        rows = [catalog.participant(args.pseudonym)] if args.pseudonym else catalog.participants()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "pseudonym": p.pseudonym,
+                        "group": p.group,
+                        "language": p.language,
+                        "enrolled_on": p.enrolled_on.isoformat(),
+                        "consent_form": p.consent.form_version if p.consent else None,
+                        "consented": p.consented,
+                        "visits": [
+                            {
+                                "number": v.number,
+                                "opened_on": v.opened_on.isoformat(),
+                                "closed_at": v.closed_at.isoformat() if v.closed_at else None,
+                            }
+                            for v in p.visits
+                        ],
+                    }
+                    for p in rows
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    print(f"{'participant':<12} {'group':<8} {'lang':<5} {'enrolled':<11} {'consent':<10} visits")
+    for p in rows:
+        state = (p.consent.form_version if p.consented and p.consent else "withdrawn")[:10]
+        visits = " ".join(f"{v.label}{'' if v.closed_at else '(open)'}" for v in p.visits)
+        print(
+            f"{p.pseudonym:<12} {p.group:<8} {p.language:<5} {p.enrolled_on.isoformat():<11} "
+            f"{state:<10} {visits or '-'}"
+        )
+    return 0

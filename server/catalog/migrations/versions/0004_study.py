@@ -1,0 +1,73 @@
+"""The study: participants, their consent and their visits.
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-29
+
+Written by hand, like 0001: the names and types are spelled out, not imported from the models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0004"
+down_revision: str | None = "0002"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def _serial() -> sa.types.TypeEngine[int]:
+    return sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def upgrade() -> None:
+    op.create_table(
+        "participants",
+        sa.Column("pseudonym", sa.String(16), nullable=False),
+        sa.Column("study_group", sa.String(8), nullable=False),
+        sa.Column("language", sa.String(2), nullable=False),
+        sa.Column("enrolled_on", sa.Date(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("pseudonym", name="pk_participants"),
+        sa.CheckConstraint(
+            "study_group IN ('pain', 'control')", name="ck_participants_study_group"
+        ),
+        sa.CheckConstraint("language IN ('nl', 'en')", name="ck_participants_language"),
+    )
+    op.create_table(
+        "consents",
+        sa.Column("id", _serial(), autoincrement=True, nullable=False),
+        sa.Column("pseudonym", sa.String(16), nullable=False),
+        sa.Column("consented_on", sa.Date(), nullable=False),
+        sa.Column("form_version", sa.String(32), nullable=False),
+        sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("withdrawn_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name="pk_consents"),
+        sa.ForeignKeyConstraint(
+            ["pseudonym"], ["participants.pseudonym"], name="fk_consents_pseudonym_participants"
+        ),
+    )
+    op.create_index("ix_consents_pseudonym", "consents", ["pseudonym"])
+    op.create_table(
+        "visits",
+        sa.Column("pseudonym", sa.String(16), nullable=False),
+        sa.Column("number", sa.Integer(), nullable=False),
+        sa.Column("opened_on", sa.Date(), nullable=False),
+        sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("pseudonym", "number", name="pk_visits"),
+        sa.ForeignKeyConstraint(
+            ["pseudonym"], ["participants.pseudonym"], name="fk_visits_pseudonym_participants"
+        ),
+        sa.CheckConstraint("number >= 1", name="ck_visits_number"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("visits")
+    op.drop_index("ix_consents_pseudonym", table_name="consents")
+    op.drop_table("consents")
+    op.drop_table("participants")

@@ -1,0 +1,66 @@
+"""``painav research …``: what a data manager types to enrol, consent and open visits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from painav.cli import main
+from provisioning.receivers import receiver_config
+from provisioning.site import init_site
+from server.catalog import Catalog
+from tests.support.mosquitto import HOST, SITE
+from tests.support.unit import PAINAV
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    site = init_site(tmp_path / "site", SITE, broker_hosts=(HOST,))
+    path = tmp_path / "receiver.toml"
+    path.write_text(
+        receiver_config(
+            site,
+            catalog_url=f"sqlite:///{tmp_path / 'catalog.db'}",
+            store_dir=tmp_path / "store",
+            spool_dir=tmp_path / "spool",
+            broker_host=HOST,
+            broker_port=8883,
+        )
+    )
+    return path
+
+
+def test_enrol_open_a_visit_and_show(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--config", str(config)]
+    assert main(["research", "enrol", "PAIN-0042", "--group", "pain", "--language", "nl",
+                 "--consent-form", "v2", *common]) == 0  # fmt: skip
+    assert main(["research", "visit", "open", "PAIN-0042", *common]) == 0
+    assert main(["research", "visit", "close", "PAIN-0042", "1", *common]) == 0
+    assert main(["research", "visit", "open", "PAIN-0042", *common]) == 0
+    capsys.readouterr()
+    assert main(["research", "show", "--json", *common]) == 0
+    [shown] = json.loads(capsys.readouterr().out)
+    assert shown["pseudonym"] == "PAIN-0042" and shown["consented"]
+    assert [v["number"] for v in shown["visits"]] == [1, 2]
+    assert shown["visits"][1]["closed_at"] is None
+    assert main(["research", "show", *common]) == 0
+    assert "V1 V2(open)" in capsys.readouterr().out
+    url = f"sqlite:///{config.parent / 'catalog.db'}"
+    with Catalog(url) as catalog:
+        entries = catalog.audit.entries()
+    assert {e.actor for e in entries} == {f"os:{__import__('getpass').getuser()}"}
+
+
+def test_an_identifier_as_pseudonym_is_one_line_and_nothing_changes(config: Path) -> None:
+    done = subprocess.run(
+        [str(PAINAV), "research", "enrol", "PAT-140385", "--group", "control",
+         "--language", "en", "--consent-form", "v1", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "reads as a date" in done.stderr
+    with Catalog(f"sqlite:///{config.parent / 'catalog.db'}") as catalog:
+        assert catalog.participants() == []
