@@ -1,8 +1,9 @@
 """``painav demo``: the whole path on one machine, from button press to the hospital store.
 
 Provisions a throwaway site, starts Mosquitto with the generated TLS/ACL configuration, the
-receiver (SQLite catalog, local store) and K simulated units; arms one unit for a demo
-participant, presses the buttons N times, waits until every clip is stored, receipted and gone
+receiver (SQLite catalog, local store) and K simulated units; enrols a pain participant and a
+control with consent and arms the first two units for their first visit, presses the buttons N
+times, waits until every clip is stored, receipted and gone
 from its unit; then an extraction worker decrypts each clip in memory, checks its quality and
 extracts its voice features, and the quick verdict goes back to the unit. It prints what
 happened. ``--workdir DIR`` keeps every file it made.
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -40,7 +41,8 @@ if TYPE_CHECKING:
     from server.service import ReceiverService
 
 SITE = "demo-ward"
-PARTICIPANT = "DEMO-0001"
+PARTICIPANTS = (("PAIN-0001", "pain"), ("CTRL-0001", "control"))
+"""Enrolled by the demo, one per unit (the first two units), each for their first visit."""
 PAINAV = Path(sys.executable).with_name("painav")
 
 
@@ -75,6 +77,10 @@ def _workdir(requested: Path | None) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="painav-demo-") as tmp:
         yield Path(tmp)
+
+
+def _armed_for(unit: _Unit, pseudonym: str) -> bool:
+    return bool(unit.status()["participant"] == pseudonym)
 
 
 def _say(text: str) -> None:
@@ -122,13 +128,32 @@ def _run(stack: ExitStack, work: Path, args: argparse.Namespace) -> int:
     _say("4. the bedside units (simulated camera, microphone and button)")
     units = [_start_unit(stack, site, d, work / "units" / d, port, args.seconds) for d in devices]
 
-    _say(f"5. a researcher arms {devices[0]} for participant {PARTICIPANT}")
-    now = datetime.now(UTC)
-    arm = ArmCommand(
-        participant=PARTICIPANT, visit="demo", issued_at=now, expires_at=now + timedelta(hours=1)
-    )
-    service.link.publish(arm, device_id=devices[0]).wait(5)
-    _wait(lambda: units[0].status()["participant"] == PARTICIPANT, "the arm command", 15)
+    _say("5. a data manager enrols participants with consent; a researcher arms the carts")
+    today = date.today()
+    armed = list(zip(devices, PARTICIPANTS, strict=False))
+    for device_id, (pseudonym, group) in armed:
+        service.catalog.enrol(
+            pseudonym,
+            group=group,
+            language="nl",
+            enrolled_on=today,
+            consented_on=today,
+            form_version="demo-1",
+        )
+        visit = service.catalog.armable_visit(
+            pseudonym, service.catalog.open_visit(pseudonym, on=today).number
+        )
+        now = datetime.now(UTC)
+        arm = ArmCommand(
+            participant=pseudonym,
+            visit=visit.label,
+            issued_at=now,
+            expires_at=now + timedelta(hours=1),
+        )
+        service.link.publish(arm, device_id=device_id).wait(5)
+        _say(f"   {pseudonym} ({group}) enrolled, visit {visit.label} open; {device_id} armed")
+    for unit, (_, (pseudonym, _)) in zip(units, armed, strict=False):
+        _wait(partial(_armed_for, unit, pseudonym), "the arm command", 15)
 
     _say(f"6. the nurse presses: {args.clips} recording(s) of {args.seconds:g} s")
     for n in range(args.clips):
@@ -172,13 +197,16 @@ def _run(stack: ExitStack, work: Path, args: argparse.Namespace) -> int:
         )
     )
     _start_worker(stack, extract_path)
-    ids = [c.clip_id for c in done]
+    # The consent gate: a clip recorded unarmed (a third unit, say) waits to be assigned.
+    ids = [c.clip_id for c in done if c.participant is not None]
+    if len(ids) < len(done):
+        _say(f"   {len(done) - len(ids)} clip(s) recorded unarmed wait to be assigned")
     _wait(
         lambda: all(catalog.clip(i).state.value in ("extracted", "failed") for i in ids),
         "the extraction",
         60 + 20 * args.clips,
     )
-    first = done[0]
+    first = catalog.clip(ids[0])
     with service.store.open(first.sha256) as f:  # as the worker does: in memory only
         facts = _media_facts(f, site.paths.data_key)
     _say(f"   {first.clip_id} decrypted in memory: {facts}")

@@ -389,6 +389,7 @@ def _new_clip(ann: ClipAnnouncement, at: datetime) -> dict[str, Any]:
         "signature": ann.signature,
         "url": ann.url,
         "participant": m.participant,
+        "visit": m.visit,
         "announced_at": at,
         "last_announced_at": at,
         "announce_count": 1,

@@ -38,6 +38,7 @@ from .errors import ClipNotFoundError, ClipStateError
 from .lifecycle import STORED_STATES, ClipState
 from .models import Clip, ClipFeatures, ClipQc
 from .records import ClipRecord
+from .study import consented
 
 __all__ = ["CLAIM_CANDIDATES", "ExtractionMixin", "candidates", "lock_if_waiting", "waiting"]
 
@@ -49,11 +50,16 @@ _S = ClipState
 
 def waiting(now: datetime, *, due_only: bool = True) -> ColumnElement[bool]:
     """The condition that a clip is waiting to be extracted at *now* (or, not *due_only*, is
-    receipted at all: a person asked for it)."""
+    receipted at all: a person asked for it). The consent gate is part of it: only a clip of a
+    participant whose consent is in force is decrypted; one recorded unarmed waits until it
+    is assigned to one."""
     receipted = Clip.state == _S.RECEIPTED
-    return or_(
-        and_(receipted, Clip.next_attempt_at <= now) if due_only else receipted,
-        and_(Clip.state == _S.EXTRACTING, Clip.lease_expires_at <= now),
+    return and_(
+        or_(
+            and_(receipted, Clip.next_attempt_at <= now) if due_only else receipted,
+            and_(Clip.state == _S.EXTRACTING, Clip.lease_expires_at <= now),
+        ),
+        Clip.participant.in_(consented()),
     )
 
 

@@ -92,6 +92,9 @@ class Clip(Base):
     signature: Mapped[str] = mapped_column(Text)
     url: Mapped[str] = mapped_column(String(2048))
     participant: Mapped[str | None] = mapped_column(String(16), index=True)
+    visit: Mapped[str | None] = mapped_column(
+        String(32), comment="The visit label: from the manifest, or given when assigned later."
+    )
     announced_at: Mapped[datetime]
     last_announced_at: Mapped[datetime]
     announce_count: Mapped[int] = mapped_column(Integer)

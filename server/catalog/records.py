@@ -27,6 +27,7 @@ class ClipRecord:
     signature: str
     url: str
     participant: str | None
+    visit: str | None
     announced_at: datetime
     last_announced_at: datetime
     announce_count: int
@@ -63,6 +64,7 @@ class ClipRecord:
             signature=row.signature,
             url=row.url,
             participant=row.participant,
+            visit=row.visit,
             announced_at=row.announced_at,
             last_announced_at=row.last_announced_at,
             announce_count=row.announce_count,

@@ -13,16 +13,24 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from server.research import rules
 
 from ..audit import AuditLog
+from .clip_rows import locked
 from .errors import StudyError
+from .lifecycle import ClipState
+from .records import ClipRecord
 from .study_models import Consent, Participant, Visit
 
-__all__ = ["ConsentRecord", "ParticipantRecord", "StudyMixin", "VisitRecord"]
+__all__ = ["ConsentRecord", "ParticipantRecord", "StudyMixin", "VisitRecord", "consented"]
+
+
+def consented() -> Select[str]:
+    """The pseudonyms whose consent is in force: the consent gate of extraction and export."""
+    return select(Participant.pseudonym).where(Participant.withdrawn_at.is_(None))
 
 
 @dataclass(frozen=True)
@@ -30,7 +38,6 @@ class ConsentRecord:
     consented_on: date
     form_version: str
     recorded_at: datetime
-    withdrawn_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -55,11 +62,12 @@ class ParticipantRecord:
     enrolled_on: date
     consent: ConsentRecord | None
     visits: tuple[VisitRecord, ...]
+    withdrawn_at: datetime | None
 
     @property
     def consented(self) -> bool:
         """Whether a consent is in force: signed and not withdrawn."""
-        return self.consent is not None and self.consent.withdrawn_at is None
+        return self.consent is not None and self.withdrawn_at is None
 
     @property
     def open_visit(self) -> VisitRecord | None:
@@ -106,6 +114,7 @@ class StudyMixin:
                     language=language,
                     enrolled_on=enrolled_on,
                     created_at=now,
+                    withdrawn_at=None,
                 )
             )
             s.flush()  # the participant's row first: no relationship() orders the inserts
@@ -126,7 +135,7 @@ class StudyMixin:
         now = self._clock()
         with self._session(write=True) as s:
             current = _record(s, pseudonym)
-            if current.consent is not None and current.consent.withdrawn_at is not None:
+            if current.withdrawn_at is not None:
                 raise StudyError(f"participant {pseudonym} has withdrawn; nothing changed")
             s.add(_consent(pseudonym, consented_on, form_version, now))
             s.flush()
@@ -166,6 +175,26 @@ class StudyMixin:
                 self.audit.append(s, "visit_closed", actor=self._actor, detail=detail)
             return VisitRecord(visit.number, visit.opened_on, visit.closed_at)
 
+    def assign_clip(self, clip_id: str, pseudonym: str, visit: int) -> ClipRecord:
+        """Assign a clip recorded while its unit was not armed to a participant's visit. The
+        participant's consent must be in force and the visit opened (it may be closed since);
+        a clip that names a participant already keeps it."""
+        with self._session(write=True) as s:
+            current = _record(s, pseudonym)
+            if not current.consented:
+                raise StudyError(f"participant {pseudonym} has no consent in force")
+            if not any(v.number == visit for v in current.visits):
+                raise StudyError(f"participant {pseudonym} has no visit {visit}")
+            clip = locked(s, clip_id)
+            if clip.participant is not None:
+                raise StudyError(f"clip {clip_id} is {clip.participant}'s already; nothing changed")
+            if clip.state is ClipState.QUARANTINED:
+                raise StudyError(f"clip {clip_id} is quarantined: not assigned")
+            clip.participant, clip.visit = pseudonym, rules.visit_label(visit)
+            detail = {"pseudonym": pseudonym, "visit": visit}
+            self.audit.append(s, "clip_assigned", clip_id=clip_id, actor=self._actor, detail=detail)
+            return ClipRecord.of(clip)
+
     def participant(self, pseudonym: str) -> ParticipantRecord:
         with self._session(write=False) as s:
             return _record(s, pseudonym)
@@ -194,7 +223,6 @@ def _consent(pseudonym: str, on: date, form_version: str, now: datetime) -> Cons
         consented_on=on,
         form_version=form_version,
         recorded_at=now,
-        withdrawn_at=None,
     )
 
 
@@ -213,8 +241,7 @@ def _record(s: Session, pseudonym: str, *, lock: bool = False) -> ParticipantRec
         enrolled_on=row.enrolled_on,
         consent=None
         if consent is None
-        else ConsentRecord(
-            consent.consented_on, consent.form_version, consent.recorded_at, consent.withdrawn_at
-        ),
+        else ConsentRecord(consent.consented_on, consent.form_version, consent.recorded_at),
         visits=tuple(VisitRecord(v.number, v.opened_on, v.closed_at) for v in visits),
+        withdrawn_at=row.withdrawn_at,
     )

@@ -26,6 +26,9 @@ class Participant(Base):
     language: Mapped[str] = mapped_column(String(2))
     enrolled_on: Mapped[date] = mapped_column(Date)
     created_at: Mapped[datetime]
+    withdrawn_at: Mapped[datetime | None] = mapped_column(
+        comment="When the participant withdrew consent; their data is erased then."
+    )
 
     __table_args__ = (
         CheckConstraint("study_group IN ('pain', 'control')", name="study_group"),
@@ -34,8 +37,8 @@ class Participant(Base):
 
 
 class Consent(Base):
-    """One signed consent form; a participant may sign a newer version later. The newest row
-    is in force unless ``withdrawn_at`` is set."""
+    """One signed consent form; a participant may sign a newer version later (the newest is
+    in force until the participant withdraws)."""
 
     __tablename__ = "consents"
 
@@ -46,7 +49,6 @@ class Consent(Base):
     consented_on: Mapped[date] = mapped_column(Date)
     form_version: Mapped[str] = mapped_column(String(32))
     recorded_at: Mapped[datetime]
-    withdrawn_at: Mapped[datetime | None]
 
 
 class Visit(Base):

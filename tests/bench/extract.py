@@ -384,11 +384,13 @@ def fill_catalog(
     from server.catalog import Catalog
     from server.store import LocalStore
     from tests.protocol.message_examples import MINISIGN, manifest
+    from tests.server.conftest import enrolled
 
     spool.mkdir(parents=True, exist_ok=True)
     local = LocalStore(store)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     with Catalog(catalog_url) as catalog:
+        enrolled(catalog)  # the consent gate: only a consented participant's clips are extracted
         for i in range(n):
             clip_id = f"cart-03-{stamp}-{i:04x}"
             part = spool / f"{clip_id}.age"

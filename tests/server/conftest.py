@@ -89,3 +89,19 @@ def announce() -> Announce:
         )
 
     return make
+
+
+def enrolled(catalog: Catalog, pseudonym: str = "PAIN-0042") -> None:
+    """Enrol *pseudonym* with consent, unless it is enrolled already: the consent gate lets
+    only such participants' clips be extracted."""
+    if any(p.pseudonym == pseudonym for p in catalog.participants()):
+        return
+    today = datetime.now(UTC).date()
+    catalog.enrol(
+        pseudonym,
+        group="pain",
+        language="nl",
+        enrolled_on=today,
+        consented_on=today,
+        form_version="v1",
+    )

@@ -28,7 +28,7 @@ from server.catalog import (
 )
 from server.catalog.engine import alembic_config
 
-from .conftest import T0, Announce
+from .conftest import T0, Announce, enrolled
 
 LEASE_S = 600.0
 MAX = 3
@@ -52,6 +52,7 @@ MEDIAPIPE = Provenance(
 def receipted(catalog: Catalog, announce: Announce, clip_id: str, *, at: float = 0) -> None:
     """Bring a new clip to ``receipted``, stored and receipted *at* seconds after T0."""
     when = T0 + timedelta(seconds=at)
+    enrolled(catalog)
     catalog.record_announcement(announce(clip_id), received_at=when)
     claimed = catalog.claim_next(worker="rx", now=when, lease_s=LEASE_S)
     assert claimed is not None and claimed.clip_id == clip_id
@@ -587,7 +588,7 @@ def test_concurrent_workers_extract_every_clip_exactly_once(
         for clip_id in every:
             assert actions(catalogs[1], clip_id)[4:] == ["extract", "decrypt", "extracted"]
         report = catalogs[1].audit.verify()
-        assert report.ok and report.rows == 7 * total
+        assert report.ok and report.rows == 7 * total + 1  # and the participant's enrolment
     finally:
         for catalog in catalogs:
             catalog.close()

@@ -3,13 +3,16 @@ refuse bad input in one line and change nothing; every change is audited."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 
 import pytest
 
+from protocol.messages import ClipAnnouncement
 from server.catalog import Catalog, StudyError
 from server.research.rules import pseudonym_problem
+from tests.protocol.message_examples import MINISIGN, manifest
 
 TODAY = date(2026, 11, 29)
 
@@ -133,3 +136,33 @@ def test_a_newer_consent_form_replaces_the_one_in_force(study: Catalog) -> None:
     study.record_consent("PAIN-0042", consented_on=TODAY, form_version="v3")
     consent = study.participant("PAIN-0042").consent
     assert consent is not None and consent.form_version == "v3"
+
+
+def test_a_clip_recorded_unarmed_is_assigned_once_and_audited(study: Catalog) -> None:
+    digest = hashlib.sha256(b"clip").hexdigest()
+    unarmed = ClipAnnouncement(
+        manifest=manifest(
+            clip_id="cart-03-20261129T090000Z-ab12",
+            device_id="cart-03",
+            sha256=digest,
+            size_bytes=1000,
+            participant=None,
+            visit=None,
+        ),
+        signature=MINISIGN,
+        url="https://cart-03.ward7.example:8443/v1/clips/cart-03-20261129T090000Z-ab12.age",
+    )
+    clip, _ = study.record_announcement(unarmed, received_at=_clock())
+    _enrol(study)
+    with pytest.raises(StudyError, match="has no visit 1"):
+        study.assign_clip(clip.clip_id, "PAIN-0042", 1)
+    study.open_visit("PAIN-0042", on=TODAY)
+    assigned = study.assign_clip(clip.clip_id, "PAIN-0042", 1)
+    assert (assigned.participant, assigned.visit) == ("PAIN-0042", "V1")
+    with pytest.raises(StudyError, match="PAIN-0042's already"):
+        study.assign_clip(clip.clip_id, "PAIN-0042", 1)
+    [entry] = study.audit.entries(clip_id=clip.clip_id)[-1:]
+    assert entry.action == "clip_assigned" and entry.detail == {
+        "pseudonym": "PAIN-0042",
+        "visit": 1,
+    }

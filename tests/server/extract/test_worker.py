@@ -24,7 +24,7 @@ from protocol.extract_config import (
 from server.catalog import ClipState
 from server.extract.worker import ExtractError, ExtractionWorker, load_identities
 from tests.daemon.test_unit_e2e import assert_no_plaintext_media
-from tests.server.conftest import Announce
+from tests.server.conftest import Announce, enrolled
 from tests.server.test_receiver_e2e import wait_for
 from tests.support.mosquitto import Broker
 from tests.support.unit import make_unit, start_receiver
@@ -58,6 +58,12 @@ def test_a_recorded_clip_is_extracted_and_its_verdict_reaches_the_unit(
         (clip,) = wait_for(
             lambda: catalog.clips(state=ClipState.RECEIPTED) or None, "a receipted clip", 60
         )
+        # The consent gate: a clip recorded unarmed is decrypted only once it is assigned to a
+        # participant whose consent is in force.
+        assert clip.participant is None and worker.extract_one() is None
+        enrolled(catalog)
+        catalog.open_visit("PAIN-0042", on=datetime.now(UTC).date())
+        assert catalog.assign_clip(clip.clip_id, "PAIN-0042", 1).visit == "V1"
         outcome = worker.extract_one()
         assert outcome is not None and outcome.result == "extracted", outcome
         assert catalog.clip(clip.clip_id).state is ClipState.EXTRACTED
@@ -128,6 +134,7 @@ def test_a_valid_age_file_with_broken_media_fails_at_once_with_its_reason(
     store_key = LocalStore(tmp_path / "store").put(digest, spool, "untrusted comment: test\n")
     catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
     now = datetime.now(UTC)
+    enrolled(catalog)
     catalog.record_announcement(announce("clip-1", sha256=digest), received_at=now)
     assert catalog.claim_next(worker="rx", now=now, lease_s=60) is not None
     catalog.mark_stored("clip-1", store_key=store_key, stored_at=now, worker="rx")

@@ -31,7 +31,7 @@ from provisioning.config_files import toml_text
 from server.catalog import Catalog, ClipRecord, ClipState
 from server.store import LocalStore
 from tests.daemon.test_unit_e2e import assert_no_plaintext_media
-from tests.server.conftest import Announce
+from tests.server.conftest import Announce, enrolled
 from tests.support.unit import PAINAV
 
 from .clips import synthetic_clip, wav_samples
@@ -66,6 +66,7 @@ def stock(
             store_key = store.put(digest, spool, "untrusted comment: test\n", move=True)
             clip_id = f"clip-{n}"
             now = datetime.now(UTC)
+            enrolled(catalog)
             catalog.record_announcement(announce(clip_id, sha256=digest), received_at=now)
             assert catalog.claim_next(worker="rx", now=now, lease_s=60) is not None
             catalog.mark_stored(clip_id, store_key=store_key, stored_at=now, worker="rx")

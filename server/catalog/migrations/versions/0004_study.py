@@ -1,4 +1,4 @@
-"""The study: participants, their consent and their visits.
+"""The study: participants, their consent and their visits; the visit of each clip.
 
 Revision ID: 0004
 Revises: 0003
@@ -25,6 +25,23 @@ def _serial() -> sa.types.TypeEngine[int]:
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("clips") as batch:
+        batch.add_column(
+            sa.Column(
+                "visit",
+                sa.String(32),
+                nullable=True,
+                comment="The visit label: from the manifest, or given when assigned later.",
+            )
+        )
+    # Clips catalogued before: their visit is in the manifest they were announced with.
+    clips = sa.table("clips", sa.column("clip_id", sa.String), sa.column("visit", sa.String),
+                     sa.column("manifest", sa.JSON))  # fmt: skip
+    conn = op.get_bind()
+    for clip_id, manifest in conn.execute(sa.select(clips.c.clip_id, clips.c.manifest)).all():
+        visit = (manifest or {}).get("visit")
+        if visit is not None:
+            conn.execute(clips.update().where(clips.c.clip_id == clip_id).values(visit=visit))
     op.create_table(
         "participants",
         sa.Column("pseudonym", sa.String(16), nullable=False),
@@ -32,6 +49,12 @@ def upgrade() -> None:
         sa.Column("language", sa.String(2), nullable=False),
         sa.Column("enrolled_on", sa.Date(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "withdrawn_at",
+            sa.DateTime(timezone=True),
+            nullable=True,
+            comment="When the participant withdrew consent; their data is erased then.",
+        ),
         sa.PrimaryKeyConstraint("pseudonym", name="pk_participants"),
         sa.CheckConstraint(
             "study_group IN ('pain', 'control')", name="ck_participants_study_group"
@@ -45,7 +68,6 @@ def upgrade() -> None:
         sa.Column("consented_on", sa.Date(), nullable=False),
         sa.Column("form_version", sa.String(32), nullable=False),
         sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("withdrawn_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_consents"),
         sa.ForeignKeyConstraint(
             ["pseudonym"], ["participants.pseudonym"], name="fk_consents_pseudonym_participants"
@@ -71,3 +93,5 @@ def downgrade() -> None:
     op.drop_index("ix_consents_pseudonym", table_name="consents")
     op.drop_table("consents")
     op.drop_table("participants")
+    with op.batch_alter_table("clips") as batch:
+        batch.drop_column("visit")
