@@ -50,6 +50,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     visit.add_argument("--on", type=_date, help="the visit's day (default: today)")
     visit.set_defaults(handler="painav.researchcmd:visit")
 
+    assign = sub.add_parser(
+        "assign", parents=[common], help="assign a clip recorded unarmed to a participant's visit"
+    )
+    assign.add_argument("clip_id")
+    assign.add_argument("pseudonym")
+    assign.add_argument("--visit", required=True, type=int, help="the visit's number")
+    assign.set_defaults(handler="painav.researchcmd:assign")
+
     show = sub.add_parser("show", parents=[common], help="participants with consent and visits")
     show.add_argument("pseudonym", nargs="?", help="only this participant")
     show.add_argument("--json", action="store_true", help="machine-readable output")
@@ -106,6 +114,13 @@ def visit(args: argparse.Namespace) -> int:
             return 2
         catalog.close_visit(args.pseudonym, args.number)
     print(f"{args.pseudonym}: visit {args.number} closed")
+    return 0
+
+
+def assign(args: argparse.Namespace) -> int:
+    with _catalog(args) as catalog:
+        clip = catalog.assign_clip(args.clip_id, args.pseudonym, args.visit)
+    print(f"{clip.clip_id}: {clip.participant} visit {clip.visit}; it may now be extracted")
     return 0
 
 

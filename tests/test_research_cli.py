@@ -54,6 +54,19 @@ def test_enrol_open_a_visit_and_show(config: Path, capsys: pytest.CaptureFixture
     assert {e.actor for e in entries} == {f"os:{__import__('getpass').getuser()}"}
 
 
+def test_assigning_an_unknown_clip_is_one_line(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = ["--config", str(config)]
+    assert main(["research", "enrol", "CTRL-0001", "--group", "control", "--language", "en",
+                 "--consent-form", "v1", *common]) == 0  # fmt: skip
+    assert main(["research", "visit", "open", "CTRL-0001", *common]) == 0
+    capsys.readouterr()
+    assert main(["research", "assign", "cart-01-20261129T100000Z-ab12", "CTRL-0001",
+                 "--visit", "1", *common]) == 1  # fmt: skip
+    assert capsys.readouterr().err.strip().endswith("is not in the catalog")
+
+
 def test_an_identifier_as_pseudonym_is_one_line_and_nothing_changes(config: Path) -> None:
     done = subprocess.run(
         [str(PAINAV), "research", "enrol", "PAT-140385", "--group", "control",
