@@ -58,6 +58,22 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     assign.add_argument("--visit", required=True, type=int, help="the visit's number")
     assign.set_defaults(handler="painav.researchcmd:assign")
 
+    withdraw = sub.add_parser(
+        "withdraw",
+        help="a participant withdraws: erase their clips, features and QC; keep a tombstone",
+    )
+    withdraw.add_argument("pseudonym")
+    withdraw.add_argument(
+        "--extract-config",
+        type=Path,
+        default=Path("/etc/painav/extract.toml"),
+        help="the extraction worker's config: catalog, store and feature folder (%(default)s)",
+    )
+    withdraw.add_argument(
+        "--wait", type=float, default=900.0, help="seconds to wait for busy workers (900)"
+    )
+    withdraw.set_defaults(handler="painav.researchcmd:withdraw")
+
     show = sub.add_parser("show", parents=[common], help="participants with consent and visits")
     show.add_argument("pseudonym", nargs="?", help="only this participant")
     show.add_argument("--json", action="store_true", help="machine-readable output")
@@ -75,8 +91,12 @@ def _catalog(args: argparse.Namespace) -> Catalog:
     from server.catalog import Catalog
     from server.config import load_config
 
-    # Who changed the study, in the audit log: the account at the command line.
-    return Catalog(load_config(args.config).catalog.url, actor=f"os:{getpass.getuser()}"[:64])
+    return Catalog(load_config(args.config).catalog.url, actor=_actor())
+
+
+def _actor() -> str:
+    """Who changed the study, in the audit log: the account at the command line."""
+    return f"os:{getpass.getuser()}"[:64]
 
 
 def enrol(args: argparse.Namespace) -> int:
@@ -121,6 +141,28 @@ def assign(args: argparse.Namespace) -> int:
     with _catalog(args) as catalog:
         clip = catalog.assign_clip(args.clip_id, args.pseudonym, args.visit)
     print(f"{clip.clip_id}: {clip.participant} visit {clip.visit}; it may now be extracted")
+    return 0
+
+
+def withdraw(args: argparse.Namespace) -> int:
+    from protocol.extract_config import ExtractConfig
+    from protocol.tomlconfig import load_toml
+    from server.catalog import Catalog
+    from server.research.withdrawal import withdraw as erase
+    from server.store import LocalStore
+
+    config = load_toml(args.extract_config, ExtractConfig)
+    with Catalog(config.catalog.url, actor=_actor()) as catalog:
+        tombstone = erase(
+            catalog,
+            LocalStore(config.store.dir),
+            config.features.dir,
+            args.pseudonym,
+            wait_s=args.wait,
+            say=print,
+        )
+    counts = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in tombstone.erased.items())
+    print(f"{tombstone.pseudonym} withdrawn and erased ({counts}); the tombstone stays")
     return 0
 
 

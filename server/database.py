@@ -35,8 +35,9 @@ def make_engine(url: str | URL) -> Engine:
 
     SQLite: WAL (readers never wait for the writer), ``synchronous=FULL`` (a committed
     "stored" or "receipted" survives a power cut: the unit deletes its copy on our receipt),
-    foreign keys on, a busy timeout, and ``BEGIN IMMEDIATE`` so each transaction that writes
-    holds the single write lock from its start and never fails halfway on an upgrade.
+    foreign keys on, ``secure_delete`` (erased rows are zeroed), a busy timeout, and
+    ``BEGIN IMMEDIATE`` so each transaction that writes holds the single write lock from its
+    start and never fails halfway on an upgrade.
     """
     parsed = database_url(url)
     backend = parsed.get_backend_name()
@@ -64,6 +65,9 @@ def _sqlite_connect(dbapi_connection: Any, _record: object) -> None:
         _wal(cursor)
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # Deleted rows are overwritten with zeros, not left in free pages: a withdrawn
+        # participant's data must not linger in the file.
+        cursor.execute("PRAGMA secure_delete=ON")
     finally:
         cursor.close()
 

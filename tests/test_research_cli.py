@@ -77,3 +77,28 @@ def test_an_identifier_as_pseudonym_is_one_line_and_nothing_changes(config: Path
     assert done.stderr.count("\n") == 1 and "reads as a date" in done.stderr
     with Catalog(f"sqlite:///{config.parent / 'catalog.db'}") as catalog:
         assert catalog.participants() == []
+
+
+def test_withdraw_from_the_command_line(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from provisioning.extraction import extract_config
+    from provisioning.site import load_site
+
+    site = load_site(tmp_path / "site")
+    extract = tmp_path / "extract.toml"
+    extract.write_text(
+        extract_config(
+            site,
+            catalog_url=f"sqlite:///{tmp_path / 'catalog.db'}",
+            store_dir=tmp_path / "store",
+            features_dir=tmp_path / "features",
+            data_key=site.paths.data_key,
+        )
+    )
+    assert main(["research", "enrol", "PAIN-0042", "--group", "pain", "--language", "nl",
+                 "--consent-form", "v2", "--config", str(config)]) == 0  # fmt: skip
+    assert main(["research", "withdraw", "PAIN-0042", "--extract-config", str(extract)]) == 0
+    assert "PAIN-0042 withdrawn and erased (0 clips" in capsys.readouterr().out
+    assert main(["research", "withdraw", "PAIN-0042", "--extract-config", str(extract)]) == 1
+    assert "withdrew on" in capsys.readouterr().err

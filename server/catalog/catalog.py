@@ -57,6 +57,7 @@ from .lifecycle import ACTIVE_STATES, ClipState
 from .models import Clip, Unit, UnitEvent
 from .records import ClipRecord, UnitEventRecord, UnitRecord
 from .study import StudyMixin
+from .withdrawal import WithdrawalMixin
 
 __all__ = ["REASON_RE", "Catalog", "utc"]
 
@@ -68,14 +69,15 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class Catalog(ExtractionMixin, FindingsMixin, StudyMixin):
+class Catalog(ExtractionMixin, FindingsMixin, StudyMixin, WithdrawalMixin):
     """The catalog database: ``sqlite:///path/catalog.db`` or ``postgresql+psycopg://…``.
 
     Opening it migrates the schema to the newest revision. The extraction worker's methods
     are in :mod:`.extraction` (claims, failures, leases, decrypt audit) and :mod:`.findings`
     (features, quality checks, the verdict outbox); the study's in :mod:`.study` (participants,
-    consent, visits). *actor* names this receiver (or the person at the command line) in the
-    audit log; *clock* gives the time of changes whose caller gives none (and of audit rows).
+    consent, visits) and :mod:`.withdrawal`. *actor* names this receiver (or the person at the
+    command line) in the audit log; *clock* gives the time of changes whose caller gives none
+    (and of audit rows).
     """
 
     def __init__(

@@ -1,4 +1,5 @@
-"""The study's tables as SQLAlchemy ORM models: participants, their consent and their visits.
+"""The study's tables as SQLAlchemy ORM models: participants, their consent and their visits,
+and what a withdrawal leaves (tombstones, the ids of erased clips).
 
 A participant is a pseudonym and what the analysis needs of them (group, language, enrolment
 date); nothing here identifies a person. Migration 0004 creates these tables.
@@ -7,13 +8,14 @@ date); nothing here identifies a person. Migration 0004 creates these tables.
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import CheckConstraint, Date, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .models import Base, _serial
 
-__all__ = ["Consent", "Participant", "Visit"]
+__all__ = ["Consent", "ErasedClip", "Participant", "Tombstone", "Visit"]
 
 
 class Participant(Base):
@@ -64,3 +66,27 @@ class Visit(Base):
     closed_at: Mapped[datetime | None]
 
     __table_args__ = (CheckConstraint("number >= 1", name="number"),)
+
+
+class Tombstone(Base):
+    """What is left of a participant who withdrew: the pseudonym, when, and how much of their
+    data was erased. A clip naming them that arrives later is receipted and discarded."""
+
+    __tablename__ = "tombstones"
+
+    pseudonym: Mapped[str] = mapped_column(String(16), primary_key=True)
+    withdrawn_at: Mapped[datetime]
+    erased_at: Mapped[datetime]
+    erased: Mapped[dict[str, Any]] = mapped_column(comment="Counts of what was erased, by kind.")
+
+
+class ErasedClip(Base):
+    """A clip erased with its participant's withdrawal: its id and hash, nothing of its content,
+    so that the unit's copy is receipted and discarded if it is announced again."""
+
+    __tablename__ = "erased_clips"
+
+    clip_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(32))
+    sha256: Mapped[str] = mapped_column(String(64))
+    erased_at: Mapped[datetime]

@@ -1,4 +1,5 @@
-"""The study: participants, their consent and their visits; the visit of each clip.
+"""The study: participants, their consent and visits, the visit of each clip, and what a
+withdrawal leaves (tombstones, erased clip ids).
 
 Revision ID: 0004
 Revises: 0003
@@ -86,9 +87,29 @@ def upgrade() -> None:
         ),
         sa.CheckConstraint("number >= 1", name="ck_visits_number"),
     )
+    op.create_table(
+        "tombstones",
+        sa.Column("pseudonym", sa.String(16), nullable=False),
+        sa.Column("withdrawn_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("erased_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "erased", sa.JSON(), nullable=False, comment="Counts of what was erased, by kind."
+        ),
+        sa.PrimaryKeyConstraint("pseudonym", name="pk_tombstones"),
+    )
+    op.create_table(
+        "erased_clips",
+        sa.Column("clip_id", sa.String(64), nullable=False),
+        sa.Column("device_id", sa.String(32), nullable=False),
+        sa.Column("sha256", sa.String(64), nullable=False),
+        sa.Column("erased_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("clip_id", name="pk_erased_clips"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("erased_clips")
+    op.drop_table("tombstones")
     op.drop_table("visits")
     op.drop_index("ix_consents_pseudonym", table_name="consents")
     op.drop_table("consents")
