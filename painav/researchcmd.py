@@ -1,4 +1,5 @@
-"""``painav research …``: enrol participants, record consent, open and close visits, look."""
+"""``painav research …`` and ``painav export``: enrol participants, record consent, open and
+close visits, assign clips, withdraw, export the dataset."""
 
 from __future__ import annotations
 
@@ -78,6 +79,22 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     show.add_argument("pseudonym", nargs="?", help="only this participant")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(handler="painav.researchcmd:show")
+
+    export = commands.add_parser(
+        "export", help="write the research dataset (features; media only with --media)"
+    )
+    export.add_argument("--out", required=True, type=Path, help="a new folder for the dataset")
+    export.add_argument(
+        "--extract-config",
+        type=Path,
+        default=Path("/etc/painav/extract.toml"),
+        help="the extraction worker's config: catalog, store, feature folder (%(default)s)",
+    )
+    export.add_argument("--folds", type=int, default=5, help="cross-validation folds (5)")
+    export.add_argument(
+        "--media", action="store_true", help="also the decrypted media files (audited)"
+    )
+    export.set_defaults(handler="painav.researchcmd:export")
 
 
 def _date(text: str) -> date:
@@ -163,6 +180,30 @@ def withdraw(args: argparse.Namespace) -> int:
         )
     counts = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in tombstone.erased.items())
     print(f"{tombstone.pseudonym} withdrawn and erased ({counts}); the tombstone stays")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from protocol.extract_config import ExtractConfig
+    from protocol.tomlconfig import load_toml
+    from server.catalog import Catalog
+    from server.extract.worker import data_key_path, load_identities
+    from server.research.export import export_dataset
+    from server.store import LocalStore
+
+    config = load_toml(args.extract_config, ExtractConfig)
+    media = None
+    if args.media:
+        media = (LocalStore(config.store.dir), load_identities(data_key_path(config)))
+    with Catalog(config.catalog.url, actor=_actor()) as catalog:
+        result = export_dataset(
+            catalog, config.features.dir, args.out, folds=args.folds, media=media, actor=_actor()
+        )
+    print(
+        f"exported {result.participants} participant(s), {result.clips} clip(s) to {result.out} "
+        f"(export {result.record.id}); load it with "
+        f"pandas.read_csv('{result.out}/participants.tsv', sep='\\t')"
+    )
     return 0
 
 

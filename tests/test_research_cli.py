@@ -102,3 +102,30 @@ def test_withdraw_from_the_command_line(
     assert "PAIN-0042 withdrawn and erased (0 clips" in capsys.readouterr().out
     assert main(["research", "withdraw", "PAIN-0042", "--extract-config", str(extract)]) == 1
     assert "withdrew on" in capsys.readouterr().err
+
+
+def test_export_from_the_command_line(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from provisioning.extraction import extract_config
+    from provisioning.site import load_site
+
+    site = load_site(tmp_path / "site")
+    extract = tmp_path / "extract.toml"
+    extract.write_text(
+        extract_config(
+            site,
+            catalog_url=f"sqlite:///{tmp_path / 'catalog.db'}",
+            store_dir=tmp_path / "store",
+            features_dir=tmp_path / "features",
+            data_key=site.paths.data_key,
+        )
+    )
+    assert main(["research", "enrol", "CTRL-0001", "--group", "control", "--language", "en",
+                 "--consent-form", "v1", "--config", str(config)]) == 0  # fmt: skip
+    out = tmp_path / "dataset"
+    assert main(["export", "--out", str(out), "--extract-config", str(extract)]) == 0
+    assert "exported 1 participant(s), 0 clip(s)" in capsys.readouterr().out
+    assert (out / "participants.tsv").read_text().splitlines()[1].startswith("sub-CTRL0001\t")
+    assert main(["export", "--out", str(out), "--extract-config", str(extract)]) == 1
+    assert "exists already" in capsys.readouterr().err

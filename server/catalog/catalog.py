@@ -51,6 +51,7 @@ from .errors import (
     CatalogUnavailableError,
     ClipNotFoundError,
 )
+from .exports import ExportsMixin
 from .extraction import ExtractionMixin
 from .findings import FindingsMixin
 from .lifecycle import ACTIVE_STATES, ClipState
@@ -69,15 +70,15 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class Catalog(ExtractionMixin, FindingsMixin, StudyMixin, WithdrawalMixin):
+class Catalog(ExtractionMixin, FindingsMixin, StudyMixin, WithdrawalMixin, ExportsMixin):
     """The catalog database: ``sqlite:///path/catalog.db`` or ``postgresql+psycopg://…``.
 
     Opening it migrates the schema to the newest revision. The extraction worker's methods
     are in :mod:`.extraction` (claims, failures, leases, decrypt audit) and :mod:`.findings`
     (features, quality checks, the verdict outbox); the study's in :mod:`.study` (participants,
-    consent, visits) and :mod:`.withdrawal`. *actor* names this receiver (or the person at the
-    command line) in the audit log; *clock* gives the time of changes whose caller gives none
-    (and of audit rows).
+    consent, visits), :mod:`.withdrawal` and :mod:`.exports`. *actor* names this receiver (or
+    the person at the command line) in the audit log; *clock* gives the time of changes whose
+    caller gives none (and of audit rows).
     """
 
     def __init__(

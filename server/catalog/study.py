@@ -22,6 +22,7 @@ from ..audit import AuditLog
 from .clip_rows import locked
 from .errors import StudyError
 from .lifecycle import ClipState
+from .models import Clip
 from .records import ClipRecord
 from .study_models import Consent, Participant, Visit
 
@@ -198,6 +199,16 @@ class StudyMixin:
     def participant(self, pseudonym: str) -> ParticipantRecord:
         with self._session(write=False) as s:
             return _record(s, pseudonym)
+
+    def extracted_clips(self, pseudonym: str) -> list[ClipRecord]:
+        """The participant's extracted clips, oldest first: what an export holds of them."""
+        query = (
+            select(Clip)
+            .where(Clip.participant == pseudonym, Clip.state == ClipState.EXTRACTED)
+            .order_by(Clip.announced_at, Clip.clip_id)
+        )
+        with self._session(write=False) as s:
+            return [ClipRecord.of(row) for row in s.scalars(query)]
 
     def participants(self) -> list[ParticipantRecord]:
         with self._session(write=False) as s:

@@ -1,5 +1,5 @@
 """The study's tables as SQLAlchemy ORM models: participants, their consent and their visits,
-and what a withdrawal leaves (tombstones, the ids of erased clips).
+what a withdrawal leaves (tombstones, the ids of erased clips), and the research exports.
 
 A participant is a pseudonym and what the analysis needs of them (group, language, enrolment
 date); nothing here identifies a person. Migration 0004 creates these tables.
@@ -10,12 +10,12 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Date, ForeignKey, Integer, String
+from sqlalchemy import JSON, CheckConstraint, Date, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .models import Base, _serial
 
-__all__ = ["Consent", "ErasedClip", "Participant", "Tombstone", "Visit"]
+__all__ = ["Consent", "ErasedClip", "Export", "Participant", "Tombstone", "Visit"]
 
 
 class Participant(Base):
@@ -90,3 +90,19 @@ class ErasedClip(Base):
     device_id: Mapped[str] = mapped_column(String(32))
     sha256: Mapped[str] = mapped_column(String(64))
     erased_at: Mapped[datetime]
+
+
+class Export(Base):
+    """One research export: where, by whom, of which participants; ``superseded_at`` once one
+    of them withdrew (the export then holds data it may no longer be used with)."""
+
+    __tablename__ = "exports"
+
+    id: Mapped[int] = mapped_column(_serial(), primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(64))
+    out: Mapped[str] = mapped_column(String(1024))
+    participants: Mapped[list[str]] = mapped_column(JSON)
+    media: Mapped[bool]
+    digest: Mapped[str] = mapped_column(String(64), comment="SHA-256 over the files written.")
+    superseded_at: Mapped[datetime | None]

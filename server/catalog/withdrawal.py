@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from ..audit import AuditLog
 from .errors import StudyError
+from .exports import supersede_exports
 from .lifecycle import LEASED_STATES, STORED_STATES
 from .models import Clip, ClipFeatures, ClipQc
 from .study_models import Consent, ErasedClip, Participant, Tombstone, Visit
@@ -84,9 +85,9 @@ class WithdrawalMixin:
 
     def finish_withdrawal(self, pseudonym: str, *, files_erased: int) -> TombstoneRecord:
         """Erase the rows of a withdrawn participant (clips, features, quality checks, visits,
-        consents, the participant) and leave the tombstone, in one transaction. Raises
-        :class:`StudyError` if a worker holds one of their clips: the caller waits and tries
-        again."""
+        consents, the participant), mark the exports that hold them superseded and leave the
+        tombstone, in one transaction. Raises :class:`StudyError` if a worker holds one of
+        their clips: the caller waits and tries again."""
         now = self._clock()
         with self._session(write=True) as s:
             participant = s.get(Participant, pseudonym, with_for_update=True)
@@ -114,11 +115,12 @@ class WithdrawalMixin:
             s.execute(delete(Visit).where(Visit.pseudonym == pseudonym))
             s.execute(delete(Consent).where(Consent.pseudonym == pseudonym))
             withdrawn_at = participant.withdrawn_at
+            superseded = supersede_exports(s, pseudonym, now)
             s.delete(participant)
             s.add(Tombstone(pseudonym=pseudonym, withdrawn_at=withdrawn_at, erased_at=now,
                             erased=counts))  # fmt: skip
             s.flush()
-            detail: dict[str, Any] = {"pseudonym": pseudonym, **counts}
+            detail: dict[str, Any] = {"pseudonym": pseudonym, **counts, "exports": superseded}
             self.audit.append(s, "participant_withdrawn", actor=self._actor, detail=detail)
             return TombstoneRecord(pseudonym, withdrawn_at, now, counts)
 

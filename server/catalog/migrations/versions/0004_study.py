@@ -1,5 +1,5 @@
 """The study: participants, their consent and visits, the visit of each clip, and what a
-withdrawal leaves (tombstones, erased clip ids).
+withdrawal leaves (tombstones, erased clip ids), and the research exports.
 
 Revision ID: 0004
 Revises: 0003
@@ -105,9 +105,24 @@ def upgrade() -> None:
         sa.Column("erased_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("clip_id", name="pk_erased_clips"),
     )
+    op.create_table(
+        "exports",
+        sa.Column("id", _serial(), autoincrement=True, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("actor", sa.String(64), nullable=False),
+        sa.Column("out", sa.String(1024), nullable=False),
+        sa.Column("participants", sa.JSON(), nullable=False),
+        sa.Column("media", sa.Boolean(), nullable=False),
+        sa.Column(
+            "digest", sa.String(64), nullable=False, comment="SHA-256 over the files written."
+        ),
+        sa.Column("superseded_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name="pk_exports"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("exports")
     op.drop_table("erased_clips")
     op.drop_table("tombstones")
     op.drop_table("visits")
