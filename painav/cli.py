@@ -93,6 +93,7 @@ _ERRORS = (
     ("server.fetch", "FetchError"),
     ("server.mqtt", "ReceiverLinkError"),
     ("server.extract.worker", "ExtractError"),
+    ("server.research.edc", "EdcError"),
 )
 
 

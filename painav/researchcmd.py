@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import sys
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,6 +59,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     assign.add_argument("pseudonym")
     assign.add_argument("--visit", required=True, type=int, help="the visit's number")
     assign.set_defaults(handler="painav.researchcmd:assign")
+
+    imports = sub.add_parser(
+        "import", parents=[common], help="import clinical data from the study's EDC export"
+    )
+    imports.add_argument("export", type=Path, help="REDCap CSV or Castor ZIP export")
+    imports.add_argument("--mapping", required=True, type=Path, help="the mapping file (TOML)")
+    imports.set_defaults(handler="painav.researchcmd:import_clinical")
 
     withdraw = sub.add_parser(
         "withdraw",
@@ -158,6 +166,26 @@ def assign(args: argparse.Namespace) -> int:
     with _catalog(args) as catalog:
         clip = catalog.assign_clip(args.clip_id, args.pseudonym, args.visit)
     print(f"{clip.clip_id}: {clip.participant} visit {clip.visit}; it may now be extracted")
+    return 0
+
+
+def import_clinical(args: argparse.Namespace) -> int:
+    from server.catalog.clinical import ImportRefusedError
+    from server.research.importer import import_edc
+
+    with _catalog(args) as catalog:
+        try:
+            report = import_edc(catalog, args.export, args.mapping)
+        except ImportRefusedError as refused:
+            for problem in refused.problems:  # every bad row, one line each
+                print(f"painav: {problem}", file=sys.stderr)
+            print(f"painav: error: nothing imported: {len(refused.problems)} problem(s)",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+    print(
+        f"{args.export.name}: {report.new} new, {report.updated} updated (audited), "
+        f"{report.unchanged} unchanged"
+    )
     return 0
 
 

@@ -129,3 +129,32 @@ def test_export_from_the_command_line(
     assert (out / "participants.tsv").read_text().splitlines()[1].startswith("sub-CTRL0001\t")
     assert main(["export", "--out", str(out), "--extract-config", str(extract)]) == 1
     assert "exists already" in capsys.readouterr().err
+
+
+def test_import_from_the_command_line_reports_every_bad_row(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.server.edc_files import REDCAP_MAPPING, REDCAP_ROWS, redcap_csv
+
+    common = ["--config", str(config)]
+    for pseudonym, group in (("PAIN-0042", "pain"), ("CTRL-0001", "control")):
+        assert main(["research", "enrol", pseudonym, "--group", group, "--language", "nl",
+                     "--consent-form", "v1", *common]) == 0  # fmt: skip
+    mapping = tmp_path / "mapping.toml"
+    mapping.write_text(REDCAP_MAPPING)
+    good = redcap_csv(tmp_path / "redcap.csv")
+    capsys.readouterr()
+    assert main(["research", "import", str(good), "--mapping", str(mapping), *common]) == 0
+    assert capsys.readouterr().out == "redcap.csv: 9 new, 0 updated (audited), 0 unchanged\n"
+    bad = redcap_csv(tmp_path / "bad.csv", [*REDCAP_ROWS, "PAIN-0042,d9,,,w,,,x,2026-11-22,,,,,,,",
+                                            "PAIN-0042,d8,,,w,,,3,22-11-2026,,,,,,,"])  # fmt: skip
+    done = subprocess.run(
+        [str(PAINAV), "research", "import", str(bad), "--mapping", str(mapping), *common],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "painav: bad.csv: row 8: field 'nrs_score': 'x' is not a number",
+        "painav: bad.csv: row 9: field 'nrs_date': '22-11-2026' is not a date (%Y-%m-%d)",
+        "painav: error: nothing imported: 2 problem(s)",
+    ]

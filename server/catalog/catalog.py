@@ -33,6 +33,7 @@ from protocol.messages import ClipAnnouncement, Event, Status, Telemetry
 from ..audit import AuditLog
 from ..database import READ_ONLY, make_engine
 from . import fetch_queue, units
+from .clinical import ClinicalMixin
 from .clip_rows import (
     REASON_RE,
     bounded,
@@ -70,15 +71,17 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class Catalog(ExtractionMixin, FindingsMixin, StudyMixin, WithdrawalMixin, ExportsMixin):
+class Catalog(
+    ExtractionMixin, FindingsMixin, StudyMixin, ClinicalMixin, WithdrawalMixin, ExportsMixin
+):
     """The catalog database: ``sqlite:///path/catalog.db`` or ``postgresql+psycopg://…``.
 
     Opening it migrates the schema to the newest revision. The extraction worker's methods
     are in :mod:`.extraction` (claims, failures, leases, decrypt audit) and :mod:`.findings`
     (features, quality checks, the verdict outbox); the study's in :mod:`.study` (participants,
-    consent, visits), :mod:`.withdrawal` and :mod:`.exports`. *actor* names this receiver (or
-    the person at the command line) in the audit log; *clock* gives the time of changes whose
-    caller gives none (and of audit rows).
+    consent, visits), :mod:`.clinical`, :mod:`.withdrawal` and :mod:`.exports`. *actor* names
+    this receiver (or the person at the command line) in the audit log; *clock* gives the time
+    of changes whose caller gives none (and of audit rows).
     """
 
     def __init__(

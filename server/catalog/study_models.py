@@ -1,5 +1,5 @@
-"""The study's tables as SQLAlchemy ORM models: participants, their consent and their visits,
-what a withdrawal leaves (tombstones, the ids of erased clips), and the research exports.
+"""The study's tables as SQLAlchemy ORM models: participants, their consent, visits and clinical
+data, what a withdrawal leaves (tombstones, the ids of erased clips), and the research exports.
 
 A participant is a pseudonym and what the analysis needs of them (group, language, enrolment
 date); nothing here identifies a person. Migration 0004 creates these tables.
@@ -10,12 +10,12 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, Date, ForeignKey, Integer, String
+from sqlalchemy import JSON, CheckConstraint, Date, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .models import Base, _serial
 
-__all__ = ["Consent", "ErasedClip", "Export", "Participant", "Tombstone", "Visit"]
+__all__ = ["ClinicalRecord", "Consent", "ErasedClip", "Export", "Participant", "Tombstone", "Visit"]
 
 
 class Participant(Base):
@@ -106,3 +106,25 @@ class Export(Base):
     media: Mapped[bool]
     digest: Mapped[str] = mapped_column(String(64), comment="SHA-256 over the files written.")
     superseded_at: Mapped[datetime | None]
+
+
+class ClinicalRecord(Base):
+    """One row of clinical or questionnaire data from the study's EDC: a pain score, an
+    analgesic, the tumour, a questionnaire's answers; keyed by the export's own instance."""
+
+    __tablename__ = "clinical_records"
+
+    id: Mapped[int] = mapped_column(_serial(), primary_key=True, autoincrement=True)
+    pseudonym: Mapped[str] = mapped_column(
+        String(16), ForeignKey("participants.pseudonym"), index=True
+    )
+    domain: Mapped[str] = mapped_column(String(16))
+    instance: Mapped[str] = mapped_column(String(160))
+    data: Mapped[dict[str, Any]]
+    imported_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (
+        UniqueConstraint("pseudonym", "domain", "instance"),
+        CheckConstraint("domain IN ('nrs', 'analgesic', 'tumour', 'questionnaire')", name="domain"),
+    )

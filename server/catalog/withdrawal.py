@@ -22,11 +22,13 @@ from .errors import StudyError
 from .exports import supersede_exports
 from .lifecycle import LEASED_STATES, STORED_STATES
 from .models import Clip, ClipFeatures, ClipQc
-from .study_models import Consent, ErasedClip, Participant, Tombstone, Visit
+from .study_models import ClinicalRecord, Consent, ErasedClip, Participant, Tombstone, Visit
 
 __all__ = ["ClipToErase", "TombstoneRecord", "WithdrawalMixin"]
 
-_ERASED_TABLES: Final = ("clip_features", "clip_qc", "clips", "visits", "consents", "participants")
+_ERASED_TABLES: Final = (
+    "clip_features", "clip_qc", "clips", "visits", "consents", "clinical_records", "participants"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -85,9 +87,10 @@ class WithdrawalMixin:
 
     def finish_withdrawal(self, pseudonym: str, *, files_erased: int) -> TombstoneRecord:
         """Erase the rows of a withdrawn participant (clips, features, quality checks, visits,
-        consents, the participant), mark the exports that hold them superseded and leave the
-        tombstone, in one transaction. Raises :class:`StudyError` if a worker holds one of
-        their clips: the caller waits and tries again."""
+        consents, clinical and questionnaire data, the participant), mark the exports that
+        hold them superseded and leave the tombstone, in one transaction. Raises
+        :class:`StudyError` if a worker holds one of their clips: the caller waits and tries
+        again."""
         now = self._clock()
         with self._session(write=True) as s:
             participant = s.get(Participant, pseudonym, with_for_update=True)
@@ -103,6 +106,7 @@ class WithdrawalMixin:
                 "feature_sets": _count(s, ClipFeatures, ids),
                 "quality_checks": _count(s, ClipQc, ids),
                 "visits": _count_of(s, Visit, pseudonym),
+                "clinical_records": _count_of(s, ClinicalRecord, pseudonym),
                 "files": files_erased,
             }
             for model in (ClipFeatures, ClipQc):
@@ -113,6 +117,7 @@ class WithdrawalMixin:
                                  sha256=clip.sha256, erased_at=now))  # fmt: skip
                 s.delete(clip)
             s.execute(delete(Visit).where(Visit.pseudonym == pseudonym))
+            s.execute(delete(ClinicalRecord).where(ClinicalRecord.pseudonym == pseudonym))
             s.execute(delete(Consent).where(Consent.pseudonym == pseudonym))
             withdrawn_at = participant.withdrawn_at
             superseded = supersede_exports(s, pseudonym, now)
@@ -175,6 +180,6 @@ def _count(s: Session, model: type[ClipFeatures] | type[ClipQc], ids: list[str])
     return int(s.scalar(select(func.count()).select_from(model).where(model.clip_id.in_(ids))) or 0)
 
 
-def _count_of(s: Session, model: type[Visit], pseudonym: str) -> int:
+def _count_of(s: Session, model: type[Visit] | type[ClinicalRecord], pseudonym: str) -> int:
     query = select(func.count()).select_from(model).where(model.pseudonym == pseudonym)
     return int(s.scalar(query) or 0)

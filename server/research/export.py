@@ -6,6 +6,7 @@
     OUT/participants.tsv (+ .json)    one row per participant, with a data dictionary
     OUT/folds.tsv                     each participant in exactly one cross-validation fold
     OUT/qc.tsv                        every exported clip's quality checks
+    OUT/phenotype/<measure>.tsv (+ .json)  NRS, analgesics, tumour, questionnaire (from the EDC)
     OUT/sub-PAIN0042/ses-V1/clips.tsv                   the visit's clips
     OUT/sub-PAIN0042/ses-V1/<feature set>.tsv           per-clip values (eGeMAPS functionals, …)
     OUT/sub-PAIN0042/ses-V1/<clip>_<feature set>.parquet per-frame tables (descriptors, face)
@@ -110,6 +111,7 @@ def export_dataset(
                         ]
                     )
             _sessions(writer, catalog, features_dir, person, clips[person.pseudonym], media, actor)
+        _phenotype(writer, catalog, people)
         writer.tsv(
             "qc.tsv",
             ["participant_id", "session", "clip_id", "pass", "verdict", "reasons"],
@@ -163,6 +165,32 @@ def _participants(writer: _Writer, people: list[ParticipantRecord]) -> None:
     dictionary["group"]["Levels"] = {"pain": "cancer pain", "control": "chemotherapy, NRS 0"}
     dictionary["language"]["Levels"] = {"nl": "Dutch", "en": "English"}
     writer.json("participants.json", dictionary)
+
+
+_PHENOTYPE = {
+    "nrs": ("nrs", ["date", "score"], "Pain score (NRS 0-10) and the day it was taken."),
+    "analgesic": ("analgesics", ["name", "route", "ome_mg"],
+                  "Analgesics: name, route, oral morphine equivalent in mg/day (if known)."),
+    "tumour": ("tumour", ["type", "status"], "Tumour type and clinical status."),
+    "questionnaire": ("questionnaire", [], "The questionnaire's answers (codes as in the EDC)."),
+}  # fmt: skip
+
+
+def _phenotype(writer: _Writer, catalog: Catalog, people: list[ParticipantRecord]) -> None:
+    """``phenotype/<measure>.tsv`` (+ ``.json``): the clinical and questionnaire data, one row
+    per EDC instance (the ``instance`` column is the EDC's own key: event, form, number)."""
+    rows: dict[str, list[tuple[str, str, dict[str, Any]]]] = {domain: [] for domain in _PHENOTYPE}
+    for person in people:
+        for domain, instance, data in catalog.clinical(person.pseudonym):
+            rows[domain].append((_label(person.pseudonym), instance, data))
+    for domain, (name, fixed, description) in _PHENOTYPE.items():
+        columns = fixed or sorted({key for _, _, data in rows[domain] for key in data})
+        writer.tsv(f"phenotype/{name}.tsv", ["participant_id", "instance", *columns],
+                   [[who, instance, *(data.get(c) for c in columns)]
+                    for who, instance, data in rows[domain]])  # fmt: skip
+        writer.json(
+            f"phenotype/{name}.json", {"MeasurementToolMetadata": {"Description": description}}
+        )
 
 
 def _sessions(

@@ -59,7 +59,8 @@ def test_nothing_of_a_withdrawn_participant_remains(site: StudySite, db_url: str
     tombstone = withdraw(site.catalog, site.store, site.features, "PAIN-0042")
 
     assert tombstone.erased == {
-        "clips": 2, "feature_sets": 4, "quality_checks": 2, "visits": 0, "files": 4
+        "clips": 2, "feature_sets": 4, "quality_checks": 2, "visits": 0, "clinical_records": 0,
+        "files": 4,
     }  # fmt: skip
     after = _rows_as_text(db_url)
     for needle in ("PAIN-0042", "gone_marker", *mine, *mine.values()):

@@ -1,5 +1,5 @@
-"""The study: participants, their consent and visits, the visit of each clip, and what a
-withdrawal leaves (tombstones, erased clip ids), and the research exports.
+"""The study: participants, their consent, visits and clinical data, the visit of each clip,
+what a withdrawal leaves (tombstones, erased clip ids), and the research exports.
 
 Revision ID: 0004
 Revises: 0003
@@ -119,9 +119,35 @@ def upgrade() -> None:
         sa.Column("superseded_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_exports"),
     )
+    op.create_table(
+        "clinical_records",
+        sa.Column("id", _serial(), autoincrement=True, nullable=False),
+        sa.Column("pseudonym", sa.String(16), nullable=False),
+        sa.Column("domain", sa.String(16), nullable=False),
+        sa.Column("instance", sa.String(160), nullable=False),
+        sa.Column("data", sa.JSON(), nullable=False),
+        sa.Column("imported_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_clinical_records"),
+        sa.ForeignKeyConstraint(
+            ["pseudonym"],
+            ["participants.pseudonym"],
+            name="fk_clinical_records_pseudonym_participants",
+        ),
+        sa.UniqueConstraint(
+            "pseudonym", "domain", "instance", name="uq_clinical_records_pseudonym_domain_instance"
+        ),
+        sa.CheckConstraint(
+            "domain IN ('nrs', 'analgesic', 'tumour', 'questionnaire')",
+            name="ck_clinical_records_domain",
+        ),
+    )
+    op.create_index("ix_clinical_records_pseudonym", "clinical_records", ["pseudonym"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_clinical_records_pseudonym", table_name="clinical_records")
+    op.drop_table("clinical_records")
     op.drop_table("exports")
     op.drop_table("erased_clips")
     op.drop_table("tombstones")
