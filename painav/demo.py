@@ -34,6 +34,8 @@ from provisioning.devices import add_device
 from provisioning.extraction import extract_config
 from provisioning.receivers import receiver_config
 from provisioning.site import Site, init_site
+from server.research.export import export_dataset
+from server.research.importer import import_edc
 
 from .localsite import HOST, broker_accepts_logins, broker_user, free_port, unit_config
 
@@ -240,6 +242,16 @@ def _run(stack: ExitStack, work: Path, args: argparse.Namespace) -> int:
         + (" — its light asks the nurse to record again" if shown["verdict"] == "repeat" else "")
     )
 
+    _say("9. the data manager imports clinical data from the EDC and exports the dataset")
+    edc, mapping = _edc_export(hospital, [pseudonym for _, (pseudonym, _) in armed])
+    imported = import_edc(catalog, edc, mapping)
+    _say(f"   {edc.name} (generated, REDCap format): {imported.new} rows of NRS, analgesics, "
+         "tumour and questionnaire")  # fmt: skip
+    out = (work if args.workdir else Path(tempfile.mkdtemp(prefix="painav-demo-"))) / "export"
+    dataset = export_dataset(catalog, hospital / "features", out, folds=2, actor="demo")
+    _say(f"   dataset of {dataset.participants} participants, {dataset.clips} clips: {out}")
+    _say(f"   load it: pandas.read_csv('{out}/participants.tsv', sep='\\t')")
+
     _say("\nsummary")
     _say(f"   {'clip':<34} {'unit':<8} {'participant':<11} {'sec':>4} {'bytes':>9}  stored after")
     for c in sorted(done, key=lambda c: c.announced_at):
@@ -266,6 +278,51 @@ def _run(stack: ExitStack, work: Path, args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         stop.wait()
     return 0
+
+
+_EDC_MAPPING = """\
+format = "redcap"
+participant = "record_id"
+
+[nrs]
+score = "nrs_score"
+date = "nrs_date"
+
+[analgesics]
+form = "analgesics"
+name = "analgesic_name"
+route = "analgesic_route"
+ome_mg = "analgesic_ome"
+
+[tumour]
+type = "tumour_type"
+status = "clinical_status"
+
+[questionnaire]
+items = ["mood"]
+"""
+
+
+def _edc_export(folder: Path, pseudonyms: list[str]) -> tuple[Path, Path]:
+    """A small REDCap export for the demo's participants (made up), and its mapping file."""
+    today = date.today().isoformat()
+    lines = [
+        "record_id,redcap_event_name,redcap_repeat_instrument,redcap_repeat_instance,"
+        "tumour_type,clinical_status,nrs_score,nrs_date,analgesic_name,analgesic_route,"
+        "analgesic_ome,mood"
+    ]
+    for pseudonym in pseudonyms:
+        pain = pseudonym.startswith("PAIN")
+        lines.append(
+            f"{pseudonym},visit_1_arm_1,,,{'lung' if pain else 'breast'},"
+            f"{'admitted' if pain else 'chemotherapy'},{6 if pain else 0},{today},,,,2"
+        )
+        if pain:
+            lines.append(f"{pseudonym},visit_1_arm_1,analgesics,1,,,,,oxycodone,oral,30,")
+    export, mapping = folder / "edc-export.csv", folder / "edc-mapping.toml"
+    export.write_text("\n".join(lines) + "\n")
+    mapping.write_text(_EDC_MAPPING)
+    return export, mapping
 
 
 def _wait(predicate: Callable[[], object], what: str, timeout_s: float) -> None:

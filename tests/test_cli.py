@@ -136,6 +136,8 @@ def test_demo_runs_end_to_end_and_keeps_its_files(request_cleanup: list[Path]) -
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 clip(s) stored and receipted, 0 quarantined" in result.stdout
     assert "PAIN-0001" in result.stdout and "CTRL-0001" in result.stdout  # armed units
+    assert "dataset of 2 participants, 3 clips" in result.stdout
+    assert (work / "export" / "participants.tsv").read_text().count("\n") == 3
     assert "video h264" in result.stdout and "audio pcm_s16le" in result.stdout
     store = list((work / "hospital" / "store").rglob("*.age"))
     assert len(store) == 3
