@@ -21,6 +21,7 @@ from link import issued_by_any
 from protocol.clipserver import CLIPS_PATH
 from protocol.listing import MAX_SIGNATURE_BYTES, ListedClip, parse_listing
 from protocol.message_fields import SHA256_PATTERN
+from protocol.receiver_config import PullSection, TlsSection
 from protocol.signing import ClipDigests, ClipHasher
 
 from .fetch_deadline import Deadline
@@ -115,6 +116,20 @@ class FetchClient:
         self.handshake_allowance_s = handshake_allowance_s
         self.listing_deadline_s = listing_deadline_s
         self.resume_points = ResumePoints()
+
+    @classmethod
+    def for_receiver(cls, tls: TlsSection, pull: PullSection) -> FetchClient:
+        """The client of a receiver with the ``[tls]`` and ``[pull]`` sections of its config."""
+        return cls(
+            cert_file=tls.cert,
+            key_file=tls.key,
+            ca_file=tls.ca,
+            policy=UnitAddressPolicy(pull.unit_networks, pull.unit_ports),
+            timeout_s=pull.timeout_s,
+            min_rate_bytes_s=pull.min_rate_bytes_s,
+            handshake_allowance_s=pull.handshake_allowance_s,
+            listing_deadline_s=pull.listing_deadline_s,
+        )
 
     def fetch_deadline_s(self, size: int) -> float:
         """How long fetching a clip of *size* bytes and its signature may take in all: the
@@ -361,7 +376,10 @@ class UnitConnection:
         except (OSError, http.client.HTTPException, ValueError) as exc:
             # ValueError: http.client's answer to a socket the deadline shut mid-request.
             conn.close()
-            if isinstance(exc, ValueError) and not self._deadline.expired:
+            if (
+                not isinstance(exc, OSError | http.client.HTTPException)
+                and not self._deadline.expired
+            ):
                 raise
             deadline_s = self._deadline.seconds if self._deadline.expired else None
             error = network_error(exc, f"{where}: {phase}", self._client.timeout_s, deadline_s)
