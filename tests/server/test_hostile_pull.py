@@ -221,27 +221,31 @@ def test_a_dribbling_listing_holds_neither_the_main_loop_nor_other_units(
             as_unit(make_client, site, OTHER, first.to_payload())
             wait_for(lambda: ("/v1/clips", "") in server.requests, "the hostile listing", 20)
             started = time.monotonic()
-            # While the hostile listing dribbles, the main loop goes on: a verdict round is
-            # started every tick (1 s) on its own thread, from the loop.
-            rounds = set()
-            while time.monotonic() - started < 3.0:
-                rounds.add(id(receiver.service._sending))
-                time.sleep(0.05)
-            assert len(rounds) >= 2, "the main loop is held by the listing"
             lost = other[1].clip_id
 
             def catalogued() -> bool:
                 with Catalog(receiver.service.config.catalog.url) as catalog:
                     return any(c.clip_id == lost for c in catalog.clips(device_id=OTHER))
 
-            wait_for(catalogued, "the other unit's lost clip to be catalogued", 20)
-            found_s = time.monotonic() - started
+            # While the hostile listing dribbles, the main loop goes on (it starts a verdict
+            # round every tick, 1 s, on a thread of its own) and the other unit is listed.
+            rounds, found_s = set(), None
+            while time.monotonic() - started < 20 and (found_s is None or len(rounds) < 3):
+                rounds.add(id(receiver.service._sending))
+                if found_s is None and catalogued():
+                    found_s = time.monotonic() - started
+                time.sleep(0.05)
+            held_s = time.monotonic() - started
+            assert len(rounds) >= 3, (
+                f"the main loop was held: {len(rounds)} rounds in {held_s:.1f} s"
+            )
+            assert found_s is not None, "the other unit's lost clip was not catalogued"
     finally:
         receiver.stop()
         clip_server.stop()
         outbox.close()
     print(f"the other unit's lost clip was catalogued {found_s:.1f} s into the hostile listing")
-    assert found_s < 15.0
+    assert found_s < 10.0
 
 
 # --- 2. an announced size fills the spool ------------------------------------------------------
