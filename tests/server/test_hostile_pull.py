@@ -335,8 +335,12 @@ def test_a_resume_reads_nothing_back_unless_the_receiver_restarted(
     loopback = UnitAddressPolicy(["127.0.0.0/8"], ["1024-65535"])
 
     def client() -> FetchClient:
-        tls = {"cert_file": rdir / "tls.crt", "key_file": rdir / "tls.key"}
-        return FetchClient(**tls, ca_file=rdir / "ca.pem", policy=loopback)
+        return FetchClient(
+            cert_file=rdir / "tls.crt",
+            key_file=rdir / "tls.key",
+            ca_file=rdir / "ca.pem",
+            policy=loopback,
+        )
 
     def fetch(fetcher: FetchClient, server: HostileClipServer, dest: Path) -> FetchResult:
         return fetcher.fetch(
