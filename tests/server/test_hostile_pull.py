@@ -21,7 +21,7 @@ import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -34,7 +34,7 @@ from protocol.messages import ClipAnnouncement, ClipManifest, Status
 from protocol.schemas import json_schema
 from protocol.topics import Kind, topic
 from provisioning.site import Site
-from server.catalog import Catalog, ClipState
+from server.catalog import Catalog, ClipRecord, ClipState
 from server.fetch import FetchClient, FetchError, FetchErrorKind, FetchResult, UnitAddressPolicy
 from tests.server.test_receiver_faults import run_in_process, unit_clip_server, wait_for
 from tests.support.hostile_clipserver import AcceptRecorder, HostileClipServer, Served
@@ -260,7 +260,7 @@ def test_a_size_over_the_maximum_is_refused_when_parsed(
     too_big = json.loads(entry[0].announcement("127.0.0.1", 9).to_payload())
     too_big["manifest"]["size_bytes"] = MAX_CLIP_BYTES + 1
     with pytest.raises(ValidationError, match="size_bytes"):
-        ClipManifest.model_validate(too_big["manifest"])
+        ClipManifest.model_validate_json(json.dumps(too_big["manifest"]))
     schema = json_schema(Kind.CLIPS)
     assert f'"maximum": {MAX_CLIP_BYTES}' in json.dumps(schema)
     receiver = receiver_process(site, broker, tmp_path / "receiver", reconcile_interval_s=3600)
@@ -411,3 +411,72 @@ def test_an_announced_url_outside_the_unit_networks_is_never_connected_to(
     for entry, announcement in zip(evil, announcements, strict=True):
         lines = [line for line in log.splitlines() if entry.clip_id in line and "refused" in line]
         assert lines and HOSTILE in lines[0] and announcement.url in lines[0], log[-4000:]
+
+
+# --- the pieces, over real sockets and both catalog databases ----------------------------------
+
+
+def test_a_dribbled_clip_or_listing_ends_at_its_deadline_not_at_a_per_read_timeout(
+    broker_site: Site, tmp_path: Path
+) -> None:
+    site = broker_site
+    clip = sealed(site, tmp_path, HOSTILE, 1, 4096)[0]
+    rdir = site.paths.receiver_dir
+    # Reads time out after 5 s; the unit sends a byte every 0.2 s, so only a deadline over the
+    # whole exchange ends it: 1 s + 4 KiB at 8 KiB/s = 1.5 s.
+    fetcher = FetchClient(
+        cert_file=rdir / "tls.crt",
+        key_file=rdir / "tls.key",
+        ca_file=rdir / "ca.pem",
+        policy=UnitAddressPolicy(["127.0.0.0/8"], ["1024-65535"]),
+        timeout_s=5.0,
+        min_rate_bytes_s=8192,
+        handshake_allowance_s=1.0,
+        listing_deadline_s=1.0,
+    )
+    files = {f"/v1/clips/{clip.clip_id}.age": clip.served(), "/v1/clips": Served(size=10_000)}
+    with HostileClipServer(site, HOSTILE, "dribble", interval_s=0.2, files=files) as server:
+        for attempt in ("clip", "listing"):
+            started = time.monotonic()
+            with pytest.raises(FetchError) as cut:
+                if attempt == "clip":
+                    fetcher.fetch(
+                        server.url(f"/v1/clips/{clip.clip_id}.age"),
+                        tmp_path / "spool.part",
+                        device_id=HOSTILE,
+                        expected_size=clip.size,
+                        expected_sha256=clip.sha256,
+                    )
+                else:
+                    fetcher.list_clips(server.url(""), device_id=HOSTILE)
+            took = time.monotonic() - started
+            assert cut.value.kind is FetchErrorKind.TIMEOUT and cut.value.retryable, cut.value
+            assert "allowed" in str(cut.value)
+            limit = fetcher.fetch_deadline_s(clip.size) if attempt == "clip" else 1.0
+            assert limit <= took < limit + 1.0, (attempt, took)
+    # What arrived before the deadline is kept, to be resumed.
+    assert 0 < (tmp_path / "spool.part").stat().st_size < clip.size
+
+
+def test_a_unit_with_as_many_fetches_in_flight_as_allowed_gets_no_more(
+    catalog: Catalog, announce: Callable[..., ClipAnnouncement]
+) -> None:
+    now = datetime.now(UTC)
+    for n in range(4):
+        catalog.record_announcement(announce(f"slow-{n}", "cart-01"), received_at=now)
+    catalog.record_announcement(announce("quick-0", "cart-02"), received_at=now)
+    later = now + timedelta(seconds=1)
+
+    def take(worker: str) -> ClipRecord | None:
+        return catalog.claim_next(worker=worker, now=later, lease_s=60, per_unit=1)
+
+    first, second, third = take("w1"), take("w2"), take("w3")
+    assert first is not None and second is not None
+    assert {first.device_id, second.device_id} == {"cart-01", "cart-02"}
+    assert third is None  # cart-01 has one fetch in flight: its other clips wait
+    held = first if first.device_id == "cart-01" else second
+    catalog.fetch_failed(held.clip_id, error="cut", retry_at=later, worker=held.lease_owner)
+    again = catalog.claim_next(worker="w4", now=later, lease_s=60, per_unit=1)
+    assert again is not None and again.device_id == "cart-01"
+    # Without the limit, the old fair order: a unit's second fetch after every unit's first.
+    assert catalog.claim_next(worker="w5", now=later, lease_s=60) is not None
