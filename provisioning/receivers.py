@@ -127,10 +127,12 @@ def receiver_config(
 
     *unit_networks* and *unit_ports* are where units' clip servers may be (announced URLs
     elsewhere are refused): by default the private address ranges and port 8443; for a site
-    whose broker is on this machine's loopback (the demo, the tests), loopback and any port
-    above 1023, since its units run beside it on picked ports."""
+    whose units reach the broker on loopback (the demo, the tests), loopback and any port above
+    1023, since its units run beside it on picked ports."""
     receiver_id = receiver_id or site.receiver_id
-    local = _is_loopback(broker_host or site.broker_hosts[0])
+    # Units reach the broker at the site's first broker host (their bundles say so): if that is
+    # loopback, they run on this machine, as in the demo and the tests.
+    local = _is_loopback(site.broker_hosts[0])
     networks = unit_networks or (LOOPBACK_NETWORKS if local else PRIVATE_NETWORKS)
     ports = unit_ports or (("1024-65535",) if local else (UNIT_PORT,))
     creds = credentials_dir or receiver_dir(site, receiver_id)

@@ -236,6 +236,10 @@ class _CheckedConnection(http.client.HTTPSConnection):
         self.sock = tls
         tls.do_handshake()
 
+    def close(self) -> None:
+        with self._deadline.unguarded():
+            super().close()
+
 
 class UnitConnection:
     """One kept-alive connection to a unit's clip server (from :meth:`FetchClient.connect`).
@@ -254,8 +258,8 @@ class UnitConnection:
         self._conn = _CheckedConnection(target, deadline, client.timeout_s, client._context)
 
     def close(self) -> None:
-        self._deadline.cancel()
         self._conn.close()
+        self._deadline.cancel()
 
     def _target(self, url: str) -> CheckedTarget:
         """*url*, which must be on this connection's host and port."""

@@ -7,6 +7,7 @@ import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 __all__ = ["Deadline"]
 
@@ -50,6 +51,14 @@ class Deadline:
             self._sock = sock
             if self.expired:
                 _shut(sock)
+
+    @contextlib.contextmanager
+    def unguarded(self) -> Iterator[None]:
+        """Stop guarding the socket for the block (closing it): the timer never shuts a
+        descriptor number that a close has freed for another connection to reuse."""
+        with self._lock:
+            self._sock = None
+            yield
 
     def cancel(self) -> None:
         """The exchange is over: stop the timer."""

@@ -31,9 +31,11 @@ from pydantic import ValidationError
 from daemon.outbox import Outbox, OutboxEntry
 from protocol.clip_manifest import MAX_CLIP_BYTES
 from protocol.messages import ClipAnnouncement, ClipManifest, Status
+from protocol.receiver_config import PRIVATE_NETWORKS
 from protocol.schemas import json_schema
 from protocol.topics import Kind, topic
-from provisioning.site import Site
+from provisioning.receivers import receiver_config
+from provisioning.site import Site, init_site
 from server.catalog import Catalog, ClipRecord, ClipState
 from server.fetch import FetchClient, FetchError, FetchErrorKind, FetchResult, UnitAddressPolicy
 from tests.server.test_receiver_faults import run_in_process, unit_clip_server, wait_for
@@ -480,3 +482,19 @@ def test_a_unit_with_as_many_fetches_in_flight_as_allowed_gets_no_more(
     assert again is not None and again.device_id == "cart-01"
     # Without the limit, the old fair order: a unit's second fetch after every unit's first.
     assert catalog.claim_next(worker="w5", now=later, lease_s=60) is not None
+
+
+def test_provisioning_writes_where_units_may_be(tmp_path: Path) -> None:
+    hospital = init_site(tmp_path / "hospital", "ward9", broker_hosts=("broker.ward9.example",))
+    demo = init_site(tmp_path / "demo", "demo9", broker_hosts=("127.0.0.1",))
+    pulls = {}
+    for site in (hospital, demo):
+        text = receiver_config(
+            site, catalog_url="sqlite:///c.db", store_dir=tmp_path, spool_dir=tmp_path / "s"
+        )
+        pulls[site.name] = tomllib.loads(text)["pull"]
+    assert pulls["ward9"]["unit_networks"] == list(PRIVATE_NETWORKS)
+    assert pulls["ward9"]["unit_ports"] == [8443]
+    # Units that reach the broker on loopback run on this machine, on picked ports.
+    assert pulls["demo9"]["unit_networks"] == ["127.0.0.0/8", "::1/128"]
+    assert pulls["demo9"]["unit_ports"] == ["1024-65535"]
