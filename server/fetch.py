@@ -273,9 +273,11 @@ class UnitConnection:
     ) -> FetchResult:
         """Download the clip at *url* into *dest*, resuming from what *dest* already holds.
 
-        A non-empty *dest* is re-hashed and the rest asked for with ``Range`` and ``If-Range``
-        (the clip server's ETag is the SHA-256, so the announced one is the validator); a unit
-        that answers with the whole file gets it written afresh. The body streams to disk in
+        The hash state over a non-empty *dest* is the one kept when the last attempt was cut
+        short (:class:`ResumePoints`), or else *dest* is hashed again (after a restart; the
+        result's ``rehashed`` says how many bytes that read). The rest is asked for with
+        ``Range`` and ``If-Range`` (the clip server's ETag is the SHA-256, so the announced one
+        is the validator); a unit that answers with the whole file gets it written afresh. The body streams to disk in
         *chunk_bytes* pieces, hashed on the way (SHA-256 and BLAKE2b, on threads of their own
         while the next piece arrives), so nothing needs to read the file again. More bytes than
         *expected_size* are refused, never written. The returned digests are of the whole file;
