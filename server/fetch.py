@@ -277,13 +277,13 @@ class UnitConnection:
         short (:class:`ResumePoints`), or else *dest* is hashed again (after a restart; the
         result's ``rehashed`` says how many bytes that read). The rest is asked for with
         ``Range`` and ``If-Range`` (the clip server's ETag is the SHA-256, so the announced one
-        is the validator); a unit that answers with the whole file gets it written afresh. The body streams to disk in
-        *chunk_bytes* pieces, hashed on the way (SHA-256 and BLAKE2b, on threads of their own
-        while the next piece arrives), so nothing needs to read the file again. More bytes than
-        *expected_size* are refused, never written. The returned digests are of the whole file;
-        comparing them is the verifier's decision. A *dest* already *expected_size* long is not
-        fetched again (``transferred == 0``): if its hash is wrong, the caller removes it and
-        fetches afresh.
+        is the validator); a unit that answers with the whole file gets it written afresh. The
+        body streams to disk in *chunk_bytes* pieces, hashed on the way (SHA-256 and BLAKE2b,
+        on threads of their own while the next piece arrives), so nothing needs to read the file
+        again. More bytes than *expected_size* are refused, never written. The returned digests
+        are of the whole file; comparing them is the verifier's decision. A *dest* already
+        *expected_size* long is not fetched again (``transferred == 0``): if its hash is wrong,
+        the caller removes it and fetches afresh.
         """
         if expected_size <= 0 or not _SHA256.fullmatch(expected_sha256):
             raise ValueError("expected_size must be positive, expected_sha256 64 hex digits")
