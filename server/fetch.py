@@ -25,7 +25,7 @@ from protocol.receiver_config import PullSection, TlsSection
 from protocol.signing import ClipDigests, ClipHasher
 
 from .fetch_deadline import Deadline
-from .fetch_errors import FetchError, FetchErrorKind, network_error
+from .fetch_errors import FetchError, FetchErrorKind, NoAnswerError, network_error
 from .fetch_hashing import BackgroundHashing, ResumePoints
 from .fetch_response import body_start, small_body
 from .unit_address import AddressNotAllowedError, CheckedTarget, UnitAddressPolicy
@@ -220,9 +220,11 @@ class _CheckedConnection(http.client.HTTPSConnection):
         remaining = self._deadline.remaining_s()
         if not remaining:
             raise TimeoutError("deadline passed")
-        sock = socket.create_connection(
-            (self._address, self.port), timeout=min(self.timeout or remaining, remaining)
-        )
+        wait_s = min(self.timeout or remaining, remaining)
+        try:
+            sock = socket.create_connection((self._address, self.port), timeout=wait_s)
+        except TimeoutError:
+            raise NoAnswerError(f"{self._address} port {self.port}, {wait_s:.3g} s") from None
         try:
             self._deadline.guard(sock)
             sock.settimeout(self.timeout)

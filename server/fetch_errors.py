@@ -8,13 +8,18 @@ import http.client
 import ssl
 from typing import Final
 
-__all__ = ["FetchError", "FetchErrorKind", "network_error", "status_error"]
+__all__ = ["FetchError", "FetchErrorKind", "NoAnswerError", "network_error", "status_error"]
+
+
+class NoAnswerError(TimeoutError):
+    """The unit's address did not answer a TCP connection in time: the unit is away (switched
+    off, off the network, or behind a firewall that drops), which is no attempt on the clip."""
 
 
 class FetchErrorKind(enum.StrEnum):
     """What went wrong in a fetch; :attr:`FetchError.retryable` follows from it."""
 
-    UNREACHABLE = "unreachable"  # refused, no route, name not resolved
+    UNREACHABLE = "unreachable"  # refused, no route, no answer to connect, name not resolved
     TIMEOUT = "timeout"
     RESET = "reset"  # connection dropped or reset mid-exchange
     TRUNCATED = "truncated"  # body ended before its declared length
@@ -74,6 +79,8 @@ def network_error(
 ) -> FetchError:
     """Translate an exception of the socket, TLS or HTTP layer into a FetchError; *deadline_s*
     if the exchange's deadline had passed (and shut the socket) when it was raised."""
+    if isinstance(exc, NoAnswerError):
+        return FetchError(FetchErrorKind.UNREACHABLE, f"{where}: no answer: {exc}")
     if deadline_s is not None:
         # Whatever the socket said when the deadline shut it, the cause is the deadline.
         return FetchError(

@@ -12,6 +12,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -600,3 +601,25 @@ def test_a_refused_url_is_never_connected_to(ward: Ward, tmp_path: Path) -> None
             listener.accept()  # nothing connected
     assert refused.value.kind is FetchErrorKind.NOT_ALLOWED and not refused.value.retryable
     assert f"https://{HOST}:{port}" in str(refused.value) and UNIT in str(refused.value)
+
+
+def test_a_unit_that_does_not_answer_is_unreachable_not_a_failed_attempt(ward: Ward) -> None:
+    # A listener whose accept queue is full drops further connections' SYNs, as a firewall
+    # does for a unit that is switched off: the connect times out.
+    listener = socket.create_server((HOST, 0), backlog=0)
+    port = listener.getsockname()[1]
+    fillers = []
+    with listener, contextlib.ExitStack() as stack:
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            stack.callback(filler.close)
+            filler.connect_ex((HOST, port))
+            fillers.append(filler)
+        time.sleep(0.2)
+        client = receiver_client(ward, timeout_s=0.5)
+        with pytest.raises(FetchError) as away:
+            client.list_clips(f"https://{HOST}:{port}", device_id=UNIT)
+    # Not counted against the clip's attempts (the puller passes counted=False), and retried.
+    assert away.value.kind is FetchErrorKind.UNREACHABLE and away.value.retryable, away.value
+    assert "no answer" in str(away.value)
