@@ -147,6 +147,8 @@ class Puller:
         part = self._spool / f"{clip.clip_id}.part"
         over = self._reserve(clip)
         if over is not None:
+            # Counted: partial files of one unit that leave no room for one another would
+            # otherwise wait forever; exhausted, a clip is quarantined and its file freed.
             self._retry(clip, worker, over)
             return
         try:
