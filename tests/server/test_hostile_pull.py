@@ -20,7 +20,6 @@ import statistics
 import time
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,86 +27,36 @@ import pytest
 import tomli_w
 from pydantic import ValidationError
 
-from daemon.outbox import Outbox, OutboxEntry
+from daemon.outbox import Outbox
 from protocol.clip_manifest import MAX_CLIP_BYTES
-from protocol.messages import ClipAnnouncement, ClipManifest, Status
+from protocol.messages import ClipAnnouncement, ClipManifest
 from protocol.receiver_config import PRIVATE_NETWORKS
 from protocol.schemas import json_schema
-from protocol.topics import Kind, topic
+from protocol.topics import Kind
 from provisioning.receivers import receiver_config
 from provisioning.site import Site, init_site
 from server.catalog import Catalog, ClipRecord, ClipState
 from server.fetch import FetchClient, FetchError, FetchErrorKind, FetchResult, UnitAddressPolicy
 from tests.server.test_receiver_faults import run_in_process, unit_clip_server, wait_for
-from tests.support.hostile_clipserver import AcceptRecorder, HostileClipServer, Served
-from tests.support.mosquitto import Broker, Client, unit_identity
+from tests.support.hostile_clipserver import (
+    AcceptRecorder,
+    HostileClipServer,
+    Served,
+    as_unit,
+    sealed,
+)
+from tests.support.mosquitto import Broker, Client
 from tests.support.unit import (
     ReceiverProcess,
     Unit,
-    announcement_of,
     make_unit,
     receiver_process,
-    seal_synthetic_clip,
 )
 
 MakeClient = Callable[..., Client]
 
 HONEST, HOSTILE, OTHER = "cart-01", "cart-02", "cart-03"
 MIB = 1 << 20
-
-
-@dataclass(frozen=True)
-class Clip:
-    """A clip sealed as a unit would seal it: its outbox entry, file and what is announced."""
-
-    entry: OutboxEntry
-    path: Path
-
-    @property
-    def clip_id(self) -> str:
-        return self.entry.clip_id
-
-    @property
-    def size(self) -> int:
-        assert self.entry.size_bytes is not None
-        return self.entry.size_bytes
-
-    @property
-    def sha256(self) -> str:
-        assert self.entry.sha256 is not None
-        return self.entry.sha256
-
-    def served(self, *, body: bool = False) -> Served:
-        return Served(self.size, self.sha256, self.path.read_bytes() if body else None)
-
-    def announcement(self, host: str, port: int) -> ClipAnnouncement:
-        return announcement_of(self.entry, host, port)
-
-
-def sealed(site: Site, work: Path, unit_id: str, count: int, plaintext: int) -> list[Clip]:
-    """*count* clips sealed as *unit_id* would seal them (signed with its key)."""
-    with Outbox(work / f"outbox-{unit_id}", quota_bytes=1 << 30, min_free_bytes=0) as outbox:
-        clips = []
-        for n in range(count):
-            entry = seal_synthetic_clip(outbox, site, unit_id, f"{unit_id}-x{n:03d}", plaintext)
-            clips.append(Clip(entry, outbox.clip_path(entry.clip_id)))
-        return clips
-
-
-def as_unit(
-    make_client: MakeClient, site: Site, unit_id: str, *payloads: bytes, online: bool = True
-) -> None:
-    """Log in with *unit_id*'s certificate, say it is online (retained), publish *payloads* as
-    clip announcements, leave."""
-    client = make_client(unit_identity(site, unit_id)).connect()
-    if online:
-        now = datetime.now(UTC)
-        status = Status(state="online", since=now, software_version="0.1.0", armed=False)
-        client.publish(topic(site.name, unit_id, Kind.STATUS), status.to_payload(), retain=True)
-    for payload in payloads:
-        rc = client.publish(topic(site.name, unit_id, Kind.CLIPS), payload)
-        assert not rc.is_failure, rc
-    client.close()
 
 
 def set_pull(receiver: ReceiverProcess, **settings: object) -> None:

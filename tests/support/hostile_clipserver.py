@@ -1,6 +1,7 @@
-"""A hostile unit's clip server for attack tests: real TLS with a real provisioned unit's
+"""A hostile unit for attack tests: its clip server, real TLS with a real provisioned unit's
 certificate (so the receiver's identity check passes, as it would for a stolen cart), which then
-misbehaves: dribbles a body one byte at a time, or serves fast but cuts every response short.
+misbehaves: dribbles a body one byte at a time, or serves fast but cuts every response short;
+and its clips and announcements, published with the same unit's certificate.
 
 Not the daemon's clip server: this one obeys no contract on purpose. It records what it was
 asked (:attr:`HostileClipServer.requests`) and how many connections it accepted."""
@@ -13,13 +14,22 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from daemon.outbox import Outbox, OutboxEntry
+from protocol.messages import ClipAnnouncement, Status
+from protocol.topics import Kind, topic
 from provisioning.site import Site
 
-__all__ = ["AcceptRecorder", "HostileClipServer", "Served"]
+from .mosquitto import Client, unit_identity
+from .unit import announcement_of, seal_synthetic_clip
+
+__all__ = ["AcceptRecorder", "Clip", "HostileClipServer", "Served", "as_unit", "sealed"]
 
 _RANGE = re.compile(r"bytes=(\d+)-")
 
@@ -175,3 +185,64 @@ class AcceptRecorder:
         self._closing.set()
         self._thread.join(10)
         self._listener.close()
+
+
+# --- the hostile unit's clips and announcements -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A clip sealed as a unit would seal it: its outbox entry, file and what is announced."""
+
+    entry: OutboxEntry
+    path: Path
+
+    @property
+    def clip_id(self) -> str:
+        return self.entry.clip_id
+
+    @property
+    def size(self) -> int:
+        assert self.entry.size_bytes is not None
+        return self.entry.size_bytes
+
+    @property
+    def sha256(self) -> str:
+        assert self.entry.sha256 is not None
+        return self.entry.sha256
+
+    def served(self, *, body: bool = False) -> Served:
+        return Served(self.size, self.sha256, self.path.read_bytes() if body else None)
+
+    def announcement(self, host: str, port: int) -> ClipAnnouncement:
+        return announcement_of(self.entry, host, port)
+
+
+def sealed(site: Site, work: Path, unit_id: str, count: int, plaintext: int) -> list[Clip]:
+    """*count* clips sealed as *unit_id* would seal them (signed with its key)."""
+    with Outbox(work / f"outbox-{unit_id}", quota_bytes=1 << 30, min_free_bytes=0) as outbox:
+        clips = []
+        for n in range(count):
+            entry = seal_synthetic_clip(outbox, site, unit_id, f"{unit_id}-x{n:03d}", plaintext)
+            clips.append(Clip(entry, outbox.clip_path(entry.clip_id)))
+        return clips
+
+
+def as_unit(
+    make_client: Callable[..., Client],
+    site: Site,
+    unit_id: str,
+    *payloads: bytes,
+    online: bool = True,
+) -> None:
+    """Log in with *unit_id*'s certificate, say it is online (retained), publish *payloads* as
+    clip announcements, leave."""
+    client = make_client(unit_identity(site, unit_id)).connect()
+    if online:
+        now = datetime.now(UTC)
+        status = Status(state="online", since=now, software_version="0.1.0", armed=False)
+        client.publish(topic(site.name, unit_id, Kind.STATUS), status.to_payload(), retain=True)
+    for payload in payloads:
+        rc = client.publish(topic(site.name, unit_id, Kind.CLIPS), payload)
+        assert not rc.is_failure, rc
+    client.close()
