@@ -218,10 +218,7 @@ def reconcile(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl …" is not news
     config = load_config(args.config)
-    tls = config.tls
-    fetcher = FetchClient(
-        cert_file=tls.cert, key_file=tls.key, ca_file=tls.ca, timeout_s=config.pull.timeout_s
-    )
+    fetcher = FetchClient.for_receiver(config.tls, config.pull)
     catalog = Catalog(config.catalog.url)
     try:
         report = reconcile_once(catalog, fetcher, now=datetime.now(UTC))

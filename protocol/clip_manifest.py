@@ -26,10 +26,27 @@ from .message_fields import (
     VisitLabel,
 )
 
-__all__ = ["MAX_CLIP_DURATION_S", "MAX_RECIPIENTS", "AudioTrack", "ClipManifest", "VideoTrack"]
+__all__ = [
+    "MAX_CLIP_BYTES",
+    "MAX_CLIP_DURATION_S",
+    "MAX_RECIPIENTS",
+    "AudioTrack",
+    "ClipManifest",
+    "VideoTrack",
+]
 
 MAX_CLIP_DURATION_S: Final = 60.5
 """A recording stops at 60 s; the half second covers the last frame and audio block."""
+
+MAX_CLIP_BYTES: Final = 512 << 20
+"""The largest ciphertext a unit may announce: 512 MiB. The most a unit can be configured to
+record is 60.5 s (:data:`MAX_CLIP_DURATION_S`) of video at 50 Mbit/s (the device config's
+``camera.bitrate_bps`` bound) and 16-bit PCM audio at 192 kHz on 2 channels (6.1 Mbit/s, the
+``microphone`` bounds): 56.2 Mbit/s, 425 MB. The encoder may overshoot its target for a while,
+and the container and the age envelope (16 bytes a 64 KiB chunk) add under 1 %: 512 MiB leaves
+26 % over that. An honest unit never comes near it (the default 4 Mbit/s makes ~31 MB); a
+larger announced size is refused when the announcement is parsed, so that no receiver reserves
+spool for it."""
 
 MAX_RECIPIENTS: Final = 4
 
@@ -99,7 +116,9 @@ class ClipManifest(Part):
         "shutdown, or storage running out."
     )
     software_version: SoftwareVersion
-    size_bytes: int = Field(gt=0, le=MAX_COUNT, description="Size of the ciphertext in bytes.")
+    size_bytes: int = Field(
+        gt=0, le=MAX_CLIP_BYTES, description="Size of the ciphertext in bytes (at most 512 MiB)."
+    )
     sha256: Sha256Hex = Field(description="SHA-256 of the ciphertext.")
     recipients: Annotated[
         tuple[AgeRecipient, ...],

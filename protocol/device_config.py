@@ -99,6 +99,9 @@ class CameraSection(_Section):
     width: int = Field(default=1280, ge=64, le=4096, description="pixels, even")
     height: int = Field(default=720, ge=64, le=4096, description="pixels, even")
     frame_rate_hz: float = Field(default=30.0, gt=0, le=120)
+    # The upper bound is part of the contract: protocol.clip_manifest.MAX_CLIP_BYTES, the
+    # largest clip a unit may announce, is 60 s at this bitrate (and the microphone's), with
+    # margin. Raise one only with the other.
     bitrate_bps: int = Field(default=4_000_000, ge=100_000, le=50_000_000)
     replay_file: Path | None = Field(
         default=None, description='an H.264 (Annex B) file, for backend "replay"'

@@ -5,14 +5,17 @@ writes it by serialising the model."""
 
 from __future__ import annotations
 
+from ipaddress import ip_network
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, IPvAnyNetwork
 
 from .message_fields import ReceiverId, SiteId
 
 __all__ = [
+    "PRIVATE_NETWORKS",
+    "UNIT_PORT",
     "CatalogSection",
     "MqttSection",
     "PullSection",
@@ -63,9 +66,47 @@ class CatalogSection(_Section):
     url: str = Field(min_length=1)
 
 
+def _port_range(value: str) -> str:
+    low, _, high = value.partition("-")
+    if not (low.isdigit() and high.isdigit() and 1 <= int(low) <= int(high) <= 65535):
+        raise ValueError(f"{value!r} is not a port range like '1024-65535'")
+    return value
+
+
+PortRange = Annotated[str, AfterValidator(_port_range)]
+
+PRIVATE_NETWORKS: Final = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+"""Where units may be by default: the private address ranges a hospital network uses."""
+
+UNIT_PORT: Final = 8443
+"""The port a unit's clip server listens on by default (``[clip_server] port`` of a unit)."""
+
+
 class PullSection(_Section):
     concurrency: int = Field(default=4, ge=1, le=64)
-    timeout_s: float = Field(default=30.0, gt=0, le=600)
+    # At most this many of the workers fetch from one unit at a time, so that one slow (or
+    # hostile) unit can never hold them all.
+    per_unit_concurrency: int = Field(default=1, ge=1, le=8)
+    timeout_s: float = Field(default=30.0, gt=0, le=600)  # for each socket operation
+    # A clip's download (with its signature) must end within handshake_allowance_s plus its
+    # announced size at min_rate_bytes_s; a unit that serves slower is cut off (TIMEOUT) and
+    # resumed later. The default takes a clip of the default 4 Mbit/s in under a minute.
+    min_rate_bytes_s: int = Field(default=256 * 1024, ge=1024)
+    handshake_allowance_s: float = Field(default=10.0, gt=0, le=600)
+    # The outbox listing of one unit (reconciliation) must end within this.
+    listing_deadline_s: float = Field(default=30.0, gt=0, le=600)
+    # The partial downloads of one unit may hold at most this much of the spool; a fetch that
+    # would go over waits. Below MAX_CLIP_BYTES (512 MiB), a larger clip can never be fetched.
+    spool_quota_bytes_per_unit: int = Field(default=1 << 30, ge=1 << 20)
+    # Attempts on which the unit answered (refused connections do not count): after this
+    # many, the clip is quarantined as fetch_attempts_exhausted and stays on its unit.
+    max_attempts: int = Field(default=20, ge=1, le=10_000)
+    # What an announced clip URL may name: a unit's clip server is in these networks, on these
+    # ports (a number or a range "A-B"). Any other URL is refused before any connection.
+    unit_networks: tuple[IPvAnyNetwork, ...] = Field(
+        default=tuple(ip_network(n) for n in PRIVATE_NETWORKS), min_length=1
+    )
+    unit_ports: tuple[Port | PortRange, ...] = Field(default=(UNIT_PORT,), min_length=1)
     retry_max_s: float = Field(default=300.0, ge=1, le=86_400)
     lease_s: float = Field(default=300.0, ge=5, le=86_400)
     reconcile_interval_s: float = Field(default=300.0, ge=5, le=86_400)

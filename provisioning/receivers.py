@@ -11,14 +11,18 @@ with the site's one receipt key, the key every unit already trusts.
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import tempfile
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from protocol.atomic import write_atomic
 from protocol.errors import MessageError
 from protocol.receiver_config import (
+    PRIVATE_NETWORKS,
+    UNIT_PORT,
     CatalogSection,
     MqttSection,
     PullSection,
@@ -36,6 +40,17 @@ from .errors import SiteError
 from .site import SERVICE_DAYS, Report, Site, locked
 
 __all__ = ["add_receiver", "receiver_config", "receiver_dir"]
+
+LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def receiver_dir(site: Site, receiver_id: str) -> Path:
@@ -102,12 +117,24 @@ def receiver_config(
     concurrency: int = 4,
     receiver_id: str | None = None,
     registry: Path | None = None,
+    unit_networks: Sequence[str] | None = None,
+    unit_ports: Sequence[int | str] | None = None,
 ) -> str:
     """``receiver.toml`` for *site*'s receiver *receiver_id* (default: the first one).
     *credentials_dir* is where the receiver's TLS files and receipt key are (default: its folder
     in the site; under systemd, its credentials directory); *registry* is where the receiver
-    reads the site's ``registry.json`` (default: in the site folder, which is root-only)."""
+    reads the site's ``registry.json`` (default: in the site folder, which is root-only).
+
+    *unit_networks* and *unit_ports* are where units' clip servers may be (announced URLs
+    elsewhere are refused): by default the private address ranges and port 8443; for a site
+    whose units reach the broker on loopback (the demo, the tests), loopback and any port above
+    1023, since its units run beside it on picked ports."""
     receiver_id = receiver_id or site.receiver_id
+    # Units reach the broker at the site's first broker host (their bundles say so): if that is
+    # loopback, they run on this machine, as in the demo and the tests.
+    local = _is_loopback(site.broker_hosts[0])
+    networks = unit_networks or (LOOPBACK_NETWORKS if local else PRIVATE_NETWORKS)
+    ports = unit_ports or (("1024-65535",) if local else (UNIT_PORT,))
     creds = credentials_dir or receiver_dir(site, receiver_id)
     config = build(
         "receiver.toml",
@@ -129,7 +156,9 @@ def receiver_config(
             ),
             store=StoreSection(dir=store_dir, spool=spool_dir),
             catalog=CatalogSection(url=catalog_url),
-            pull=PullSection(concurrency=concurrency),
+            pull=PullSection.model_validate(
+                {"concurrency": concurrency, "unit_networks": networks, "unit_ports": ports}
+            ),
         ),
     )
     return toml_text(

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import enum
 import http.client
 import json
 import os
 import re
+import socket
 import ssl
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
-from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -23,65 +21,37 @@ from link import issued_by_any
 from protocol.clipserver import CLIPS_PATH
 from protocol.listing import MAX_SIGNATURE_BYTES, ListedClip, parse_listing
 from protocol.message_fields import SHA256_PATTERN
+from protocol.receiver_config import PullSection, TlsSection
 from protocol.signing import ClipDigests, ClipHasher
 
-__all__ = ["FetchClient", "FetchError", "FetchErrorKind", "FetchResult", "UnitConnection"]
+from .fetch_deadline import Deadline
+from .fetch_errors import FetchError, FetchErrorKind, NoAnswerError, network_error
+from .fetch_hashing import BackgroundHashing, ResumePoints
+from .fetch_response import body_start, small_body
+from .unit_address import AddressNotAllowedError, CheckedTarget, UnitAddressPolicy
+
+__all__ = [
+    "FetchClient",
+    "FetchError",
+    "FetchErrorKind",
+    "FetchResult",
+    "UnitAddressPolicy",
+    "UnitConnection",
+]
 
 _SHA256: Final = re.compile(SHA256_PATTERN)
-_CONTENT_RANGE: Final = re.compile(r"bytes ([0-9]{1,18})-([0-9]{1,18})/([0-9]{1,18})")
 _MAX_LISTING_BYTES: Final = 4 * 1024 * 1024  # thousands of pending clips; a unit holds tens
-
-
-class FetchErrorKind(enum.StrEnum):
-    """What went wrong in a fetch; :attr:`FetchError.retryable` follows from it."""
-
-    UNREACHABLE = "unreachable"  # refused, no route, name not resolved
-    TIMEOUT = "timeout"
-    RESET = "reset"  # connection dropped or reset mid-exchange
-    TRUNCATED = "truncated"  # body ended before its declared length
-    SERVER_ERROR = "server_error"  # 5xx, 429
-    LOCAL = "local"  # the receiver cannot write its own spool file
-    NOT_FOUND = "not_found"  # 404: not (or no longer) pending on the unit
-    FORBIDDEN = "forbidden"  # 401/403: the unit refuses our certificate
-    IDENTITY = "identity"  # the server is not the unit the announcement names
-    TLS = "tls"  # handshake failed: untrusted certificate, alert
-    TOO_LARGE = "too_large"  # more bytes than announced
-    MISMATCH = "mismatch"  # the unit serves another file (ETag, size) than announced
-    PROTOCOL = "protocol"  # a response the clip server contract does not allow
-
-
-_RETRYABLE: Final = frozenset(
-    {
-        FetchErrorKind.UNREACHABLE,
-        FetchErrorKind.TIMEOUT,
-        FetchErrorKind.RESET,
-        FetchErrorKind.TRUNCATED,
-        FetchErrorKind.SERVER_ERROR,
-        FetchErrorKind.LOCAL,
-    }
-)
-
-
-class FetchError(Exception):
-    """A fetch failed; :attr:`kind` says how, the message says where in one line."""
-
-    def __init__(self, kind: FetchErrorKind, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-    @property
-    def retryable(self) -> bool:
-        """Whether trying again later may succeed (network trouble, not a refusal)."""
-        return self.kind in _RETRYABLE
 
 
 @dataclass(frozen=True)
 class FetchResult:
-    """A completed download: the whole file's digests, and what this call added."""
+    """A completed download: the whole file's digests, what this call added, and how much of
+    the partial file it had to read back to resume (0 when the hash state was kept)."""
 
     digests: ClipDigests
     transferred: int
     resumed: bool
+    rehashed: int = 0
 
     @property
     def size(self) -> int:
@@ -92,37 +62,26 @@ class FetchResult:
         return self.digests.sha256
 
 
-@dataclass(frozen=True)
-class _Target:
-    host: str
-    port: int
-    path: str
-
-
-def _target(url: str) -> _Target:
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
-        raise ValueError(f"not an https URL: {url!r:.200}")
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return _Target(parts.hostname, parts.port or 443, path)
-
-
 class FetchClient:
     """An HTTPS client for units' clip servers, with the receiver's client certificate.
 
-    The unit is reached by IP or a DHCP name, so the host name is not checked; instead, after
-    the handshake, the unit's certificate must chain to the site root (*ca_file*, checked by
-    OpenSSL), be issued by the device CA rather than by the root itself, and name the expected
-    device as its CN. Every socket operation times out after *timeout_s* seconds. Every failure
-    is a :class:`FetchError`. :meth:`connect` keeps one connection for several requests (a clip
-    and its signature); the other calls open one each::
+    A URL is checked against *policy* (where units may serve) before anything is sent, and the
+    connection goes to the address checked. The unit is reached by IP or a DHCP name, so the
+    host name is not checked in TLS; instead, after the handshake, the unit's certificate must
+    chain to the site root (*ca_file*, checked by OpenSSL), be issued by the device CA rather
+    than by the root itself, and name the expected device as its CN. Every socket operation
+    times out after *timeout_s* seconds, and every exchange has a deadline for the whole of it
+    (:meth:`fetch_deadline_s`, *listing_deadline_s*), so a unit that sends one byte at a time
+    cannot hold a worker. Every failure is a :class:`FetchError`. :meth:`connect` keeps one
+    connection for several requests (a clip and its signature); the other calls open one each::
 
         client = FetchClient(cert_file=rdir / "tls.crt", key_file=rdir / "tls.key",
-                             ca_file=rdir / "ca.pem")
-        with client.connect(announcement.url, device_id="cart-01") as unit:
-            result = unit.fetch(announcement.url, spool / f"{clip_id}.age",
-                                expected_size=manifest.size_bytes, expected_sha256=manifest.sha256)
-            signature = unit.fetch_signature(announcement.url + ".minisig")
+                             ca_file=rdir / "ca.pem", policy=UnitAddressPolicy(nets, [8443]))
+        size, deadline_s = manifest.size_bytes, client.fetch_deadline_s(manifest.size_bytes)
+        with client.connect(url, device_id="cart-01", deadline_s=deadline_s) as unit:
+            result = unit.fetch(url, spool / f"{clip_id}.age",
+                                expected_size=size, expected_sha256=manifest.sha256)
+            signature = unit.fetch_signature(url + ".minisig")
     """
 
     def __init__(
@@ -131,11 +90,17 @@ class FetchClient:
         cert_file: Path,
         key_file: Path,
         ca_file: Path,
+        policy: UnitAddressPolicy,
         timeout_s: float = 30.0,
         chunk_bytes: int = 1 << 20,
+        min_rate_bytes_s: float = 256 * 1024,
+        handshake_allowance_s: float = 10.0,
+        listing_deadline_s: float = 30.0,
     ) -> None:
-        if timeout_s <= 0 or chunk_bytes <= 0:
-            raise ValueError("timeout_s and chunk_bytes must be positive")
+        if min(timeout_s, chunk_bytes, min_rate_bytes_s, handshake_allowance_s) <= 0:
+            raise ValueError("timeouts, rates and chunk_bytes must be positive")
+        if listing_deadline_s <= 0:
+            raise ValueError("listing_deadline_s must be positive")
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.check_hostname = False  # replaced by the device-id check after the handshake
@@ -144,15 +109,50 @@ class FetchClient:
         context.load_verify_locations(cafile=ca_file)
         self._context = context
         self._roots = x509.load_pem_x509_certificates(Path(ca_file).read_bytes())
+        self.policy = policy
         self.timeout_s = timeout_s
         self.chunk_bytes = chunk_bytes
+        self.min_rate_bytes_s = min_rate_bytes_s
+        self.handshake_allowance_s = handshake_allowance_s
+        self.listing_deadline_s = listing_deadline_s
+        self.resume_points = ResumePoints()
+
+    @classmethod
+    def for_receiver(cls, tls: TlsSection, pull: PullSection) -> FetchClient:
+        """The client of a receiver with the ``[tls]`` and ``[pull]`` sections of its config."""
+        return cls(
+            cert_file=tls.cert,
+            key_file=tls.key,
+            ca_file=tls.ca,
+            policy=UnitAddressPolicy(pull.unit_networks, pull.unit_ports),
+            timeout_s=pull.timeout_s,
+            min_rate_bytes_s=pull.min_rate_bytes_s,
+            handshake_allowance_s=pull.handshake_allowance_s,
+            listing_deadline_s=pull.listing_deadline_s,
+        )
+
+    def fetch_deadline_s(self, size: int) -> float:
+        """How long fetching a clip of *size* bytes and its signature may take in all: the
+        handshake allowance, and the size at the minimum rate."""
+        return self.handshake_allowance_s + size / self.min_rate_bytes_s
+
+    def check(self, url: str, device_id: str) -> CheckedTarget:
+        """Where *url* leads, if a unit may serve there; else FetchError ``NOT_ALLOWED``."""
+        try:
+            return self.policy.check(url)
+        except AddressNotAllowedError as exc:
+            raise FetchError(
+                FetchErrorKind.NOT_ALLOWED, f"unit {device_id}: URL {url!r:.200} refused: {exc}"
+            ) from None
 
     @contextmanager
-    def connect(self, url: str, *, device_id: str) -> Iterator[UnitConnection]:
-        """A connection to the clip server of *url*, which must be unit *device_id*; closed on
-        leaving. Nothing is sent until the first request."""
-        target = _target(url)
-        connection = UnitConnection(self, target.host, target.port, device_id)
+    def connect(self, url: str, *, device_id: str, deadline_s: float) -> Iterator[UnitConnection]:
+        """A connection to the clip server of *url*, which must be unit *device_id*, for at
+        most *deadline_s* seconds in all; closed on leaving. The URL is checked first (a refused
+        one raises FetchError ``NOT_ALLOWED``, nothing connected); nothing is sent until the
+        first request."""
+        target = self.check(url, device_id)
+        connection = UnitConnection(self, target, device_id, Deadline(deadline_s))
         try:
             yield connection
         finally:
@@ -162,19 +162,23 @@ class FetchClient:
         self, url: str, dest: Path, *, device_id: str, expected_size: int, expected_sha256: str
     ) -> FetchResult:
         """:meth:`UnitConnection.fetch` on a connection of its own."""
-        with self.connect(url, device_id=device_id) as unit:
+        deadline_s = self.fetch_deadline_s(expected_size)
+        with self.connect(url, device_id=device_id, deadline_s=deadline_s) as unit:
             return unit.fetch(
                 url, dest, expected_size=expected_size, expected_sha256=expected_sha256
             )
 
     def fetch_signature(self, url: str, *, device_id: str) -> str:
         """:meth:`UnitConnection.fetch_signature` on a connection of its own."""
-        with self.connect(url, device_id=device_id) as unit:
+        deadline_s = self.fetch_deadline_s(MAX_SIGNATURE_BYTES)
+        with self.connect(url, device_id=device_id, deadline_s=deadline_s) as unit:
             return unit.fetch_signature(url)
 
     def list_clips(self, base_url: str, *, device_id: str) -> list[ListedClip]:
-        """The clips *device_id* still holds (``GET <base_url>/v1/clips``), for reconciliation."""
-        with self.connect(base_url, device_id=device_id) as unit:
+        """The clips *device_id* still holds (``GET <base_url>/v1/clips``), for reconciliation,
+        within the listing deadline."""
+        deadline_s = self.listing_deadline_s
+        with self.connect(base_url, device_id=device_id, deadline_s=deadline_s) as unit:
             return unit.list_clips(base_url)
 
     def _identity_problem(self, sock: ssl.SSLSocket, device_id: str) -> str | None:
@@ -200,28 +204,70 @@ class FetchClient:
         return None
 
 
+class _CheckedConnection(http.client.HTTPSConnection):
+    """An HTTPS connection to the checked address of its target (never a new lookup of the
+    name), whose socket the deadline guards from before the handshake on."""
+
+    def __init__(
+        self, target: CheckedTarget, deadline: Deadline, timeout: float, context: ssl.SSLContext
+    ) -> None:
+        super().__init__(target.host, target.port, timeout=timeout, context=context)
+        self._address = target.address
+        self._deadline = deadline
+        self._ssl_context = context
+
+    def connect(self) -> None:
+        remaining = self._deadline.remaining_s()
+        if not remaining:
+            raise TimeoutError("deadline passed")
+        wait_s = min(self.timeout or remaining, remaining)
+        try:
+            sock = socket.create_connection((self._address, self.port), timeout=wait_s)
+        except TimeoutError:
+            raise NoAnswerError(f"{self._address} port {self.port}, {wait_s:.3g} s") from None
+        try:
+            self._deadline.guard(sock)
+            sock.settimeout(self.timeout)
+            tls = self._ssl_context.wrap_socket(
+                sock, server_hostname=self.host, do_handshake_on_connect=False
+            )
+        except BaseException:
+            sock.close()
+            raise
+        self._deadline.guard(tls)  # the same descriptor, now owned by the TLS socket
+        self.sock = tls
+        tls.do_handshake()
+
+    def close(self) -> None:
+        with self._deadline.unguarded():
+            super().close()
+
+
 class UnitConnection:
     """One kept-alive connection to a unit's clip server (from :meth:`FetchClient.connect`).
 
     Requests go one after another; when the unit closes the connection, the next request opens
-    a new one and checks the unit's identity again.
+    a new one and checks the unit's identity again. All of them end by the deadline.
     """
 
-    def __init__(self, client: FetchClient, host: str, port: int, device_id: str) -> None:
+    def __init__(
+        self, client: FetchClient, target: CheckedTarget, device_id: str, deadline: Deadline
+    ) -> None:
         self._client = client
         self.device_id = device_id
-        self._conn = http.client.HTTPSConnection(
-            host, port, timeout=client.timeout_s, context=client._context
-        )
+        self._checked = target
+        self._deadline = deadline
+        self._conn = _CheckedConnection(target, deadline, client.timeout_s, client._context)
 
     def close(self) -> None:
         self._conn.close()
+        self._deadline.cancel()
 
-    def _target(self, url: str) -> _Target:
+    def _target(self, url: str) -> CheckedTarget:
         """*url*, which must be on this connection's host and port."""
-        target = _target(url)
-        if (target.host, target.port) != (self._conn.host, self._conn.port):
-            raise ValueError(f"{url!r:.200} is not on {self._conn.host}:{self._conn.port}")
+        target = self._client.check(url, self.device_id)
+        if (target.host, target.port) != (self._checked.host, self._checked.port):
+            raise ValueError(f"{url!r:.200} is not on {self._checked.host}:{self._checked.port}")
         return target
 
     def fetch(
@@ -229,15 +275,17 @@ class UnitConnection:
     ) -> FetchResult:
         """Download the clip at *url* into *dest*, resuming from what *dest* already holds.
 
-        A non-empty *dest* is re-hashed and the rest asked for with ``Range`` and ``If-Range``
-        (the clip server's ETag is the SHA-256, so the announced one is the validator); a unit
-        that answers with the whole file gets it written afresh. The body streams to disk in
-        *chunk_bytes* pieces, hashed on the way (SHA-256 and BLAKE2b, on threads of their own
-        while the next piece arrives), so nothing needs to read the file again. More bytes than
-        *expected_size* are refused, never written. The returned digests are of the whole file;
-        comparing them is the verifier's decision. A *dest* already *expected_size* long is not
-        fetched again (``transferred == 0``): if its hash is wrong, the caller removes it and
-        fetches afresh.
+        The hash state over a non-empty *dest* is the one kept when the last attempt was cut
+        short (:class:`ResumePoints`), or else *dest* is hashed again (after a restart; the
+        result's ``rehashed`` says how many bytes that read). The rest is asked for with
+        ``Range`` and ``If-Range`` (the clip server's ETag is the SHA-256, so the announced one
+        is the validator); a unit that answers with the whole file gets it written afresh. The
+        body streams to disk in *chunk_bytes* pieces, hashed on the way (SHA-256 and BLAKE2b,
+        on threads of their own while the next piece arrives), so nothing needs to read the file
+        again. More bytes than *expected_size* are refused, never written. The returned digests
+        are of the whole file; comparing them is the verifier's decision. A *dest* already
+        *expected_size* long is not fetched again (``transferred == 0``): if its hash is wrong,
+        the caller removes it and fetches afresh.
         """
         if expected_size <= 0 or not _SHA256.fullmatch(expected_sha256):
             raise ValueError("expected_size must be positive, expected_sha256 64 hex digits")
@@ -247,30 +295,41 @@ class UnitConnection:
             fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise FetchError(FetchErrorKind.LOCAL, f"{where}: cannot open {dest}: {exc}") from exc
+        points = self._client.resume_points
         with os.fdopen(fd, "r+b") as file:
-            hasher = self._rehash(file, expected_size, where)
+            hasher, rehashed = self._resume_point(file, str(dest), expected_size, expected_sha256)
             offset = hasher.size
             if offset == expected_size:
-                return FetchResult(hasher.digests(), 0, resumed=True)
+                return FetchResult(hasher.digests(), 0, resumed=True, rehashed=rehashed)
             headers = {}
             if offset:
                 headers = {"Range": f"bytes={offset}-", "If-Range": f'"{expected_sha256}"'}
-            with self._exchange(target, headers) as response:
-                start = _body_start(response, where, offset, expected_size, expected_sha256)
-                if start != offset:  # the unit sent the whole file: start over
-                    hasher = ClipHasher()
-                    _local(where, file.seek, 0)
-                    _local(where, file.truncate)
-                transferred = self._stream(response, file, hasher, expected_size - start, where)
-            _local(where, file.flush)
-        return FetchResult(hasher.digests(), transferred, resumed=start > 0)
+            try:
+                with self._exchange(target, headers) as response:
+                    start = body_start(response, where, offset, expected_size, expected_sha256)
+                    if start != offset:  # the unit sent the whole file: start over
+                        hasher = ClipHasher()
+                        _local(where, file.seek, 0)
+                        _local(where, file.truncate)
+                    transferred = self._stream(response, file, hasher, expected_size - start, where)
+                _local(where, file.flush)
+            except FetchError:
+                # Cut short: keep the hash state where the file ends, for the next attempt.
+                try:
+                    file.flush()
+                    if os.fstat(file.fileno()).st_size == hasher.size:
+                        points.keep(str(dest), expected_sha256, hasher)
+                except OSError:
+                    pass  # the next attempt hashes the file again
+                raise
+        return FetchResult(hasher.digests(), transferred, resumed=start > 0, rehashed=rehashed)
 
     def fetch_signature(self, url: str) -> str:
         """The text of a clip's ``.minisig`` (small: read into memory, at most 16 KiB)."""
         target = self._target(url)
         where = f"unit {self.device_id}: GET {target.path}"
         with self._exchange(target, {}) as response:
-            body = _small_body(response, where, MAX_SIGNATURE_BYTES)
+            body = small_body(response, where, MAX_SIGNATURE_BYTES)
         try:
             return body.decode("ascii")
         except UnicodeDecodeError:
@@ -281,7 +340,7 @@ class UnitConnection:
         target = self._target(base_url.rstrip("/") + CLIPS_PATH)
         where = f"unit {self.device_id}: GET {target.path}"
         with self._exchange(target, {}) as response:
-            body = _small_body(response, where, _MAX_LISTING_BYTES)
+            body = small_body(response, where, _MAX_LISTING_BYTES)
         try:
             return parse_listing(json.loads(body), self.device_id)
         except (ValueError, TypeError, RecursionError) as exc:
@@ -293,7 +352,7 @@ class UnitConnection:
 
     @contextmanager
     def _exchange(
-        self, target: _Target, headers: Mapping[str, str]
+        self, target: CheckedTarget, headers: Mapping[str, str]
     ) -> Iterator[http.client.HTTPResponse]:
         """Connect if need be (checking the unit's identity), send a GET; map every failure to
         FetchError. A failed exchange closes the connection: its state is unknown."""
@@ -322,30 +381,57 @@ class UnitConnection:
                 # A response that ends with the connection owns the socket: conn.close()
                 # alone would leave it open.
                 response.close()
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            # ValueError: http.client's answer to a socket the deadline shut mid-request.
             conn.close()
-            raise _network_error(exc, f"{where}: {phase}", self._client.timeout_s) from exc
+            if (
+                not isinstance(exc, OSError | http.client.HTTPException)
+                and not self._deadline.expired
+            ):
+                raise
+            deadline_s = self._deadline.seconds if self._deadline.expired else None
+            error = network_error(exc, f"{where}: {phase}", self._client.timeout_s, deadline_s)
+            raise error from exc
+        except FetchError as exc:
+            conn.close()
+            if self._deadline.expired and exc.kind is not FetchErrorKind.LOCAL:
+                # A body cut off by the deadline reads as truncated: say why it was.
+                raise FetchError(
+                    FetchErrorKind.TIMEOUT,
+                    f"{where}: {phase}: not done in the {self._deadline.seconds:g} s allowed",
+                ) from exc
+            raise
         except BaseException:
             conn.close()
             raise
 
     # --- the body -----------------------------------------------------------------------------
 
-    def _rehash(self, file: IO[bytes], expected_size: int, where: str) -> ClipHasher:
-        """Hash what *file* holds already (so the digests cover the whole file); a file longer
-        than the clip cannot be a prefix of it and is emptied."""
-        hasher = ClipHasher()
+    def _resume_point(
+        self, file: IO[bytes], path: str, expected_size: int, sha256: str
+    ) -> tuple[ClipHasher, int]:
+        """The hash state over what *file* holds already (so the digests cover the whole
+        file), and how many bytes were read back for it: none if the state was kept when the
+        last attempt ended, else the whole file. A file longer than the clip cannot be a prefix
+        of it and is emptied."""
+        where = f"unit {self.device_id}: resuming {path}"
         try:
-            if os.fstat(file.fileno()).st_size > expected_size:
+            size = os.fstat(file.fileno()).st_size
+            if size > expected_size:
                 file.truncate(0)
-                return hasher
+                return ClipHasher(), 0
+            kept = self._client.resume_points.take(path, sha256, size)
+            if kept is not None:
+                file.seek(size)
+                return kept, 0
+            hasher = ClipHasher()
             while chunk := file.read(self._client.chunk_bytes):
                 hasher.update(chunk)
         except OSError as exc:
             raise FetchError(
                 FetchErrorKind.LOCAL, f"{where}: cannot read the spool file: {exc}"
             ) from exc
-        return hasher
+        return hasher, hasher.size
 
     def _stream(
         self,
@@ -356,7 +442,7 @@ class UnitConnection:
         where: str,
     ) -> int:
         received = 0
-        with _BackgroundHashing(hasher, self._client.chunk_bytes) as hashing:
+        with BackgroundHashing(hasher, self._client.chunk_bytes) as hashing:
             while True:
                 buffer = hashing.free_buffer()
                 # One byte more than still wanted: a body without a length that runs on is
@@ -378,48 +464,6 @@ class UnitConnection:
         return received
 
 
-class _BackgroundHashing:
-    """Feeds a :class:`ClipHasher` from a ring of buffers on two threads, one per digest, while
-    the caller receives into the next buffer (hashlib releases the GIL on large updates).
-
-    BLAKE2b costs more than TLS and the disk together; hashed in line, it would halve a
-    download's speed. A buffer is handed out again only once both digests have taken it.
-    """
-
-    _RING = 3
-
-    def __init__(self, hasher: ClipHasher, chunk_bytes: int) -> None:
-        self._hasher = hasher
-        self._buffers = [memoryview(bytearray(chunk_bytes)) for _ in range(self._RING)]
-        self._pending: list[list[Future[None]]] = [[] for _ in range(self._RING)]
-        self._next = 0
-        self._threads = [ThreadPoolExecutor(1, thread_name_prefix="fetch-hash") for _ in range(2)]
-
-    def __enter__(self) -> _BackgroundHashing:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for pool in self._threads:
-            pool.shutdown(wait=True)  # every submitted update done, in order
-
-    def free_buffer(self) -> memoryview:
-        """The next buffer of the ring, once its previous contents are hashed."""
-        for future in self._pending[self._next]:
-            future.result()
-        return self._buffers[self._next]
-
-    def submit(self, n: int) -> None:
-        """Hash the first *n* bytes of the buffer :meth:`free_buffer` last returned."""
-        chunk = self._buffers[self._next][:n]
-        blake2b, sha256 = self._hasher.blake2b, self._hasher.sha256
-        self._pending[self._next] = [
-            self._threads[0].submit(blake2b.update, chunk),
-            self._threads[1].submit(sha256.update, chunk),
-        ]
-        self._hasher.size += n
-        self._next = (self._next + 1) % self._RING
-
-
 def _local(where: str, action: Callable[..., object], *args: object) -> None:
     """Run a spool-file operation: its OSError is the receiver's trouble, not the unit's."""
     try:
@@ -428,95 +472,3 @@ def _local(where: str, action: Callable[..., object], *args: object) -> None:
         raise FetchError(
             FetchErrorKind.LOCAL, f"{where}: cannot write the spool file: {exc}"
         ) from exc
-
-
-def _status_error(response: http.client.HTTPResponse, where: str) -> FetchError:
-    status = response.status
-    what = f"{where}: HTTP {status} {response.reason}"
-    if status == 404:
-        return FetchError(FetchErrorKind.NOT_FOUND, what)
-    if status in (401, 403):
-        return FetchError(FetchErrorKind.FORBIDDEN, what)
-    if status == 416:  # the unit's file is shorter than what we hold of it
-        return FetchError(FetchErrorKind.MISMATCH, what)
-    if status >= 500 or status == 429:
-        return FetchError(FetchErrorKind.SERVER_ERROR, what)
-    return FetchError(FetchErrorKind.PROTOCOL, what)
-
-
-def _body_start(
-    response: http.client.HTTPResponse, where: str, offset: int, size: int, sha256: str
-) -> int:
-    """Check a clip response's status and headers against the announcement; return the byte
-    offset its body starts at (0 for a whole file, *offset* for the range asked)."""
-    if response.status not in (200, 206):
-        raise _status_error(response, where)
-    etag = response.getheader("ETag")
-    if etag is not None and etag.strip() != f'"{sha256}"':
-        raise FetchError(
-            FetchErrorKind.MISMATCH, f"{where}: unit serves ETag {etag[:70]}, announced {sha256}"
-        )
-    total = response.length  # Content-Length, if the response has one
-    first = 0
-    if response.status == 206:
-        match = _CONTENT_RANGE.fullmatch((response.getheader("Content-Range") or "").strip())
-        if match is None:
-            raise FetchError(FetchErrorKind.PROTOCOL, f"{where}: 206 without a byte Content-Range")
-        first, last, total = (int(g) for g in match.groups())
-        if first != offset or last != total - 1 or response.length not in (None, last - first + 1):
-            raise FetchError(
-                FetchErrorKind.PROTOCOL,
-                f"{where}: Content-Range {first}-{last}/{total} is not the range asked",
-            )
-    if total is not None and total > size:
-        raise FetchError(
-            FetchErrorKind.TOO_LARGE, f"{where}: unit serves {total} bytes, announced {size}"
-        )
-    if total is not None and total < size:
-        raise FetchError(
-            FetchErrorKind.MISMATCH, f"{where}: unit serves {total} bytes, announced {size}"
-        )
-    return first
-
-
-def _small_body(response: http.client.HTTPResponse, where: str, limit: int) -> bytes:
-    if response.status != 200:
-        raise _status_error(response, where)
-    declared = response.length
-    if declared is not None and declared > limit:
-        raise FetchError(FetchErrorKind.TOO_LARGE, f"{where}: {declared} bytes, limit {limit}")
-    body = response.read(limit + 1)
-    if len(body) > limit:
-        raise FetchError(FetchErrorKind.TOO_LARGE, f"{where}: more than {limit} bytes")
-    if declared is not None and len(body) < declared:
-        raise FetchError(
-            FetchErrorKind.TRUNCATED, f"{where}: body ended after {len(body)} of {declared} bytes"
-        )
-    return body
-
-
-def _network_error(exc: BaseException, where: str, timeout_s: float) -> FetchError:
-    """Translate an exception of the socket, TLS or HTTP layer into a FetchError."""
-    kind, what = FetchErrorKind.PROTOCOL, f"malformed response ({type(exc).__name__})"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        kind, what = FetchErrorKind.TLS, f"certificate not trusted: {exc.verify_message}"
-    elif isinstance(exc, ssl.SSLError) and "ALERT" in (exc.reason or ""):
-        # An alert from the unit: it refused our certificate or the protocol. TLS 1.3 reports a
-        # refused client certificate only at the first read, hence in any phase; and a reset
-        # can overtake the alert, which then looks like RESET (retried; the unit logs why).
-        kind, what = FetchErrorKind.TLS, f"TLS refused by the unit: {exc.reason}"
-    elif isinstance(exc, TimeoutError):
-        kind, what = FetchErrorKind.TIMEOUT, f"no progress for {timeout_s:g} s"
-    elif isinstance(exc, ConnectionRefusedError):
-        kind, what = FetchErrorKind.UNREACHABLE, "connection refused"
-    elif isinstance(exc, http.client.IncompleteRead):
-        kind, what = FetchErrorKind.TRUNCATED, "body ended early"
-    elif isinstance(
-        exc, ConnectionError | ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError
-    ):
-        kind, what = FetchErrorKind.RESET, "connection closed by the unit"
-    elif isinstance(exc, ssl.SSLError):
-        kind, what = FetchErrorKind.TLS, f"TLS failure: {exc.reason or exc}"
-    elif isinstance(exc, OSError):
-        kind, what = FetchErrorKind.UNREACHABLE, f"network error: {exc.strerror or exc}"
-    return FetchError(kind, f"{where}: {what}")

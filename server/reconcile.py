@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -11,19 +12,23 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 
 from protocol.clipserver import clip_path
+from protocol.listing import ListedClip
 from protocol.message_codec import describe
 from protocol.messages import ClipAnnouncement
 
 from .catalog import Catalog, ClipState
-from .catalog.records import ClipRecord
+from .catalog.records import ClipRecord, UnitRecord
 from .fetch import FetchClient, FetchError
 
-__all__ = ["ONLINE", "ReconcileReport", "clip_server_url", "reconcile_once"]
+__all__ = ["LISTING_WORKERS", "ONLINE", "ReconcileReport", "clip_server_url", "reconcile_once"]
 
 log = logging.getLogger("painav.receiver.reconcile")
 
 ONLINE: Final = frozenset({"online", "recording"})
 """Unit states whose clip server is up; an offline or failed unit is left to its next turn."""
+
+LISTING_WORKERS: Final = 4
+"""Units listed at once in a pass: a slow unit holds one of them, for its listing deadline."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,9 @@ def clip_server_url(clip_url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def reconcile_once(catalog: Catalog, fetcher: FetchClient, *, now: datetime) -> ReconcileReport:
+def reconcile_once(
+    catalog: Catalog, fetcher: FetchClient, *, now: datetime, workers: int = LISTING_WORKERS
+) -> ReconcileReport:
     """One pass over the catalog's units; clips found are recorded as received at *now*.
 
     Announcements are QoS 1 and repeated by the unit until it has a receipt, but one can still
@@ -64,46 +71,87 @@ def reconcile_once(catalog: Catalog, fetcher: FetchClient, *, now: datetime) -> 
     announcements (the newest clip's URL): a unit none of whose announcements arrived is
     skipped until one does (the unit announces its pending clips again at every reconnect).
 
-    A unit that cannot be listed, or a clip that cannot be announced, is logged and counted in
-    ``errors``, and the pass goes on; only a catalog failure ends it (raised).
+    Units are listed *workers* at a time, each within the fetcher's listing deadline, so a unit
+    that answers slowly (or one byte at a time) holds one listing for that long and never the
+    others'; a URL outside the unit networks is refused without a connection. A unit that
+    cannot be listed, or a clip that cannot be announced, is logged and counted in ``errors``,
+    and the pass goes on; only a catalog failure ends it (raised).
     """
-    checked = listed = recorded = errors = skipped = 0
+    totals = _Totals()
     unreceipted: list[ClipRecord] = []
+    due: list[tuple[UnitRecord, str]] = []
     for unit in catalog.units():
         latest = catalog.latest_clip(unit.device_id) if unit.status in ONLINE else None
         if latest is None:
-            skipped += 1
-            continue
-        checked += 1
-        base = clip_server_url(latest.url)
-        try:
-            clips = fetcher.list_clips(base, device_id=unit.device_id)
-        except FetchError as exc:
-            log.warning("reconcile: %s", exc)
-            errors += 1
-            continue
-        listed += len(clips)
-        for clip in clips:
-            where = f"reconcile: unit {unit.device_id}: clip {clip.clip_id}"
-            if clip.manifest.site_id != unit.site_id:
-                log.warning("%s: names site %s, not %s", where, clip.manifest.site_id, unit.site_id)
-                errors += 1
-                continue
+            totals.skipped += 1
+        else:
+            due.append((unit, clip_server_url(latest.url)))
+    totals.checked = len(due)
+    if not due:
+        return totals.report(unreceipted)
+    with ThreadPoolExecutor(min(workers, len(due)), thread_name_prefix="reconcile") as pool:
+        listings = {
+            pool.submit(fetcher.list_clips, base, device_id=unit.device_id): (unit, base)
+            for unit, base in due
+        }
+        for done in as_completed(listings):
+            unit, base = listings[done]
             try:
-                # The URL the unit would have announced: its clip server, the clip's route.
-                announcement = ClipAnnouncement(
-                    manifest=clip.manifest,
-                    signature=clip.signature,
-                    url=base + clip_path(clip.clip_id),
-                )
-            except ValidationError as exc:
-                log.warning("%s: not an announcement: %s", where, describe(exc))
-                errors += 1
+                clips = done.result()
+            except FetchError as exc:
+                log.warning("reconcile: %s", exc)
+                totals.errors += 1
                 continue
-            record, new = catalog.record_announcement(announcement, received_at=now)
-            if new:
-                log.info("%s: catalogued; its announcement never arrived", where)
-                recorded += 1
-            elif record.state in (ClipState.STORED, ClipState.RECEIPTED):
-                unreceipted.append(record)
-    return ReconcileReport(checked, listed, recorded, errors, skipped, tuple(unreceipted))
+            totals.listed += len(clips)
+            _record(catalog, unit, base, clips, now, totals, unreceipted)
+    return totals.report(unreceipted)
+
+
+@dataclass
+class _Totals:
+    checked: int = 0
+    listed: int = 0
+    recorded: int = 0
+    errors: int = 0
+    skipped: int = 0
+
+    def report(self, unreceipted: list[ClipRecord]) -> ReconcileReport:
+        return ReconcileReport(
+            self.checked, self.listed, self.recorded, self.errors, self.skipped, tuple(unreceipted)
+        )
+
+
+def _record(
+    catalog: Catalog,
+    unit: UnitRecord,
+    base: str,
+    clips: list[ListedClip],
+    now: datetime,
+    totals: _Totals,
+    unreceipted: list[ClipRecord],
+) -> None:
+    """Record the clips one unit listed (in the pass's thread: the catalog is written from one
+    place per pass)."""
+    for clip in clips:
+        where = f"reconcile: unit {unit.device_id}: clip {clip.clip_id}"
+        if clip.manifest.site_id != unit.site_id:
+            log.warning("%s: names site %s, not %s", where, clip.manifest.site_id, unit.site_id)
+            totals.errors += 1
+            continue
+        try:
+            # The URL the unit would have announced: its clip server, the clip's route.
+            announcement = ClipAnnouncement(
+                manifest=clip.manifest,
+                signature=clip.signature,
+                url=base + clip_path(clip.clip_id),
+            )
+        except ValidationError as exc:
+            log.warning("%s: not an announcement: %s", where, describe(exc))
+            totals.errors += 1
+            continue
+        record, new = catalog.record_announcement(announcement, received_at=now)
+        if new:
+            log.info("%s: catalogued; its announcement never arrived", where)
+            totals.recorded += 1
+        elif record.state in (ClipState.STORED, ClipState.RECEIPTED):
+            unreceipted.append(record)

@@ -7,8 +7,8 @@ reconnects, backing off while the failures last, and the broker delivers it agai
 workers do the network and disk work; a stored clip's receipt is signed with the receipt key
 and published QoS 1; the clip is marked receipted once the broker has it. A clip announced
 again after that gets its receipt again: the unit may have missed it. Every
-``pull.reconcile_interval_s``, and a few seconds after every connection to the broker, the main
-thread lists the online units' outboxes (:mod:`server.reconcile`), so a clip whose announcement
+``pull.reconcile_interval_s``, and a few seconds after every connection to the broker, a thread
+of its own lists the online units' outboxes (:mod:`server.reconcile`), so a clip whose announcement
 was lost is pulled all the same. After a connection is the likely time: Mosquitto (2.0) does not
 restore shared subscriptions when it restarts, so what units announce between its restart and
 the receiver's return reaches no one. Quality verdicts the extraction worker recorded go back
@@ -18,6 +18,7 @@ to their units from here, every tick, on a thread of their own (:mod:`server.ver
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 import time
@@ -76,9 +77,7 @@ class ReceiverService:
         self._receipts = ThreadPoolExecutor(1, thread_name_prefix="receipts")
         self._verdicts = ThreadPoolExecutor(1, thread_name_prefix="verdicts")
         self._sending: Future[int] | None = None
-        self.fetcher = FetchClient(
-            cert_file=tls.cert, key_file=tls.key, ca_file=tls.ca, timeout_s=config.pull.timeout_s
-        )
+        self.fetcher = FetchClient.for_receiver(tls, config.pull)
         self.puller = Puller(
             catalog=self.catalog,
             store=self.store,
@@ -92,8 +91,15 @@ class ReceiverService:
                 concurrency=config.pull.concurrency,
                 lease_s=config.pull.lease_s,
                 retry_max_s=config.pull.retry_max_s,
+                per_unit_concurrency=config.pull.per_unit_concurrency,
+                max_attempts=config.pull.max_attempts,
+                spool_quota_bytes_per_unit=config.pull.spool_quota_bytes_per_unit,
             ),
         )
+        # Reconciliation lists units over the network: on a thread of its own, so that a slow
+        # unit never holds this loop (verdicts, the audit head) for its listing deadline.
+        self._reconciler = ThreadPoolExecutor(1, thread_name_prefix="reconcile")
+        self._reconciling: Future[None] | None = None
 
     def run(self, stop: threading.Event) -> None:
         self.link.start()
@@ -114,11 +120,17 @@ class ReceiverService:
                     # The audit chain's head in the journal: a rewrite of the whole table shows.
                     log.info("audit head: %s", self.catalog.audit.head())
                 self._send_verdicts()
-                if now >= next_reconcile:
-                    self.reconcile()
-                    # Counted from the end of a pass, so a slow pass never runs back to back.
-                    next_reconcile = time.monotonic() + interval_s
+                if self._reconciling is not None and self._reconciling.done():
+                    self._reconciling = None
+                    # Counted from the end of a pass, so a slow pass never runs back to back
+                    # (unless a connection during the pass asked for one after it).
+                    if next_reconcile == math.inf:
+                        next_reconcile = time.monotonic() + interval_s
+                if now >= next_reconcile and self._reconciling is None:
+                    self._reconciling = self._reconciler.submit(self.reconcile)
+                    next_reconcile = math.inf  # set when the pass ends
         finally:
+            self._reconciler.shutdown(wait=True, cancel_futures=True)
             self.puller.stop()
             self._receipts.shutdown(wait=True)
             self._verdicts.shutdown(wait=True)
@@ -137,7 +149,8 @@ class ReceiverService:
         )
 
     def reconcile(self) -> None:
-        """One reconciliation pass (in the caller's thread); never raises."""
+        """One reconciliation pass (in the caller's thread; :meth:`run` calls it on a thread
+        of its own); never raises."""
         try:
             report = reconcile_once(self.catalog, self.fetcher, now=datetime.now(UTC))
         except Exception:  # a database hiccup: the next pass tries again

@@ -179,8 +179,11 @@ class Catalog(
                 )
             return ClipRecord.of(clip), False
 
-    def claim_next(self, *, worker: str, now: datetime, lease_s: float) -> ClipRecord | None:
-        """Take the next clip to fetch (see :mod:`.queue`) for *lease_s* seconds, or None.
+    def claim_next(
+        self, *, worker: str, now: datetime, lease_s: float, per_unit: int | None = None
+    ) -> ClipRecord | None:
+        """Take the next clip to fetch (see :mod:`.fetch_queue`) for *lease_s* seconds, or None;
+        with *per_unit*, none of a unit that has that many fetches in flight.
 
         A clip whose lease expired is taken over, and the lost attempt counted. Two receivers
         never hold the same clip; the holder reports with :meth:`fetch_failed` or
@@ -191,7 +194,9 @@ class Catalog(
         if not lease_s > 0:
             raise ValueError("lease_s must be positive")
         with self._session(write=True) as s:
-            for clip_id in s.scalars(fetch_queue.candidates(now, limit=CLAIM_CANDIDATES)):
+            for clip_id in s.scalars(
+                fetch_queue.candidates(now, limit=CLAIM_CANDIDATES, per_unit=per_unit)
+            ):
                 clip = s.scalars(fetch_queue.lock_if_waiting(clip_id, now)).one_or_none()
                 if clip is not None:
                     break
@@ -209,16 +214,23 @@ class Catalog(
             return ClipRecord.of(clip)
 
     def fetch_failed(
-        self, clip_id: str, *, error: str, retry_at: datetime, worker: str | None = None
+        self,
+        clip_id: str,
+        *,
+        error: str,
+        retry_at: datetime,
+        worker: str | None = None,
+        counted: bool = True,
     ) -> ClipRecord:
-        """Put a clip that could not be fetched back in the queue, due again at *retry_at*."""
+        """Put a clip that could not be fetched back in the queue, due again at *retry_at*;
+        the attempt is counted unless not *counted* (the unit did not answer at all)."""
         retry_at = utc(retry_at, "retry_at")
         error = one_line(error)
         with self._session(write=True) as s:
             clip = locked(s, clip_id)
             check_lease(clip, worker, ClipState.FETCHING)
             move(clip, ClipState.ANNOUNCED, at=self._clock())
-            clip.attempts += 1
+            clip.attempts += 1 if counted else 0
             clip.last_error = error
             clip.next_attempt_at = retry_at
             detail = {

@@ -6,7 +6,7 @@ gets a *turn*: the number of its unit's fetches in flight plus its place in its 
 (1 for the unit's oldest). Clips are taken by turn, then by how long their unit has waited
 (its oldest waiting clip), then by age. So one busy unit's backlog cannot starve the others:
 every unit gets a fetch before any unit gets a second, and a unit with fetches in flight
-waits behind units with fewer.
+waits behind units with fewer; a unit with ``per_unit`` fetches in flight waits for one to end.
 
 Several receivers may claim at once. The order is read first, without locks; then the
 candidates are tried in order, each locked only if it is still waiting (PostgreSQL: ``FOR
@@ -37,8 +37,11 @@ def waiting(now: datetime) -> ColumnElement[bool]:
     )
 
 
-def candidates(now: datetime, *, limit: int) -> Select[str]:
-    """The ids of the first *limit* clips to fetch at *now*, in order (reads, locks nothing)."""
+def candidates(now: datetime, *, limit: int, per_unit: int | None = None) -> Select[str]:
+    """The ids of the first *limit* clips to fetch at *now*, in order (reads, locks nothing).
+
+    With *per_unit*, a unit that has that many fetches in flight already (live leases) gets
+    none more, so that one slow unit can never hold every worker."""
     in_flight = (
         select(Clip.device_id, func.count().label("fetches"))
         .where(Clip.state == ClipState.FETCHING, Clip.lease_expires_at > now)
@@ -59,10 +62,12 @@ def candidates(now: datetime, *, limit: int) -> Select[str]:
         )
         .outerjoin(in_flight, in_flight.c.device_id == Clip.device_id)
         .where(waiting(now))
-        .subquery("queue")
     )
-    order = (queue.c.turn, queue.c.unit_since, queue.c.announced_at, queue.c.clip_id)
-    return select(queue.c.clip_id).order_by(*order).limit(limit)
+    if per_unit is not None:
+        queue = queue.where(func.coalesce(in_flight.c.fetches, 0) < per_unit)
+    ranked = queue.subquery("queue")
+    order = (ranked.c.turn, ranked.c.unit_since, ranked.c.announced_at, ranked.c.clip_id)
+    return select(ranked.c.clip_id).order_by(*order).limit(limit)
 
 
 def lock_if_waiting(clip_id: str, now: datetime) -> Select[Clip]:

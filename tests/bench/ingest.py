@@ -48,13 +48,14 @@ from provisioning.broker import write_broker_config
 from provisioning.devices import add_device
 from provisioning.site import Site, init_site
 from server.catalog import Catalog, ClipState
-from server.fetch import FetchClient
+from server.fetch import FetchClient, UnitAddressPolicy
 from server.puller import Puller
 from server.store import LocalStore
 from tests.support.mosquitto import Broker, Client, broker_user, free_port, unit_identity
 from tests.support.unit import announcement_of, receiver_process, seal_synthetic_clip
 
 MIB = 1 << 20
+LOOPBACK_UNITS = UnitAddressPolicy(["127.0.0.0/8"], ["1024-65535"])  # units on picked ports
 CLIPS = 8
 CLIP_MIB = 20
 UNITS = 20
@@ -166,7 +167,10 @@ def pull_all(site: Site, run_dir: Path, announcements: list[ClipAnnouncement]) -
             catalog=catalog,
             store=LocalStore(run_dir / "store"),
             fetcher=FetchClient(
-                cert_file=rdir / "tls.crt", key_file=rdir / "tls.key", ca_file=rdir / "ca.pem"
+                cert_file=rdir / "tls.crt",
+                key_file=rdir / "tls.key",
+                ca_file=rdir / "ca.pem",
+                policy=LOOPBACK_UNITS,
             ),
             registry_path=site.paths.registry,
             data_key_recipient=str(site.recipients()[0]),
@@ -193,7 +197,10 @@ def fetch_all(site: Site, run_dir: Path, announcements: list[ClipAnnouncement]) 
 
     rdir = site.paths.receiver_dir
     client = FetchClient(
-        cert_file=rdir / "tls.crt", key_file=rdir / "tls.key", ca_file=rdir / "ca.pem"
+        cert_file=rdir / "tls.crt",
+        key_file=rdir / "tls.key",
+        ca_file=rdir / "ca.pem",
+        policy=LOOPBACK_UNITS,
     )
     (run_dir / "spool").mkdir(parents=True)
     started = time.perf_counter()

@@ -9,6 +9,7 @@ from typing import get_args
 from hypothesis import strategies as st
 
 from protocol import bech32
+from protocol.clip_manifest import MAX_CLIP_BYTES
 from protocol.message_fields import (
     CLIP_ID_PATTERN,
     PSEUDONYM_PATTERN,
@@ -193,7 +194,7 @@ manifests = st.builds(
     clock_synced=st.booleans(),
     stop_reason=st.sampled_from(["button", "limit", "shutdown", "low_storage"]),
     software_version=versions,
-    size_bytes=st.integers(1, 2**63 - 1),
+    size_bytes=st.integers(1, MAX_CLIP_BYTES),
     sha256=sha256s,
     recipients=recipients,
 )

@@ -24,7 +24,7 @@ from protocol.registry import Registry
 from protocol.signing import sign_clip
 from provisioning import pki
 from server.backoff import Backoff
-from server.fetch import FetchClient, FetchError, FetchErrorKind
+from server.fetch import FetchClient, FetchError, FetchErrorKind, UnitAddressPolicy
 from server.store import LocalStore
 from server.verify import verify_clip_file
 from tests.daemon.test_outbox import open_outbox
@@ -32,6 +32,7 @@ from tests.protocol.message_examples import manifest
 from tests.server.test_verify import OTHER, UNIT, Ward, make_ward
 
 HOST = "127.0.0.1"
+LOOPBACK_UNITS = UnitAddressPolicy(["127.0.0.0/8"], ["1024-65535"])  # units on picked ports
 T0 = datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
 
 
@@ -67,6 +68,7 @@ def receiver_client(ward: Ward, **options: float) -> FetchClient:
         cert_file=rdir / "tls.crt",
         key_file=rdir / "tls.key",
         ca_file=rdir / "ca.pem",
+        policy=LOOPBACK_UNITS,
         **options,  # type: ignore[arg-type]
     )
 
@@ -187,7 +189,9 @@ def test_one_connection_serves_a_clip_its_signature_and_the_list(
     monkeypatch.setattr(unit, "_admit", counted)
     url = clip_url(unit.port, "clip-0001")
     dest = tmp_path / "spool.age"
-    with receiver_client(ward, chunk_bytes=64 * 1024).connect(url, device_id=UNIT) as conn:
+    with receiver_client(ward, chunk_bytes=64 * 1024).connect(
+        url, device_id=UNIT, deadline_s=60
+    ) as conn:
         result = conn.fetch(url, dest, expected_size=entry.size_bytes, expected_sha256=entry.sha256)
         assert conn.fetch_signature(url + ".minisig") == entry.signature
         assert [c.clip_id for c in conn.list_clips(f"https://{HOST}:{unit.port}")] == ["clip-0001"]
@@ -377,14 +381,19 @@ def test_the_unit_refuses_a_client_that_is_not_the_receiver(
 ) -> None:
     rdir = ward.site.paths.receiver_dir
     other = unit_tls(ward, OTHER)  # a unit's certificate: trusted by the site, not the receiver
-    as_unit = FetchClient(cert_file=other.cert, key_file=other.key, ca_file=rdir / "ca.pem")
+    as_unit = FetchClient(
+        cert_file=other.cert, key_file=other.key, ca_file=rdir / "ca.pem", policy=LOOPBACK_UNITS
+    )
     with pytest.raises(FetchError) as refused:
         as_unit.list_clips(f"https://{HOST}:{unit.port}", device_id=UNIT)
     assert refused.value.kind is FetchErrorKind.FORBIDDEN and not refused.value.retryable
     foreign_root = pki.issue_ca("foreign root", "ward7", days=30, path_length=0)
     stranger = issued_tls(tmp_path, foreign_root, ward.site.receiver_id)
     as_stranger = FetchClient(
-        cert_file=stranger.cert, key_file=stranger.key, ca_file=rdir / "ca.pem"
+        cert_file=stranger.cert,
+        key_file=stranger.key,
+        ca_file=rdir / "ca.pem",
+        policy=LOOPBACK_UNITS,
     )
     with pytest.raises(FetchError) as refused:
         as_stranger.list_clips(f"https://{HOST}:{unit.port}", device_id=UNIT)
