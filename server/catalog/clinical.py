@@ -8,18 +8,32 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-
-from server.research.mapping import ClinicalRow
 
 from ..audit import AuditLog
 from .errors import StudyError
 from .study_models import ClinicalRecord, Participant
 
-__all__ = ["ClinicalMixin", "ImportRefusedError", "ImportReport"]
+__all__ = ["ClinicalMixin", "ClinicalRow", "Domain", "ImportRefusedError", "ImportReport"]
+
+Domain = Literal["nrs", "analgesic", "tumour", "questionnaire"]
+
+
+@dataclass(frozen=True)
+class ClinicalRow:
+    pseudonym: str
+    domain: Domain
+    instance: str  # the export's own key for the row ("" for study data)
+    data: dict[str, Any]
+    file: str  # where in the export, for a problem found later (e.g. not enrolled)
+    line: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}: row {self.line}"
 
 
 class ImportRefusedError(StudyError):

@@ -2,7 +2,7 @@
 and whether a unit may be armed for one. Every change is audited in the same transaction.
 
 The rules themselves (what a pseudonym may look like, the groups, the consent form version) are
-in :mod:`server.research.rules`; this module applies them to the rows. A refused change raises
+in :mod:`.study_rules`; this module applies them to the rows. A refused change raises
 :class:`StudyError` with one line and changes nothing.
 """
 
@@ -16,9 +16,8 @@ from datetime import date, datetime
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from server.research import rules
-
 from ..audit import AuditLog
+from . import study_rules as rules
 from .clip_rows import locked
 from .errors import StudyError
 from .lifecycle import ClipState

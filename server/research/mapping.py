@@ -39,12 +39,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..catalog.clinical import ClinicalRow, Domain
+from ..catalog.study_rules import pseudonym_problem
 from .edc import EdcExport, EdcRow
-from .rules import pseudonym_problem
 
 __all__ = ["ClinicalRow", "Mapping", "RowProblem", "clinical_rows"]
-
-Domain = Literal["nrs", "analgesic", "tumour", "questionnaire"]
 
 
 class _Section(BaseModel):
@@ -86,20 +85,6 @@ class Mapping(_Section):
     @property
     def dates(self) -> str:
         return self.date_format or ("%Y-%m-%d" if self.format == "redcap" else "%d-%m-%Y")
-
-
-@dataclass(frozen=True)
-class ClinicalRow:
-    pseudonym: str
-    domain: Domain
-    instance: str  # the export's own key for the row ("" for study data)
-    data: dict[str, Any]
-    file: str  # where in the export, for a problem found later (e.g. not enrolled)
-    line: int
-
-    @property
-    def where(self) -> str:
-        return f"{self.file}: row {self.line}"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import pytest
 
 from protocol.messages import ClipAnnouncement
 from server.catalog import Catalog, StudyError
-from server.research.rules import pseudonym_problem
+from server.catalog.study_rules import pseudonym_problem
 from tests.protocol.message_examples import MINISIGN, manifest
 
 TODAY = date(2026, 11, 29)
