@@ -206,7 +206,8 @@ class MessageModel(Part):
         written = field.default if field is not None else None
         ours = [_SCHEMA_RE.fullmatch(r) for r in reads if isinstance(r, str)]
         if (
-            field is None
+            not isinstance(written, str)
+            or field is None
             or field.alias != _SCHEMA_KEY
             or written not in reads
             or len(ours) != len(reads)

@@ -1,4 +1,5 @@
-"""The receiver's MQTT v5 link: unit messages in; signed receipts, arm commands and QC verdicts out.
+"""The receiver's MQTT v5 link: unit messages in; receipts, arm commands, QC verdicts and event
+acknowledgements out.
 
 A thin layer over :class:`link.MqttLink` that speaks painav's types only; the link's errors come
 out as :class:`ReceiverLinkError`.
@@ -22,6 +23,7 @@ from protocol.messages import (
     ArmCommand,
     ClipAnnouncement,
     Event,
+    EventAck,
     QcVerdict,
     Receipt,
     Status,
@@ -122,7 +124,10 @@ class ReceiverLink:
     Subscribes, on every connect, to ``status`` of every unit of the site with a plain
     subscription, so that every receiver knows every unit's state (the retained status is sent
     at each subscribe; status is idempotent), and to ``clips``, ``events`` and ``telemetry``
-    through ``$share/<group>/...``, so that the receivers of a group split that work. Status is
+    through ``$share/<group>/...``, so that the receivers of a group split that work. *group* is
+    the site's secret (:data:`protocol.receiver_config.GROUP_PATTERN`): Mosquitto does not check
+    SUBSCRIBE against its ACL, so a client that knows it joins the group and takes its share of
+    every unit's messages, which the broker then drops at delivery. Status is
     never shared: each receiver would see only some of the changes, and the retained statuses at
     subscribe time either never (MQTT v5) or all of them at every member (Mosquitto 2.0.11).
 
@@ -153,7 +158,7 @@ class ReceiverLink:
         cert_file: Path,
         key_file: Path,
         ca_file: Path,
-        group: str = "receivers",
+        group: str,
         keepalive_s: int = 30,
         session_expiry_s: int = 7 * 24 * 3600,
         reconnect_max_s: float = 30.0,
@@ -262,6 +267,21 @@ class ReceiverLink:
         route = ROUTES[Kind.QC]
         where = topic(self._site, device_id, Kind.QC)
         return self._link.publish(where, verdict.to_payload(), qos=route.qos, retain=route.retained)
+
+    def publish_event_ack(self, device_id: str, ack: EventAck) -> Published:
+        """Tell *device_id* that the events *ack* names are recorded, on its ``event-acks``
+        topic (QoS 1, not retained), so that it forgets them.
+
+        Never blocks on the network (safe on paho's thread, right after recording); nothing is
+        queued while disconnected. No need to wait for the handle: a unit that misses an
+        acknowledgement publishes the event again, and it is acknowledged again. MessageError
+        for a bad device id; TypeError for anything but an :class:`EventAck`.
+        """
+        if not isinstance(ack, EventAck):
+            raise TypeError(f"publish_event_ack(): not an EventAck but a {type(ack).__name__}")
+        route = ROUTES[Kind.EVENT_ACKS]
+        where = topic(self._site, device_id, Kind.EVENT_ACKS)
+        return self._link.publish(where, ack.to_payload(), qos=route.qos, retain=route.retained)
 
     # --- paho's network thread ------------------------------------------------------------
 

@@ -24,7 +24,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 
-from protocol.messages import ClipAnnouncement, Event, Status, Telemetry
+from protocol.messages import ClipAnnouncement, Event, EventAck, Status, Telemetry
 from protocol.minisign import SigningKey
 from protocol.signing import sign_receipt
 
@@ -179,6 +179,11 @@ class ReceiverService:
             self.catalog.record_telemetry(topic.site, topic.device, message, seen_at=at)
         elif isinstance(message, Event):
             self.catalog.record_event(topic.site, topic.device, message, received_at=at)
+            if message.event_id is not None:
+                # Recorded (committed) first: only then may the unit forget it. Again for an
+                # event recorded before: the unit did not get the earlier acknowledgement.
+                ack = EventAck(event_ids=(message.event_id,), recorded_at=datetime.now(UTC))
+                self.link.publish_event_ack(topic.device, ack)
 
     # --- receipts --------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from protocol.errors import MessageError
 from protocol.messages import ArmCommand, ClipAnnouncement, QcVerdict, Receipt, Status, Telemetry
 from protocol.topics import Kind, topic
 from provisioning.devices import add_device
+from provisioning.receivers import subscription_group
 from provisioning.site import Site, init_site
 from server.mqtt import ReceiverLink
 from tests.protocol.message_examples import MINISIGN, examples, manifest
@@ -414,6 +415,7 @@ def test_the_receiver_links_verdict_reaches_the_unit(broker: Broker, start_unit:
         cert_file=site.paths.receiver_dir / "tls.crt",
         key_file=site.paths.receiver_dir / "tls.key",
         ca_file=site.paths.receiver_dir / "ca.pem",
+        group=subscription_group(site),
         keepalive_s=5,
         session_expiry_s=60,
         reconnect_max_s=1.0,

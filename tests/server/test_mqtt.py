@@ -28,6 +28,7 @@ from protocol.signing import sign_receipt, verify_receipt
 from protocol.topics import ROUTES, Kind, Topic, topic
 from provisioning import pki
 from provisioning.broker import ACL_FILE
+from provisioning.receivers import subscription_group
 from provisioning.site import Site
 from server.mqtt import Incoming, ReceiverLink, ReceiverLinkError
 from tests.protocol.message_examples import MINISIGN, examples, manifest
@@ -116,6 +117,7 @@ def make_link(site: Site, port: int, seen: Seen, **changes: Any) -> ReceiverLink
         "cert_file": rdir / "tls.crt",
         "key_file": rdir / "tls.key",
         "ca_file": rdir / "ca.pem",
+        "group": subscription_group(site),
         "keepalive_s": 5,
         "session_expiry_s": 300,
         "reconnect_max_s": 1.0,
