@@ -231,14 +231,12 @@ class EventAck(MessageModel):
     events before they reach the receiver. The topic names the unit."""
 
     KIND: ClassVar[Kind] = Kind.EVENT_ACKS
-    schema_id: Literal["painav.event-acks/1"] = Field(
-        default="painav.event-acks/1", alias="schema"
-    )
-    event_ids: Annotated[
-        tuple[EventId, ...], Field(min_length=1, max_length=MAX_ACKED_EVENTS)
-    ] = Field(
-        json_schema_extra={"uniqueItems": True},
-        description=f"The events recorded, 1 to {MAX_ACKED_EVENTS}, no repeats.",
+    schema_id: Literal["painav.event-acks/1"] = Field(default="painav.event-acks/1", alias="schema")
+    event_ids: Annotated[tuple[EventId, ...], Field(min_length=1, max_length=MAX_ACKED_EVENTS)] = (
+        Field(
+            json_schema_extra={"uniqueItems": True},
+            description=f"The events recorded, 1 to {MAX_ACKED_EVENTS}, no repeats.",
+        )
     )
     recorded_at: Timestamp
 

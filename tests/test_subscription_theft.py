@@ -65,9 +65,7 @@ class Thief:
         with self._lock:
             self.messages.append(message.topic)
 
-    def _suback(
-        self, _c: object, _u: object, mid: int, rcs: list[ReasonCode], _p: object
-    ) -> None:
+    def _suback(self, _c: object, _u: object, mid: int, rcs: list[ReasonCode], _p: object) -> None:
         with self._lock:
             self._subacks[mid] = [rc.value for rc in rcs]
 

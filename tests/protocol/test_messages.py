@@ -69,9 +69,7 @@ def test_example_round_trips(kind: Kind) -> None:
 
 
 def test_payload_is_compact_sorted_utf8() -> None:
-    payload = Event(
-        event_id="e1", kind="error", at=T0, reason="disk", detail="défaut"
-    ).to_payload()
+    payload = Event(event_id="e1", kind="error", at=T0, reason="disk", detail="défaut").to_payload()
     assert payload == (
         b'{"at":"2025-03-01T09:30:00Z","clip_id":null,"detail":"d\xc3\xa9faut","event_id":"e1",'
         b'"kind":"error","reason":"disk","schema":"painav.events/2"}'
