@@ -86,7 +86,8 @@ class Uplink:
     stop_to_announced_ms: float | None = None
     _pending: list[_Pending] = field(default_factory=list)
     _stops: dict[str, int] = field(default_factory=dict)  # clip id → monotonic ns of its stop
-    _next_resend_ns: int = 0
+    _sent: dict[str, int] = field(default_factory=dict)  # event id → monotonic ns last published
+    _next_resend_ns: int | None = None
 
     def stopped(self, clip_id: str) -> None:
         """*clip_id* stopped recording now: its announcement's latency counts from here."""
@@ -166,7 +167,6 @@ class Uplink:
         self.status(recording=recording, armed=armed)
         for event in self.journal.unacked():
             self._send_event(event)
-        self._next_resend_ns = self.monotonic_ns() + int(self.resend_s * 1e9)
         for entry in self.outbox.pending():
             self.announce(entry)
         for entry in self.outbox.unreported_aborts():
@@ -188,23 +188,30 @@ class Uplink:
     def resend(self) -> None:
         """Every ``resend_s`` while connected: publish again the events the receiver has not
         acknowledged (it was away, or its acknowledgement was lost)."""
-        mono = self.monotonic_ns()
+        mono, period = self.monotonic_ns(), int(self.resend_s * 1e9)
+        if self._next_resend_ns is None:
+            self._next_resend_ns = mono + period
         if not self.link.connected or mono < self._next_resend_ns:
             return
-        self._next_resend_ns = mono + int(self.resend_s * 1e9)
+        self._next_resend_ns = mono + period
         for event in self.journal.unacked():
-            self._send_event(event)
+            assert event.event_id is not None  # the journal keeps only events/2
+            if mono - self._sent.get(event.event_id, mono - period) >= period:
+                self._send_event(event)
 
     def acknowledged(self, ack: EventAck) -> None:
         """The receiver recorded these events: forget them."""
         forgotten = self.journal.forget(ack.event_ids)
+        for event_id in ack.event_ids:
+            self._sent.pop(event_id, None)
         log.debug("%d of %d acknowledged events forgotten", forgotten, len(ack.event_ids))
 
     def _send_event(self, event: Event) -> None:
         # Kept in the journal until acknowledged: a publish while offline, or one the broker
         # hands to no receiver, is sent again at the next connect or resend.
-        if self.link.connected:
+        if self.link.connected and event.event_id is not None:
             self._publish(event)
+            self._sent[event.event_id] = self.monotonic_ns()
 
     def _publish(self, message: MessageModel) -> Handle:
         try:
