@@ -10,6 +10,8 @@ logged in with another real provisioned unit's certificate, and count what reach
 
 from __future__ import annotations
 
+import sqlite3
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,9 +24,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from protocol.topics import Kind, topic
 from provisioning.site import Site
-from tests.support.mosquitto import HOST, Broker, Identity, unit_identity
-from tests.support.unit import Receiver, Unit, make_unit, start_receiver
+from server.catalog import Catalog
+from tests.support.mosquitto import HOST, Broker, Client, Identity, unit_identity
+from tests.support.unit import Receiver, Unit, make_unit, receiver_process, start_receiver
 
 CLIPS = 6
 DISCARDS = 6
@@ -52,8 +56,6 @@ class Thief:
             protocol=mqtt.MQTTv5,
             reconnect_on_failure=False,
         )
-        import ssl
-
         ctx = ssl.create_default_context(cafile=str(broker.site.paths.root_cert))
         ctx.load_cert_chain(str(identity.cert), str(identity.key))
         self.paho.tls_set_context(ctx)
@@ -193,3 +195,71 @@ def test_an_offline_thief_session_takes_nothing(
     lost = missing(receiver)
     print(f"missing with a thief's offline session: {lost[0]}/{CLIPS} clips, {lost[1]}/{DISCARDS}")
     assert lost == (0, 0)
+
+
+# --- events, durable end to end ----------------------------------------------------------------
+
+OLD_EVENT = (
+    b'{"at":"2026-11-29T09:00:00Z","clip_id":null,"detail":"from an old unit","kind":"refused",'
+    b'"reason":"busy","schema":"painav.events/1"}'
+)
+
+
+def journal_ids(unit: Unit) -> list[str]:
+    """The event ids the unit still keeps (read beside the running daemon: SQLite WAL)."""
+    db = sqlite3.connect(f"file:{unit.work / 'outbox' / 'events.sqlite'}?mode=ro", uri=True)
+    try:
+        return [row[0] for row in db.execute("SELECT event_id FROM events ORDER BY seq")]
+    finally:
+        db.close()
+
+
+def discards(catalog: Catalog) -> list[str | None]:
+    return [e.event_id for e in catalog.events(device_id="cart-01") if e.kind == "discarded"]
+
+
+def test_events_nobody_received_are_kept_and_recorded_once_the_receiver_is_back(
+    broker_site: Site, broker: Broker, tmp_path: Path, make_client: Callable[..., Client]
+) -> None:
+    receiver = receiver_process(broker_site, broker, tmp_path / "receiver").start()
+    catalog = Catalog(f"sqlite:///{tmp_path / 'receiver' / 'catalog.db'}")
+    unit = make_unit(broker_site, broker, tmp_path / "unit", max_seconds=30.0).start()
+    try:
+        assert receiver.stop() == 0
+        # Mosquitto 2.0 does not restore shared subscriptions when it restarts: until the
+        # receiver is back, what the units publish on events reaches no one (the broker still
+        # acknowledges it).
+        broker.stop()
+        broker.start()
+        wait_until(lambda: bool(unit.status()["connected"]), 30)
+        assert unit.status()["connected"]
+        for _ in range(DISCARDS // 2):
+            unit.press()
+            unit.wait_state("recording")
+            unit.press(long=True)
+            unit.wait_state("idle")
+        wait_until(lambda: len(journal_ids(unit)) == DISCARDS // 2, 10)
+        kept = journal_ids(unit)
+        assert unit.stop() == 0  # and the unit restarts meanwhile: nothing forgotten
+        unit.start()
+        assert journal_ids(unit)[: len(kept)] == kept
+
+        old_unit = make_client(unit_identity(broker_site, "cart-02")).connect()
+        old_unit.subscribe(topic(broker_site.name, "cart-02", Kind.EVENT_ACKS))
+        receiver.start()
+        old_unit.publish(topic(broker_site.name, "cart-02", Kind.EVENTS), OLD_EVENT)
+
+        # Published again every minute until acknowledged: recorded once each, then forgotten.
+        wait_until(lambda: set(kept) <= set(discards(catalog)), 90)
+        assert sorted(i for i in discards(catalog) if i in kept) == sorted(kept)
+        wait_until(lambda: not set(kept) & set(journal_ids(unit)), 15)
+        assert not set(kept) & set(journal_ids(unit))
+        wait_until(lambda: bool(catalog.events(device_id="cart-02")), 10)
+        old = catalog.events(device_id="cart-02")
+        assert [(e.event_id, e.detail) for e in old] == [(None, "from an old unit")]
+        assert not [t for t in old_unit.received() if t.endswith("/event-acks")]  # nothing to ack
+    finally:
+        if unit.process is not None and unit.process.poll() is None:
+            assert unit.stop() == 0, unit.log()
+        receiver.stop()
+        catalog.close()
