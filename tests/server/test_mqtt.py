@@ -441,7 +441,7 @@ def another_kind(unit_id: str, other: str, rng: random.Random) -> tuple[Kind, by
 
 
 def unknown_version(unit_id: str, other: str, rng: random.Random) -> tuple[Kind, bytes]:
-    return Kind.EVENTS, _json({**_valid(Kind.EVENTS, unit_id), "schema": "painav.events/2"})
+    return Kind.EVENTS, _json({**_valid(Kind.EVENTS, unit_id), "schema": "painav.events/3"})
 
 
 def clip_of_another_unit(unit_id: str, other: str, rng: random.Random) -> tuple[Kind, bytes]:
@@ -679,3 +679,44 @@ def test_an_announcement_the_catalog_cannot_record_comes_again_once_it_can(
         assert unit.stop() == 0, unit.log()
         stop.set()
         thread.join(timeout=60)
+
+
+# --- the receivers' secret group ------------------------------------------------------------
+
+
+def test_receivers_share_the_sites_secret_group_and_a_guessable_one_is_refused(
+    broker_site: Site, tmp_path: Path
+) -> None:
+    from protocol.tomlconfig import ConfigError
+    from provisioning.receivers import GROUP_FILE, add_receiver, receiver_config
+    from server.config import load_config
+
+    def config(receiver_id: str | None = None) -> str:
+        return receiver_config(
+            broker_site,
+            catalog_url="sqlite:///x.db",
+            store_dir=tmp_path / "store",
+            spool_dir=tmp_path / "spool",
+            receiver_id=receiver_id,
+        )
+
+    first = config()
+    second = config(add_receiver(broker_site, "2"))
+    path = tmp_path / "receiver.toml"
+    path.write_text(first)
+    group = load_config(path).mqtt.group
+    assert re.fullmatch(r"[a-z2-7]{26}", group)  # 128 random bits, base32
+    assert f'group = "{group}"' in second  # one group for the site: they share the work
+    secret = broker_site.dir / GROUP_FILE
+    assert secret.read_text().strip() == group and secret.stat().st_mode & 0o777 == 0o600
+
+    for bad, why in (
+        ('group = "receivers"', "old default 'receivers'"),
+        ("", "site's secret subscription group"),  # a receiver.toml written before
+        ('group = "ingest"', "site's secret subscription group"),
+    ):
+        path.write_text(first.replace(f'group = "{group}"', bad))
+        with pytest.raises(ConfigError) as error:
+            load_config(path)
+        assert "[mqtt] group" in str(error.value) or "mqtt.group" in str(error.value)
+        assert why in str(error.value) and "\n" not in str(error.value)
