@@ -13,6 +13,10 @@ was lost is pulled all the same. After a connection is the likely time: Mosquitt
 restore shared subscriptions when it restarts, so what units announce between its restart and
 the receiver's return reaches no one. Quality verdicts the extraction worker recorded go back
 to their units from here, every tick, on a thread of their own (:mod:`server.verdicts`).
+An event with an id (``painav.events/2``) is acknowledged to its unit on ``event-acks`` once it
+is recorded (again if it comes again: the unit missed the acknowledgement), so that the unit
+can forget it; until then the unit keeps publishing it. ``painav.events/1`` from a unit of the
+previous version is recorded and not acknowledged.
 """
 
 from __future__ import annotations
