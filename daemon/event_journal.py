@@ -56,7 +56,8 @@ PRAGMA user_version = {SCHEMA_VERSION};
 
 
 class EventJournalError(Exception):
-    """The journal cannot be opened or used: unreadable file, unknown schema; names the file."""
+    """The journal cannot be opened or written: unreadable file, unknown schema, a full card;
+    the message names the file."""
 
 
 def new_event_id() -> str:
@@ -191,7 +192,7 @@ class EventJournal:
         log.warning("event journal full: %d events dropped so far", total)
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self._db, self.path)
 
     @property
     def dropped_total(self) -> int:
@@ -201,14 +202,24 @@ class EventJournal:
 
 
 class _Transaction:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` on any exception."""
+    """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` on any exception; SQLite's errors
+    (a full card, an I/O error) come out as :class:`EventJournalError` naming the file."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self._db, self._path = db, path
 
     def __enter__(self) -> sqlite3.Connection:
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise EventJournalError(f"{self._path}: {exc}") from exc
         return self._db
 
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+    def __exit__(self, kind: type[BaseException] | None, error: object, _tb: object) -> None:
+        try:
+            self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+        except sqlite3.Error as exc:
+            if kind is None:
+                raise EventJournalError(f"{self._path}: {exc}") from exc
+        if isinstance(error, sqlite3.Error):
+            raise EventJournalError(f"{self._path}: {error}") from error

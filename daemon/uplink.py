@@ -24,7 +24,7 @@ from protocol.errors import MessageError
 from protocol.message_codec import MessageModel
 from protocol.messages import ClipAnnouncement, ClipManifest, Event, EventAck, Status, Telemetry
 
-from .event_journal import EventJournal, new_event_id
+from .event_journal import EventJournal, EventJournalError, new_event_id
 from .outbox import Outbox, OutboxEntry
 from .recorder import Report
 from .sdnotify import log_fields
@@ -112,7 +112,13 @@ class Uplink:
         )
         if event.kind == "refused":
             self.last_refusal = event
-        self.journal.add(event)
+        try:
+            self.journal.add(event)
+        except EventJournalError as exc:
+            # A full or failing card: the event still goes out now, once, as before journals.
+            log.error("event not kept for the hospital's acknowledgement: %s", exc)
+            self._publish(event)
+            return
         if event.clip_id is not None and event.kind in ("discarded", "error", "aborted"):
             # The journal keeps the event from here on: the outbox need not report it again.
             self._event_reported(event.clip_id)

@@ -81,3 +81,19 @@ def test_a_file_that_is_no_journal_is_named(tmp_path: Path) -> None:
     path.write_bytes(b"not a database at all, but long enough to look like a header......")
     with pytest.raises(EventJournalError, match=r"events\.sqlite"):
         EventJournal(path, now=lambda: T0)
+
+
+def test_a_failing_write_is_an_event_journal_error_and_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite"
+    journal = EventJournal(path, now=lambda: T0)
+    journal.add(event(1))
+    blocker = sqlite3.connect(path, isolation_level=None, timeout=0)
+    blocker.execute("BEGIN EXCLUSIVE")  # as a card that refuses every write would
+    try:
+        journal._db.execute("PRAGMA busy_timeout = 0")
+        with pytest.raises(EventJournalError, match=r"events\.sqlite"):
+            journal.add(event(2))
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert [e.event_id for e in journal.unacked()] == ["e1"]
