@@ -49,6 +49,9 @@ UnitMessage = Status | ClipAnnouncement | Event | Telemetry
 SHARED_KINDS: Final = (Kind.CLIPS, Kind.EVENTS, Kind.TELEMETRY)
 """Kinds split between the receivers of a group; ``status`` goes to every receiver."""
 
+LEGACY_GROUP: Final = "receivers"
+"""The fixed group name receivers of the previous version shared, which any unit could join."""
+
 _ID_RE: Final = re.compile(ID_PATTERN)
 # Bad messages: per window, this many get a line each, then one line per _BAD_SUMMARY_EVERY.
 _BAD_LOGGED: Final = 10
@@ -173,6 +176,11 @@ class ReceiverLink:
                 site_filter(site_id, Kind.STATUS),
                 *(shared(group, site_filter(site_id, kind)) for kind in SHARED_KINDS),
             )
+            legacy = tuple(
+                shared(LEGACY_GROUP, site_filter(site_id, kind))
+                for kind in SHARED_KINDS
+                if group != LEGACY_GROUP
+            )
         except MessageError as exc:
             raise ReceiverLinkError(str(exc)) from None
         self._site = site_id
@@ -190,6 +198,9 @@ class ReceiverLink:
                 # On every connect, even when the session was resumed: the plain status
                 # subscription then brings every unit's retained status again.
                 subscriptions=filters,
+                # A session resumed after an upgrade still holds the guessable group of the
+                # previous version: leave it, or stay in a group any unit can join.
+                unsubscriptions=legacy,
                 on_connect=on_connect,
                 on_message=self._dispatch,
                 log=log,

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from protocol.errors import MessageError
-from protocol.messages import ArmCommand, ClipAnnouncement, Receipt, Status
+from protocol.messages import ArmCommand, ClipAnnouncement, Event, Receipt, Status
 from protocol.minisign import PublicKey, SigningKey
 from protocol.signing import sign_receipt, verify_receipt
 from protocol.topics import ROUTES, Kind, Topic, topic
@@ -720,3 +720,22 @@ def test_receivers_share_the_sites_secret_group_and_a_guessable_one_is_refused(
             load_config(path)
         assert "[mqtt] group" in str(error.value) or "mqtt.group" in str(error.value)
         assert why in str(error.value) and "\n" not in str(error.value)
+
+
+def test_an_upgraded_receiver_leaves_the_guessable_group_its_session_held(
+    broker: Broker, make_client: MakeClient, start_link: StartLink
+) -> None:
+    old, _ = start_link(group="receivers")  # the previous version's fixed group
+    old.stop()  # its persistent session keeps the subscriptions
+    thief = unit(make_client, broker.site, "cart-02")
+    thief.subscribe("$share/receivers/painav/v1/ward7/+/events")
+    link, seen = start_link()  # upgraded: the site's secret group, the same session resumed
+    cart1 = unit(make_client, broker.site, "cart-01")
+    sent = [f"e{n}" for n in range(20)]
+    for event_id in sent:
+        send(cart1, "cart-01", EVENT.model_copy(update={"event_id": event_id}))
+    seen.wait_for(lambda: len(seen.incoming) >= len(sent), "every event")
+    time.sleep(1.0)  # any second copy (through the old group) would be here by now
+    got = [m.event_id for m in seen.messages() if isinstance(m, Event)]
+    assert got == sent  # once each
+    assert "$share/receivers/" not in " ".join(link.subscriptions)
