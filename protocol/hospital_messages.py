@@ -226,9 +226,10 @@ MAX_ACKED_EVENTS: Final = 64
 class EventAck(MessageModel):
     """The receiver's word, on ``event-acks``, that it recorded these events of the unit (by
     their ``event_id``, :class:`~protocol.unit_messages.Event` version 2): the unit may forget
-    them. Not signed: forgetting an event deletes nothing but the unit's copy of a report, which
-    its own journal also logged; whoever could forge one (the broker) could as well drop the
-    events before they reach the receiver. The topic names the unit."""
+    them. Not signed, unlike a receipt: only a receiver may publish on a unit's ``event-acks``
+    (the broker's ACL), and a forged one (by whoever controls the broker) only stops the unit
+    publishing events that broker could as well keep from every receiver; it deletes no data,
+    and the unit's system journal logged each event too. The topic names the unit."""
 
     KIND: ClassVar[Kind] = Kind.EVENT_ACKS
     schema_id: Literal["painav.event-acks/1"] = Field(default="painav.event-acks/1", alias="schema")
