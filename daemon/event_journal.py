@@ -34,6 +34,8 @@ from typing import Final
 from protocol.errors import MessageError
 from protocol.messages import Event
 
+from .outbox import OutboxError
+
 __all__ = ["DROPPED_REASON", "EventJournal", "EventJournalError", "new_event_id"]
 
 log = logging.getLogger("painav.device")
@@ -55,9 +57,10 @@ PRAGMA user_version = {SCHEMA_VERSION};
 """
 
 
-class EventJournalError(Exception):
+class EventJournalError(OutboxError):
     """The journal cannot be opened or written: unreadable file, unknown schema, a full card;
-    the message names the file."""
+    the message names the file. An :class:`OutboxError`: it lives beside the outbox, and
+    ``painav device run`` stops with the same one line when either cannot be opened."""
 
 
 def new_event_id() -> str:
