@@ -156,6 +156,19 @@ def missing(receiver: Receiver) -> tuple[int, int]:
     return counts()
 
 
+def latency_s(receiver: Receiver) -> float:
+    """The slowest of cart-01's clips from the end of its recording to its receipt: what an
+    honest unit sees while the thief is at work (the clip stays on the unit until then)."""
+    catalog = receiver.service.catalog
+    wait_until(lambda: all(c.receipted_at for c in catalog.clips(device_id="cart-01")), SETTLE_S)
+    worst = 0.0
+    for clip in catalog.clips(device_id="cart-01"):
+        assert clip.receipted_at is not None, f"{clip.clip_id} not receipted"
+        end = clip.manifest.started_at.timestamp() + clip.manifest.duration_s
+        worst = max(worst, clip.receipted_at.timestamp() - end)
+    return worst
+
+
 def start_late(receiver: Receiver, unit: Unit) -> None:
     # The receiver reconciles (lists the units' outboxes) 5 s after it connects; the clips
     # come after that pass, so only their announcements can bring them in time.
@@ -177,6 +190,7 @@ def test_a_unit_in_the_receivers_group_takes_nothing(
         lost = missing(receiver)
         print(f"missing with a thief online: {lost[0]}/{CLIPS} clips, {lost[1]}/{DISCARDS} events")
         assert lost == (0, 0)
+        print(f"honest clip, end of recording to receipt, slowest: {latency_s(receiver):.2f} s")
         assert receiver_group(receiver) not in GUESSES
         assert not [t for t in thief.messages if t.startswith("$SYS")]
     finally:
@@ -195,6 +209,7 @@ def test_an_offline_thief_session_takes_nothing(
     lost = missing(receiver)
     print(f"missing with a thief's offline session: {lost[0]}/{CLIPS} clips, {lost[1]}/{DISCARDS}")
     assert lost == (0, 0)
+    print(f"honest clip, end of recording to receipt, slowest: {latency_s(receiver):.2f} s")
 
 
 # --- events, durable end to end ----------------------------------------------------------------
