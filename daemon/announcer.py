@@ -28,7 +28,7 @@ from typing import Final
 from link import LinkError, MqttLink, Published, Received, client_context, guarded
 from protocol.errors import MessageError
 from protocol.message_codec import MessageModel
-from protocol.messages import ArmCommand, QcVerdict, Receipt, Status, parse_message
+from protocol.messages import ArmCommand, EventAck, QcVerdict, Receipt, Status, parse_message
 from protocol.topics import ROUTES, Kind, topic
 
 __all__ = ["Announcer", "AnnouncerError", "Published"]
@@ -49,7 +49,8 @@ class Announcer:
     Calls *on_connect* after every (re)connect, once the broker has confirmed the subscriptions,
     so the caller replays its outbox; *on_arm* with each arm command on ``cmd/arm`` (None when
     the retained command is cleared); *on_receipt* with each receipt; *on_verdict* with each
-    quality-control verdict on ``qc``; *on_bad_message* with the topic and a one-line reason for
+    quality-control verdict on ``qc``; *on_event_ack* with each acknowledgement of its events on
+    ``event-acks``; *on_bad_message* with the topic and a one-line reason for
     anything else that arrives; *on_settled* whenever the broker has acknowledged (or refused) a
     publish. The last will is the retained offline status.
     """
@@ -73,6 +74,7 @@ class Announcer:
         on_verdict: Callable[[QcVerdict], None],
         on_bad_message: Callable[[str, str], None],
         on_settled: Callable[[], None] | None = None,
+        on_event_ack: Callable[[EventAck], None] | None = None,
     ) -> None:
         try:
             self._topics = {kind: topic(site_id, device_id, kind) for kind in Kind}
@@ -80,7 +82,7 @@ class Announcer:
             raise AnnouncerError(str(exc)) from None
         self._site, self._device = site_id, device_id
         self._on_arm, self._on_receipt, self._on_bad_message = on_arm, on_receipt, on_bad_message
-        self._on_verdict = on_verdict
+        self._on_verdict, self._on_event_ack = on_verdict, on_event_ack
         try:
             self._link = MqttLink(
                 client_id=device_id,
@@ -96,6 +98,7 @@ class Announcer:
                     self._topics[Kind.ARM],
                     self._topics[Kind.RECEIPTS],
                     self._topics[Kind.QC],
+                    self._topics[Kind.EVENT_ACKS],
                 ),
                 on_connect=on_connect,
                 on_message=self._dispatch,
@@ -172,6 +175,8 @@ class Announcer:
             guarded(log, "on_receipt", self._on_receipt, parsed_message)
         elif isinstance(parsed_message, QcVerdict):
             guarded(log, "on_verdict", self._on_verdict, parsed_message)
+        elif isinstance(parsed_message, EventAck) and self._on_event_ack is not None:
+            guarded(log, "on_event_ack", self._on_event_ack, parsed_message)
         else:
             self._bad(where, f"a {parsed.kind.value} message is not for the unit")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from protocol.messages import ArmCommand, QcVerdict, Receipt
+from protocol.messages import ArmCommand, EventAck, QcVerdict, Receipt
 
 from .outbox import OutboxEntry
 
@@ -18,6 +18,7 @@ __all__ = [
     "BadMessage",
     "CaptureFailed",
     "Connected",
+    "EventAcked",
     "LongPressed",
     "Pressed",
     "PublishSettled",
@@ -85,6 +86,13 @@ class VerdictReceived:
 
 
 @dataclass(frozen=True)
+class EventAcked:
+    """The receiver recorded some of this unit's events: the journal may forget them."""
+
+    ack: EventAck
+
+
+@dataclass(frozen=True)
 class Connected:
     """The MQTT link (re)connected: replay what the hospital may not have."""
 
@@ -112,6 +120,7 @@ UnitEvent = (
     | ArmReceived
     | ReceiptReceived
     | VerdictReceived
+    | EventAcked
     | Connected
     | PublishSettled
     | BadMessage

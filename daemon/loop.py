@@ -33,11 +33,13 @@ from protocol.minisign import PublicKey
 from protocol.signing import verify_receipt
 
 from .capture import Capture, Capturer, SealError
+from .event_journal import EventJournal
 from .events import (
     ArmReceived,
     BadMessage,
     CaptureFailed,
     Connected,
+    EventAcked,
     LongPressed,
     Pressed,
     PublishSettled,
@@ -137,6 +139,8 @@ class UnitLoop:
             software_version=self.settings.software_version,
             link=self.link,
             outbox=self.outbox,
+            # Beside the outbox: the same card, the same owner.
+            journal=EventJournal(self.outbox.dir / "events.sqlite", now=self.clock.now),
             clip_url=self.clip_url,
             now=self.clock.now,
             monotonic_ns=self.clock.monotonic_ns,
@@ -195,6 +199,7 @@ class UnitLoop:
             handled = True
         self._execute(self.recorder.tick(self.clock.monotonic(), self.clock.now()))
         acked = self.uplink.collect_acks()
+        self.uplink.resend()
         if handled or acked or self.clock.monotonic() >= self._next_snapshot:
             self.snapshot = self._take_snapshot()
 
@@ -208,6 +213,7 @@ class UnitLoop:
             if isinstance(event, Sealed | SealFailed):
                 self._handle(event)
         self.uplink.collect_acks()
+        self.uplink.journal.close()
 
     def _handle(self, event: UnitEvent) -> None:
         wall = self.clock.now()
@@ -235,6 +241,8 @@ class UnitLoop:
                 self._receipt(receipt)
             case VerdictReceived(verdict):
                 self._verdict(verdict)
+            case EventAcked(ack):
+                self.uplink.acknowledged(ack)
             case Connected():
                 self.uplink.replay(
                     recording=self._capture is not None,

@@ -33,6 +33,7 @@ from .events import (
     ArmReceived,
     BadMessage,
     Connected,
+    EventAcked,
     LongPressed,
     Pressed,
     PublishSettled,
@@ -111,6 +112,7 @@ class Service:
             on_arm=lambda command: self.loop.post(ArmReceived(command)),
             on_receipt=lambda receipt: self.loop.post(ReceiptReceived(receipt)),
             on_verdict=lambda verdict: self.loop.post(VerdictReceived(verdict)),
+            on_event_ack=lambda ack: self.loop.post(EventAcked(ack)),
             on_bad_message=lambda topic, error: self.loop.post(BadMessage(topic, error)),
             on_settled=lambda: self.loop.post(PublishSettled()),
         )

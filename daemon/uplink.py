@@ -1,10 +1,14 @@
-"""What the unit tells the hospital, and what of it the broker has acknowledged.
+"""What the unit tells the hospital, and what of it the hospital has acknowledged.
 
-Events, clip announcements, status and telemetry go out over the MQTT link; an announcement or
-an event about a clip counts in the outbox only once the broker has acknowledged it (QoS 1),
-because the MQTT client's queue lives in memory. Events raised while offline wait for the next
-connection; after every (re)connect :meth:`Uplink.replay` sends again whatever the hospital may
-not know. Runs on the loop's thread only (:class:`daemon.loop.UnitLoop`).
+Events, clip announcements, status and telemetry go out over the MQTT link. An announcement
+counts in the outbox once the broker has acknowledged it (QoS 1), because the MQTT client's queue
+lives in memory; the clip itself stays until its receipt. Every event goes into the event
+journal (:mod:`daemon.event_journal`) before it is published, and stays there until the receiver
+acknowledges its id on ``event-acks``: the broker's acknowledgement proves nothing (a client in
+the receivers' group, or no receiver at all, may be all there is). After every (re)connect
+:meth:`Uplink.replay` sends again whatever the hospital may not know, and :meth:`Uplink.resend`
+publishes unacknowledged events again every ``resend_s``. Runs on the loop's thread only
+(:class:`daemon.loop.UnitLoop`).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from typing import Protocol
 
 from protocol.errors import MessageError
 from protocol.message_codec import MessageModel
-from protocol.messages import ClipAnnouncement, ClipManifest, Event, Status, Telemetry
+from protocol.messages import ClipAnnouncement, ClipManifest, Event, EventAck, Status, Telemetry
 
+from .event_journal import EventJournal, EventJournalError, new_event_id
 from .outbox import Outbox, OutboxEntry
 from .recorder import Report
 from .sdnotify import log_fields
@@ -72,21 +77,24 @@ class Uplink:
     software_version: str
     link: Link
     outbox: Outbox
+    journal: EventJournal
     clip_url: Callable[[str], str]  # where the hospital fetches a clip, by its id
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     monotonic_ns: Callable[[], int] = time.monotonic_ns
+    resend_s: float = 60.0  # unacknowledged events go out again this often while connected
     last_refusal: Event | None = None
     stop_to_announced_ms: float | None = None
     _pending: list[_Pending] = field(default_factory=list)
-    _unsent: list[Event] = field(default_factory=list)
     _stops: dict[str, int] = field(default_factory=dict)  # clip id → monotonic ns of its stop
+    _sent: dict[str, int] = field(default_factory=dict)  # event id → monotonic ns last published
+    _next_resend_ns: int | None = None
 
     def stopped(self, clip_id: str) -> None:
         """*clip_id* stopped recording now: its announcement's latency counts from here."""
         self._stops[clip_id] = self.monotonic_ns()
 
     def report(self, report: Report) -> None:
-        """Log *report* and send it as an event (kept for the next connection while offline)."""
+        """Log *report*, keep it as an event in the journal, and send it if connected."""
         log.info(
             "event %s (%s) %s",
             report.kind,
@@ -95,6 +103,7 @@ class Uplink:
             extra=log_fields(clip_id=report.clip_id, device_id=self.device_id),
         )
         event = Event(
+            event_id=new_event_id(),
             kind=report.kind,  # type: ignore[arg-type]
             at=self.now(),
             clip_id=report.clip_id,
@@ -103,6 +112,16 @@ class Uplink:
         )
         if event.kind == "refused":
             self.last_refusal = event
+        try:
+            self.journal.add(event)
+        except EventJournalError as exc:
+            # A full or failing card: the event still goes out now, once, as before journals.
+            log.error("event not kept for the hospital's acknowledgement: %s", exc)
+            self._publish(event)
+            return
+        if event.clip_id is not None and event.kind in ("discarded", "error", "aborted"):
+            # The journal keeps the event from here on: the outbox need not report it again.
+            self._event_reported(event.clip_id)
         self._send_event(event)
 
     def announce(self, entry: OutboxEntry) -> None:
@@ -152,8 +171,7 @@ class Uplink:
     def replay(self, *, recording: bool, armed: bool) -> None:
         """After (re)connecting: status, then every clip and event the hospital may not know."""
         self.status(recording=recording, armed=armed)
-        unsent, self._unsent = self._unsent, []
-        for event in unsent:
+        for event in self.journal.unacked():
             self._send_event(event)
         for entry in self.outbox.pending():
             self.announce(entry)
@@ -173,16 +191,33 @@ class Uplink:
         self._pending = still
         return acked
 
-    def _send_event(self, event: Event) -> None:
-        # Events about a clip are also durable in the outbox (an aborted row not yet
-        # reported), so they survive restarts; the rest wait in memory for the next connect.
-        if not self.link.connected:
-            self._unsent.append(event)
+    def resend(self) -> None:
+        """Every ``resend_s`` while connected: publish again the events the receiver has not
+        acknowledged (it was away, or its acknowledgement was lost)."""
+        mono, period = self.monotonic_ns(), int(self.resend_s * 1e9)
+        if self._next_resend_ns is None:
+            self._next_resend_ns = mono + period
+        if not self.link.connected or mono < self._next_resend_ns:
             return
-        handle = self._publish(event)
-        clip_id = event.clip_id
-        if clip_id is not None and event.kind in ("discarded", "error", "aborted"):
-            self._pending.append(_Pending(handle, lambda: self._event_reported(clip_id)))
+        self._next_resend_ns = mono + period
+        for event in self.journal.unacked():
+            assert event.event_id is not None  # the journal keeps only events/2
+            if mono - self._sent.get(event.event_id, mono - period) >= period:
+                self._send_event(event)
+
+    def acknowledged(self, ack: EventAck) -> None:
+        """The receiver recorded these events: forget them."""
+        forgotten = self.journal.forget(ack.event_ids)
+        for event_id in ack.event_ids:
+            self._sent.pop(event_id, None)
+        log.debug("%d of %d acknowledged events forgotten", forgotten, len(ack.event_ids))
+
+    def _send_event(self, event: Event) -> None:
+        # Kept in the journal until acknowledged: a publish while offline, or one the broker
+        # hands to no receiver, is sent again at the next connect or resend.
+        if self.link.connected and event.event_id is not None:
+            self._publish(event)
+            self._sent[event.event_id] = self.monotonic_ns()
 
     def _publish(self, message: MessageModel) -> Handle:
         try:

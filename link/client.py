@@ -79,7 +79,9 @@ class MqttLink:
     Subscribes to *subscriptions* (QoS 1) on every connect, even a resumed session's: cheap, and
     it makes the broker send the retained messages again. Calls *on_connect* after every
     (re)connect once the broker has answered the subscriptions; *on_message* with each
-    :class:`Received` (see the module's description for :class:`Redeliver`). *will* is the
+    :class:`Received` (see the module's description for :class:`Redeliver`). When a session is
+    resumed, *unsubscriptions* are dropped from it first (what an earlier configuration
+    subscribed to and this one must not). *will* is the
     topic and payload of a retained QoS 1 last will. Lines go to *log*, paho's chatter to its
     ``paho`` child at debug level.
     """
@@ -100,6 +102,7 @@ class MqttLink:
         will: tuple[str, bytes] | None = None,
         log: logging.Logger | None = None,
         on_settled: Callable[[], None] | None = None,
+        unsubscriptions: Sequence[str] = (),
     ) -> None:
         if reconnect_max_s < 1:
             raise LinkError(f"reconnect_max_s {reconnect_max_s}: must be at least 1")
@@ -110,6 +113,8 @@ class MqttLink:
         self._reconnect_max_s = reconnect_max_s
         self._max_delay_s = math.ceil(reconnect_max_s)
         self._subscriptions = tuple(subscriptions)
+        # Filters a resumed session may still hold from an earlier configuration: dropped.
+        self._unsubscriptions = tuple(unsubscriptions)
         self._on_connect, self._on_message = on_connect, on_message
         # Told when the broker settles a publish, so a caller polling its handles need not.
         self._on_settled = on_settled
@@ -264,6 +269,8 @@ class MqttLink:
             self._client_id,
             session,
         )
+        if flags.session_present and self._unsubscriptions:
+            client.unsubscribe(list(self._unsubscriptions))
         options = SubscribeOptions(qos=1)
         _, self._subscribe_mid = client.subscribe([(f, options) for f in self._subscriptions])
         # on_connect follows at the SUBACK: a new session then hears what is sent to it.

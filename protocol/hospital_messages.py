@@ -27,12 +27,15 @@ from .message_fields import (
     VisitLabel,
 )
 from .topics import Kind, Topic
+from .unit_messages import EventId
 
 __all__ = [
+    "MAX_ACKED_EVENTS",
     "MAX_ARM_DURATION",
     "MAX_QC_REASONS",
     "RECEIPT_SIGNING_CONTEXT",
     "ArmCommand",
+    "EventAck",
     "QcVerdict",
     "Receipt",
 ]
@@ -213,4 +216,34 @@ class QcVerdict(MessageModel):
             raise PydanticCustomError("painav_unique", "must not repeat a reason")
         if not value and info.data.get("verdict") in ("check", "repeat"):
             raise PydanticCustomError("painav_required", "at least one for check and repeat")
+        return value
+
+
+MAX_ACKED_EVENTS: Final = 64
+"""The most event ids one acknowledgement names."""
+
+
+class EventAck(MessageModel):
+    """The receiver's word, on ``event-acks``, that it recorded these events of the unit (by
+    their ``event_id``, :class:`~protocol.unit_messages.Event` version 2): the unit may forget
+    them. Not signed, unlike a receipt: only a receiver may publish on a unit's ``event-acks``
+    (the broker's ACL), and a forged one (by whoever controls the broker) only stops the unit
+    publishing events that broker could as well keep from every receiver; it deletes no data,
+    and the unit's system journal logged each event too. The topic names the unit."""
+
+    KIND: ClassVar[Kind] = Kind.EVENT_ACKS
+    schema_id: Literal["painav.event-acks/1"] = Field(default="painav.event-acks/1", alias="schema")
+    event_ids: Annotated[tuple[EventId, ...], Field(min_length=1, max_length=MAX_ACKED_EVENTS)] = (
+        Field(
+            json_schema_extra={"uniqueItems": True},
+            description=f"The events recorded, 1 to {MAX_ACKED_EVENTS}, no repeats.",
+        )
+    )
+    recorded_at: Timestamp
+
+    @field_validator("event_ids")
+    @classmethod
+    def _no_repeats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise PydanticCustomError("painav_unique", "must not repeat an event id")
         return value

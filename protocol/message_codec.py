@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from types import MappingProxyType
-from typing import Any, ClassVar, Final, Self
+from typing import Any, ClassVar, Final, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -43,6 +43,8 @@ MAX_PAYLOAD_BYTES: Final = MappingProxyType(
         Kind.ARM: 4 * 1024,
         Kind.RECEIPTS: 4 * 1024,
         Kind.QC: 4 * 1024,
+        # Up to MAX_ACKED_EVENTS ids of at most 64 characters each, and the envelope.
+        Kind.EVENT_ACKS: 8 * 1024,
     }
 )
 """The largest payload, in bytes, accepted (and written) for each kind."""
@@ -53,9 +55,14 @@ _SAFE_SEGMENT: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _SHOW_CHARS: Final = 40
 
 
+# What each kind's model writes, once the model is defined (see MessageModel).
+_WRITTEN: Final[dict[Kind, str]] = {}
+
+
 def schema_id(kind: Kind) -> str:
-    """The schema id this build writes for *kind*, e.g. ``painav.status/1``."""
-    return f"painav.{kind.slug}/{SCHEMA_VERSION}"
+    """The schema id this build writes for *kind*, e.g. ``painav.status/1``; a kind whose
+    contract changed writes its newest version (``painav.events/2``)."""
+    return _WRITTEN.get(kind, f"painav.{kind.slug}/{SCHEMA_VERSION}")
 
 
 def dump_json(data: object) -> bytes:
@@ -117,20 +124,20 @@ def _load_object(payload: bytes) -> tuple[str, dict[str, Any]]:
     return text, data
 
 
-def _check_schema(kind: Kind, data: dict[str, Any]) -> None:
-    expected = schema_id(kind)
+def _check_schema(kind: Kind, reads: tuple[str, ...], data: dict[str, Any]) -> None:
+    expected = " or ".join(repr(r) for r in reads)
     if _SCHEMA_KEY not in data:
-        raise MessageError(f"field 'schema': missing (this build reads {expected!r})")
+        raise MessageError(f"field 'schema': missing (this build reads {expected})")
     found = data[_SCHEMA_KEY]
     if not isinstance(found, str):
-        raise MessageError(f"field 'schema': must be a string like {expected!r}")
-    if found == expected:
+        raise MessageError(f"field 'schema': must be a string like {reads[0]!r}")
+    if found in reads:
         return
     match = _SCHEMA_RE.fullmatch(found)
     if match is not None and match.group(1) == kind.slug:
-        raise MessageError(f"unknown schema version {_show(found)} (this build reads {expected!r})")
+        raise MessageError(f"unknown schema version {_show(found)} (this build reads {expected})")
     raise MessageError(
-        f"field 'schema': {_show(found)} is not a {kind.value} message (expected {expected!r})"
+        f"field 'schema': {_show(found)} is not a {kind.value} message (expected {expected})"
     )
 
 
@@ -180,19 +187,38 @@ class MessageModel(Part):
     """Base of every painav MQTT message: strict, frozen, versioned JSON.
 
     Subclasses set :attr:`KIND` and declare ``schema_id: Literal[...] = Field(..., alias=
-    "schema")`` with :func:`schema_id` of their kind.
+    "schema")``: the versions of their kind they read, the default being the one they write
+    (e.g. ``Literal["painav.events/2", "painav.events/1"]``, default ``painav.events/2``), so a
+    receiver keeps reading the previous version from units not yet upgraded.
     """
 
     model_config = ConfigDict(json_schema_extra=_require_schema_key)
 
     KIND: ClassVar[Kind]
+    READS: ClassVar[tuple[str, ...]]
+    """The schema ids this model reads, the one it writes first."""
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
         field = cls.model_fields.get("schema_id")
-        if field is None or field.alias != _SCHEMA_KEY or field.default != schema_id(cls.KIND):
-            raise TypeError(f"{cls.__name__}: schema_id must default to {schema_id(cls.KIND)!r}")
+        reads = get_args(field.annotation) if field is not None else ()
+        written = field.default if field is not None else None
+        ours = [_SCHEMA_RE.fullmatch(r) for r in reads if isinstance(r, str)]
+        if (
+            not isinstance(written, str)
+            or field is None
+            or field.alias != _SCHEMA_KEY
+            or written not in reads
+            or len(ours) != len(reads)
+            or any(m is None or m.group(1) != cls.KIND.slug for m in ours)
+        ):
+            raise TypeError(
+                f"{cls.__name__}: schema_id must be a Literal of painav.{cls.KIND.slug}/<n> "
+                "ids, defaulting to the one written"
+            )
+        cls.READS = (written, *(r for r in reads if r != written))
+        _WRITTEN[cls.KIND] = written
 
     @classmethod
     def parse(cls, payload: bytes | bytearray | memoryview, *, topic: str | None = None) -> Self:
@@ -214,7 +240,7 @@ class MessageModel(Part):
             raise MessageError(f"{where}: payload is {len(payload)} bytes, over the {limit} limit")
         try:
             text, data = _load_object(payload)
-            _check_schema(cls.KIND, data)
+            _check_schema(cls.KIND, cls.READS, data)
         except MessageError as exc:
             raise MessageError(f"{where}: {exc}") from None
         try:

@@ -20,18 +20,23 @@ from typing import Final
 from .clip_manifest import AudioTrack, ClipManifest, VideoTrack
 from .errors import MessageError
 from .hospital_messages import (
+    MAX_ACKED_EVENTS,
     MAX_ARM_DURATION,
     MAX_QC_REASONS,
     RECEIPT_SIGNING_CONTEXT,
     ArmCommand,
+    EventAck,
     QcVerdict,
     Receipt,
 )
 from .message_codec import MAX_PAYLOAD_BYTES, SCHEMA_VERSION
 from .topics import Kind, Topic, parse_topic
-from .unit_messages import ClipAnnouncement, Event, Status, Telemetry
+from .unit_messages import EVENTS_V1, EVENTS_V2, ClipAnnouncement, Event, EventId, Status, Telemetry
 
 __all__ = [
+    "EVENTS_V1",
+    "EVENTS_V2",
+    "MAX_ACKED_EVENTS",
     "MAX_ARM_DURATION",
     "MAX_PAYLOAD_BYTES",
     "MAX_QC_REASONS",
@@ -43,6 +48,8 @@ __all__ = [
     "ClipAnnouncement",
     "ClipManifest",
     "Event",
+    "EventAck",
+    "EventId",
     "Message",
     "QcVerdict",
     "Receipt",
@@ -53,7 +60,9 @@ __all__ = [
     "parse_message",
 ]
 
-Message = Status | ClipAnnouncement | Event | Telemetry | ArmCommand | Receipt | QcVerdict
+Message = (
+    Status | ClipAnnouncement | Event | Telemetry | ArmCommand | Receipt | QcVerdict | EventAck
+)
 """Any painav MQTT message."""
 
 MESSAGE_TYPES: Final[MappingProxyType[Kind, type[Message]]] = MappingProxyType(
@@ -65,6 +74,7 @@ MESSAGE_TYPES: Final[MappingProxyType[Kind, type[Message]]] = MappingProxyType(
         Kind.ARM: ArmCommand,
         Kind.RECEIPTS: Receipt,
         Kind.QC: QcVerdict,
+        Kind.EVENT_ACKS: EventAck,
     }
 )
 """The model for each kind."""

@@ -5,15 +5,17 @@ writes it by serialising the model."""
 
 from __future__ import annotations
 
+import re
 from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Final
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, IPvAnyNetwork
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, IPvAnyNetwork, field_validator
 
 from .message_fields import ReceiverId, SiteId
 
 __all__ = [
+    "GROUP_PATTERN",
     "PRIVATE_NETWORKS",
     "UNIT_PORT",
     "CatalogSection",
@@ -26,6 +28,12 @@ __all__ = [
 ]
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+GROUP_PATTERN = r"^[a-z2-7]{26,32}$"
+"""The receivers' shared-subscription group: the site's secret, at least 26 random base32
+characters (128 bits) as provisioning makes it. Mosquitto does not check SUBSCRIBE against its
+ACL, so any client that knows the group name can join it and take its share of every unit's
+announcements and events (the broker then drops them at delivery): only receivers may know it."""
 
 
 class _Section(BaseModel):
@@ -44,9 +52,22 @@ class SiteSection(_Section):
 class MqttSection(_Section):
     host: str = Field(min_length=1)
     port: Port = 8883
-    group: str = Field(default="receivers", pattern=r"^[a-z0-9-]{1,32}$")
+    # Required, and never a guessable name: see GROUP_PATTERN.
+    group: str = Field(default="", validate_default=True)
     keepalive_s: int = Field(default=30, ge=5, le=600)
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=60)
+
+    @field_validator("group")
+    @classmethod
+    def _secret_group(cls, value: str) -> str:
+        if not re.fullmatch(GROUP_PATTERN, value):
+            raise ValueError(
+                "must be the site's secret subscription group (26-32 of a-z and 2-7), which "
+                "'painav provision receiver config' writes; a guessable name such as the old "
+                "default 'receivers' lets a stolen unit's certificate take announcements and "
+                "events"
+            )
+        return value
 
 
 class TlsSection(_Section):

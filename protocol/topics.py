@@ -61,6 +61,7 @@ class Kind(StrEnum):
     ARM = "cmd/arm"
     RECEIPTS = "receipts"
     QC = "qc"
+    EVENT_ACKS = "event-acks"
 
     @property
     def slug(self) -> str:
@@ -100,6 +101,9 @@ ROUTES: Final = MappingProxyType(
         # last, and hand a stale one to every later connection). A late verdict is still shown in
         # `painav device status`; the unit's light ignores one older than its display time.
         Kind.QC: Route(Direction.HOSPITAL_TO_UNIT, retained=False, qos=1),
+        # The receiver recorded these events: the unit may forget them. Not retained (each ack
+        # is about its own events); an ack the unit misses only makes it publish them again.
+        Kind.EVENT_ACKS: Route(Direction.HOSPITAL_TO_UNIT, retained=False, qos=1),
     }
 )
 """Per kind: direction, retained or not, QoS. Every kind has exactly one route."""

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Final, Literal, Self
 
-from pydantic import Field, StringConstraints, ValidationInfo, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import (
+    Field,
+    GetJsonSchemaHandler,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
 
 from .clip_manifest import ClipManifest
 from .message_codec import MessageModel
@@ -20,9 +30,19 @@ from .message_fields import (
 )
 from .topics import Kind, Topic
 
-__all__ = ["ClipAnnouncement", "Event", "Status", "Telemetry"]
+__all__ = ["EVENTS_V1", "EVENTS_V2", "ClipAnnouncement", "Event", "EventId", "Status", "Telemetry"]
 
 _ONE_LINE: Final = r"^[^\x00-\x1f\x7f]*$"
+
+EventId = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"),
+    Field(description="An event's id, unique per unit: 1-64 of A-Z a-z 0-9 . _ -."),
+]
+"""An event's id, chosen by its unit (painav units use 32 random hex digits)."""
+
+EVENTS_V1: Final = "painav.events/1"
+EVENTS_V2: Final = "painav.events/2"
 
 
 class Status(MessageModel):
@@ -103,7 +123,20 @@ class Event(MessageModel):
     """
 
     KIND: ClassVar[Kind] = Kind.EVENTS
-    schema_id: Literal["painav.events/1"] = Field(default="painav.events/1", alias="schema")
+    schema_id: Literal["painav.events/2", "painav.events/1"] = Field(
+        default=EVENTS_V2,
+        alias="schema",
+        description=(
+            "painav.events/2 carries event_id: the unit keeps the event until the receiver "
+            "acknowledges that id on event-acks. painav.events/1 (units of the previous "
+            "version) has none: it is recorded, not acknowledged."
+        ),
+    )
+    event_id: EventId | None = Field(
+        default=None,
+        validate_default=True,
+        description="Required in painav.events/2, absent in painav.events/1.",
+    )
     kind: Literal[
         "aborted", "discarded", "refused", "error", "recovered", "deleted", "armed", "disarmed"
     ]
@@ -124,6 +157,38 @@ class Event(MessageModel):
         if value is None and info.data.get("kind") in _CLIP_EVENTS:
             raise PydanticCustomError("painav_required", "required for this kind of event")
         return value
+
+    @field_validator("event_id")
+    @classmethod
+    def _id_in_version_2(cls, value: str | None, info: ValidationInfo) -> str | None:
+        version = info.data.get("schema_id")
+        if value is None and version == EVENTS_V2:
+            raise PydanticCustomError("painav_required", f"required in {EVENTS_V2}")
+        if value is not None and version == EVENTS_V1:
+            raise PydanticCustomError("painav_forbidden", f"not part of {EVENTS_V1}")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _without_absent_id(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, object]:
+        # An events/1 message written again reads as one: no event_id key at all.
+        data: dict[str, object] = handler(self)
+        if data.get("event_id", "") is None:
+            del data["event_id"]
+        return data
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        target = handler.resolve_ref_schema(schema)
+        # What the validator says, for other languages' validators: events/2 needs event_id.
+        target["if"] = {"properties": {"schema": {"const": EVENTS_V2}}, "required": ["schema"]}
+        target["then"] = {"required": ["event_id"]}
+        target["else"] = {"not": {"required": ["event_id"]}}
+        return schema
 
 
 class Telemetry(MessageModel):

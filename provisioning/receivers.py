@@ -7,11 +7,19 @@ as its client id, so two receivers with one certificate would push each other of
 receivers are named ``<receiver_id>-<name>`` (``receiver-2``), which is how a unit's clip server
 recognises them without a new bundle; unit ids of that form are refused. They sign receipts
 with the site's one receipt key, the key every unit already trusts.
+
+The receivers' shared subscription uses the site's secret group name (:func:`subscription_group`,
+``subscription-group`` in the site folder, 0600), which every ``receiver.toml`` carries: Mosquitto
+does not check SUBSCRIBE against its ACL, so a unit that knew the name could join the group and
+take its share of every unit's announcements and events.
 """
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -21,6 +29,7 @@ from pathlib import Path
 from protocol.atomic import write_atomic
 from protocol.errors import MessageError
 from protocol.receiver_config import (
+    GROUP_PATTERN,
     PRIVATE_NETWORKS,
     UNIT_PORT,
     CatalogSection,
@@ -39,7 +48,26 @@ from .config_files import build, toml_text
 from .errors import SiteError
 from .site import SERVICE_DAYS, Report, Site, locked
 
-__all__ = ["add_receiver", "receiver_config", "receiver_dir"]
+__all__ = ["GROUP_FILE", "add_receiver", "receiver_config", "receiver_dir", "subscription_group"]
+
+GROUP_FILE = "subscription-group"
+"""The site's secret subscription group, in the site folder."""
+
+
+def subscription_group(site: Site) -> str:
+    """The site's secret shared-subscription group name, made on first use: 128 random bits as
+    26 lower-case base32 characters, a valid topic level and painav id, kept 0600 in the site
+    folder. Every receiver of the site must use the same one to share the work."""
+    path = site.dir / GROUP_FILE
+    with locked(site.dir):
+        if not path.exists():
+            group = base64.b32encode(os.urandom(16)).decode().rstrip("=").lower()
+            write_atomic(path, (group + "\n").encode(), mode=0o600, overwrite=False)
+        group = path.read_text().strip()
+    if not re.fullmatch(GROUP_PATTERN, group):
+        raise SiteError(f"{path}: not a subscription group this build made; delete it to make one")
+    return group
+
 
 LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
 
@@ -146,7 +174,9 @@ def receiver_config(
                 data_key_recipient=str(site.recipients()[0]),
             ),
             mqtt=MqttSection(
-                host=broker_host or site.broker_hosts[0], port=broker_port or site.broker_port
+                host=broker_host or site.broker_hosts[0],
+                port=broker_port or site.broker_port,
+                group=subscription_group(site),
             ),
             tls=TlsSection(
                 cert=creds / "tls.crt",

@@ -1,4 +1,5 @@
-"""The receiver's MQTT v5 link: unit messages in; signed receipts, arm commands and QC verdicts out.
+"""The receiver's MQTT v5 link: unit messages in; receipts, arm commands, QC verdicts and event
+acknowledgements out.
 
 A thin layer over :class:`link.MqttLink` that speaks painav's types only; the link's errors come
 out as :class:`ReceiverLinkError`.
@@ -22,6 +23,7 @@ from protocol.messages import (
     ArmCommand,
     ClipAnnouncement,
     Event,
+    EventAck,
     QcVerdict,
     Receipt,
     Status,
@@ -46,6 +48,9 @@ UnitMessage = Status | ClipAnnouncement | Event | Telemetry
 
 SHARED_KINDS: Final = (Kind.CLIPS, Kind.EVENTS, Kind.TELEMETRY)
 """Kinds split between the receivers of a group; ``status`` goes to every receiver."""
+
+LEGACY_GROUP: Final = "receivers"
+"""The fixed group name receivers of the previous version shared, which any unit could join."""
 
 _ID_RE: Final = re.compile(ID_PATTERN)
 # Bad messages: per window, this many get a line each, then one line per _BAD_SUMMARY_EVERY.
@@ -122,7 +127,10 @@ class ReceiverLink:
     Subscribes, on every connect, to ``status`` of every unit of the site with a plain
     subscription, so that every receiver knows every unit's state (the retained status is sent
     at each subscribe; status is idempotent), and to ``clips``, ``events`` and ``telemetry``
-    through ``$share/<group>/...``, so that the receivers of a group split that work. Status is
+    through ``$share/<group>/...``, so that the receivers of a group split that work. *group* is
+    the site's secret (:data:`protocol.receiver_config.GROUP_PATTERN`): Mosquitto does not check
+    SUBSCRIBE against its ACL, so a client that knows it joins the group and takes its share of
+    every unit's messages, which the broker then drops at delivery. Status is
     never shared: each receiver would see only some of the changes, and the retained statuses at
     subscribe time either never (MQTT v5) or all of them at every member (Mosquitto 2.0.11).
 
@@ -153,7 +161,7 @@ class ReceiverLink:
         cert_file: Path,
         key_file: Path,
         ca_file: Path,
-        group: str = "receivers",
+        group: str,
         keepalive_s: int = 30,
         session_expiry_s: int = 7 * 24 * 3600,
         reconnect_max_s: float = 30.0,
@@ -167,6 +175,11 @@ class ReceiverLink:
             filters = (
                 site_filter(site_id, Kind.STATUS),
                 *(shared(group, site_filter(site_id, kind)) for kind in SHARED_KINDS),
+            )
+            legacy = tuple(
+                shared(LEGACY_GROUP, site_filter(site_id, kind))
+                for kind in SHARED_KINDS
+                if group != LEGACY_GROUP
             )
         except MessageError as exc:
             raise ReceiverLinkError(str(exc)) from None
@@ -185,6 +198,9 @@ class ReceiverLink:
                 # On every connect, even when the session was resumed: the plain status
                 # subscription then brings every unit's retained status again.
                 subscriptions=filters,
+                # A session resumed after an upgrade still holds the guessable group of the
+                # previous version: leave it, or stay in a group any unit can join.
+                unsubscriptions=legacy,
                 on_connect=on_connect,
                 on_message=self._dispatch,
                 log=log,
@@ -262,6 +278,21 @@ class ReceiverLink:
         route = ROUTES[Kind.QC]
         where = topic(self._site, device_id, Kind.QC)
         return self._link.publish(where, verdict.to_payload(), qos=route.qos, retain=route.retained)
+
+    def publish_event_ack(self, device_id: str, ack: EventAck) -> Published:
+        """Tell *device_id* that the events *ack* names are recorded, on its ``event-acks``
+        topic (QoS 1, not retained), so that it forgets them.
+
+        Never blocks on the network (safe on paho's thread, right after recording); nothing is
+        queued while disconnected. No need to wait for the handle: a unit that misses an
+        acknowledgement publishes the event again, and it is acknowledged again. MessageError
+        for a bad device id; TypeError for anything but an :class:`EventAck`.
+        """
+        if not isinstance(ack, EventAck):
+            raise TypeError(f"publish_event_ack(): not an EventAck but a {type(ack).__name__}")
+        route = ROUTES[Kind.EVENT_ACKS]
+        where = topic(self._site, device_id, Kind.EVENT_ACKS)
+        return self._link.publish(where, ack.to_payload(), qos=route.qos, retain=route.retained)
 
     # --- paho's network thread ------------------------------------------------------------
 

@@ -13,6 +13,10 @@ was lost is pulled all the same. After a connection is the likely time: Mosquitt
 restore shared subscriptions when it restarts, so what units announce between its restart and
 the receiver's return reaches no one. Quality verdicts the extraction worker recorded go back
 to their units from here, every tick, on a thread of their own (:mod:`server.verdicts`).
+An event with an id (``painav.events/2``) is acknowledged to its unit on ``event-acks`` once it
+is recorded (again if it comes again: the unit missed the acknowledgement), so that the unit
+can forget it; until then the unit keeps publishing it. ``painav.events/1`` from a unit of the
+previous version is recorded and not acknowledged.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 
-from protocol.messages import ClipAnnouncement, Event, Status, Telemetry
+from protocol.messages import ClipAnnouncement, Event, EventAck, Status, Telemetry
 from protocol.minisign import SigningKey
 from protocol.signing import sign_receipt
 
@@ -192,6 +196,11 @@ class ReceiverService:
             self.catalog.record_telemetry(topic.site, topic.device, message, seen_at=at)
         elif isinstance(message, Event):
             self.catalog.record_event(topic.site, topic.device, message, received_at=at)
+            if message.event_id is not None:
+                # Recorded (committed) first: only then may the unit forget it. Again for an
+                # event recorded before: the unit did not get the earlier acknowledgement.
+                ack = EventAck(event_ids=(message.event_id,), recorded_at=datetime.now(UTC))
+                self.link.publish_event_ack(topic.device, ack)
 
     # --- receipts --------------------------------------------------------------------------
 

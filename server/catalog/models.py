@@ -141,17 +141,26 @@ class Clip(Base):
     )
 
 
+EVENT_KEY_COMMENT = (
+    "SHA-256 of device id and event id (events/2), or of device id and payload (events/1)."
+)
+
+
 class UnitEvent(Base):
     """An event a unit published (aborted, discarded, refused, error, …), kept once."""
 
     __tablename__ = "unit_events"
+    # An events/2 event is recorded once per unit and id, however often the unit publishes it
+    # (it does until acknowledged). NULL ids (events/1) never conflict.
+    __table_args__ = (UniqueConstraint("device_id", "event_id"),)
 
     # SQLite numbers rows itself only for a column declared exactly INTEGER PRIMARY KEY.
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
-    event_key: Mapped[str] = mapped_column(
-        String(64), unique=True, comment="SHA-256 of device id and payload: QoS 1 redelivery."
+    event_key: Mapped[str] = mapped_column(String(64), unique=True, comment=EVENT_KEY_COMMENT)
+    event_id: Mapped[str | None] = mapped_column(
+        String(64), comment="The unit's id of the event (painav.events/2); NULL for events/1."
     )
     device_id: Mapped[str] = mapped_column(String(32), ForeignKey("units.device_id"), index=True)
     kind: Mapped[str] = mapped_column(String(16))

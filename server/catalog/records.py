@@ -132,11 +132,13 @@ class UnitEventRecord:
     clip_id: str | None
     reason: str
     detail: str
+    event_id: str | None = None  # the unit's id for it; None from a unit of the previous version
 
     @classmethod
     def of(cls, row: UnitEvent) -> UnitEventRecord:
         """A snapshot of *row*."""
         return cls(
+            event_id=row.event_id,
             device_id=row.device_id,
             kind=row.kind,
             at=row.at,

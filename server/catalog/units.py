@@ -91,14 +91,21 @@ def apply_telemetry(
 def add_event(
     s: Session, site_id: str, device_id: str, event: Event, *, received_at: datetime
 ) -> bool:
-    """Keep *event* once; False if the same event from the same unit is kept already."""
+    """Keep *event* once; False if the same event from the same unit is kept already: by its
+    id for painav.events/2 (published until acknowledged, perhaps with another payload after
+    a restart), by its payload for events/1 (a QoS 1 redelivery)."""
     touch(s, site_id, device_id, seen_at=received_at)
-    key = hashlib.sha256(device_id.encode() + b"\n" + event.to_payload()).hexdigest()
+    if event.event_id is not None:
+        identity = b"event_id\n" + event.event_id.encode()
+    else:
+        identity = event.to_payload()
+    key = hashlib.sha256(device_id.encode() + b"\n" + identity).hexdigest()
     row = insert_new(
         s,
         UnitEvent,
         {
             "event_key": key,
+            "event_id": event.event_id,
             "device_id": device_id,
             "kind": event.kind,
             "at": event.at,

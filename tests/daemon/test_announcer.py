@@ -23,9 +23,18 @@ import pytest
 
 from daemon.announcer import Announcer, AnnouncerError
 from protocol.errors import MessageError
-from protocol.messages import ArmCommand, ClipAnnouncement, QcVerdict, Receipt, Status, Telemetry
+from protocol.messages import (
+    ArmCommand,
+    ClipAnnouncement,
+    EventAck,
+    QcVerdict,
+    Receipt,
+    Status,
+    Telemetry,
+)
 from protocol.topics import Kind, topic
 from provisioning.devices import add_device
+from provisioning.receivers import subscription_group
 from provisioning.site import Site, init_site
 from server.mqtt import ReceiverLink
 from tests.protocol.message_examples import MINISIGN, examples, manifest
@@ -37,6 +46,7 @@ from tests.support.mosquitto import (
     Client,
     free_port,
     receiver_identity,
+    unit_identity,
 )
 
 UNIT = "cart-01"
@@ -68,6 +78,7 @@ class Seen:
     arms: list[ArmCommand | None] = field(default_factory=list)
     receipts: list[Receipt] = field(default_factory=list)
     verdicts: list[QcVerdict] = field(default_factory=list)
+    event_acks: list[EventAck] = field(default_factory=list)
     bad: list[tuple[str, str]] = field(default_factory=list)
     _changed: threading.Condition = field(default_factory=threading.Condition)
 
@@ -105,6 +116,7 @@ def make_announcer(site: Site, port: int, seen: Seen, **changes: Any) -> Announc
         "on_arm": lambda command: seen.record("arms", command),
         "on_receipt": lambda receipt: seen.record("receipts", receipt),
         "on_verdict": lambda verdict: seen.record("verdicts", verdict),
+        "on_event_ack": lambda ack: seen.record("event_acks", ack),
         "on_bad_message": lambda where, error: seen.record("bad", (where, error)),
     }
     options.update(changes)
@@ -414,6 +426,7 @@ def test_the_receiver_links_verdict_reaches_the_unit(broker: Broker, start_unit:
         cert_file=site.paths.receiver_dir / "tls.crt",
         key_file=site.paths.receiver_dir / "tls.key",
         ca_file=site.paths.receiver_dir / "ca.pem",
+        group=subscription_group(site),
         keepalive_s=5,
         session_expiry_s=60,
         reconnect_max_s=1.0,
@@ -437,6 +450,56 @@ def test_the_receiver_links_verdict_reaches_the_unit(broker: Broker, start_unit:
     finally:
         link.stop()
     assert seen.bad == []
+
+
+def test_event_acks_from_the_receiver_reach_the_unit_and_only_its_own(
+    broker: Broker, start_unit: StartUnit, receiver: Client
+) -> None:
+    """The hospital's side (server.mqtt.ReceiverLink.publish_event_ack) to the unit's callback;
+    queued while the unit is away; a unit can neither send one nor read another unit's."""
+    first, _ = start_unit()
+    first.stop()
+    ack = EventAck(event_ids=("e1", "e2"), recorded_at=NOW)
+    assert receiver.publish(t(Kind.EVENT_ACKS), ack.to_payload()).value == 0  # kept for it
+    _, seen = start_unit()
+    seen.wait_for(lambda: seen.event_acks == [ack], "the acknowledgement queued while away")
+
+    site = broker.site
+    connected = threading.Event()
+    link = ReceiverLink(
+        site_id=SITE,
+        receiver_id=site.receiver_id,
+        host=HOST,
+        port=broker.port,
+        cert_file=site.paths.receiver_dir / "tls.crt",
+        key_file=site.paths.receiver_dir / "tls.key",
+        ca_file=site.paths.receiver_dir / "ca.pem",
+        group=subscription_group(site),
+        keepalive_s=5,
+        session_expiry_s=60,
+        reconnect_max_s=1.0,
+        on_message=lambda incoming: None,
+        on_connect=connected.set,
+    )
+    link.start()
+    try:
+        assert connected.wait(WAIT_S)
+        second = EventAck(event_ids=("e3",), recorded_at=NOW)
+        assert link.publish_event_ack(UNIT, second).wait(WAIT_S)
+        seen.wait_for(lambda: seen.event_acks == [ack, second], "the receiver link's ack")
+        with pytest.raises(TypeError):
+            link.publish_event_ack(UNIT, VERDICT)  # type: ignore[arg-type]
+    finally:
+        link.stop()
+    # Another unit may not forge one: the ACL refuses the publish (0x87), nothing arrives.
+    other = unit_identity(site, "cart-02")
+    forger = Client(broker, other).connect()
+    try:
+        assert forger.publish(t(Kind.EVENT_ACKS), ack.to_payload()).value == 0x87
+    finally:
+        forger.close()
+    time.sleep(0.5)
+    assert seen.event_acks == [ack, second] and seen.bad == []
 
 
 def test_unusable_tls_files_are_named(broker_site: Site, tmp_path: Path) -> None:

@@ -15,7 +15,15 @@ from typing import Any, Literal
 import pytest
 
 from daemon.capture import Capturer
-from daemon.events import ArmReceived, Connected, Pressed, ReceiptReceived, VerdictReceived
+from daemon.event_journal import EventJournal
+from daemon.events import (
+    ArmReceived,
+    Connected,
+    EventAcked,
+    Pressed,
+    ReceiptReceived,
+    VerdictReceived,
+)
 from daemon.hardware.base import Pattern
 from daemon.hardware.sim_camera import SimulatedCamera
 from daemon.hardware.sim_controls import SimulatedLight
@@ -24,7 +32,7 @@ from daemon.loop import LoopSettings, UnitLoop
 from daemon.outbox import Outbox
 from daemon.recorder import Recorder, RecorderSettings
 from protocol.message_codec import MessageModel
-from protocol.messages import ArmCommand, ClipAnnouncement, Event, QcVerdict, Status
+from protocol.messages import ArmCommand, ClipAnnouncement, Event, EventAck, QcVerdict, Status
 from protocol.minisign import SigningKey
 from protocol.signing import sign_receipt
 from protocol.x25519 import X25519Identity
@@ -270,10 +278,59 @@ def test_a_recording_cut_off_by_a_crash_is_reported_once_acknowledged(
     unit.settle()
     (aborted,) = unit.link.of(Event)
     assert aborted.kind == "aborted" and aborted.clip_id == f"{DEVICE}-20261127T095900Z-dead"
-    assert len(unit.outbox.unreported_aborts()) == 1
-    unit.link.ack_all()
-    unit.settle(1)
+    # The event journal keeps it from now on, until the receiver acknowledges it.
     assert unit.outbox.unreported_aborts() == []
+    assert [e.event_id for e in unit.loop.uplink.journal.unacked()] == [aborted.event_id]
+    unit.link.ack_all()  # the broker's PUBACK: not enough to forget it
+    unit.loop.post(Connected())
+    unit.settle()
+    assert [e.event_id for e in unit.link.of(Event)] == [aborted.event_id] * 2
+    unit.loop.post(EventAcked(EventAck(event_ids=(aborted.event_id,), recorded_at=T0)))
+    unit.settle()
+    assert unit.loop.uplink.journal.unacked() == []
+    unit.loop.post(Connected())
+    unit.settle()
+    assert len(unit.link.of(Event)) == 2
+
+
+def test_events_are_kept_across_restarts_and_sent_until_acknowledged(
+    make_unit: Callable[..., Unit], tmp_path: Path
+) -> None:
+    outbox_dir = tmp_path / "outbox"
+    outbox_dir.mkdir()
+    earlier = Event(event_id="from-the-last-run", kind="refused", at=T0, reason="busy")
+    journal = EventJournal(outbox_dir / "events.sqlite", now=lambda: T0)
+    journal.add(earlier)  # the unit died, or the receiver was away, before it was acknowledged
+    journal.close()
+
+    unit = make_unit(outbox_dir=outbox_dir)
+    unit.link.connected = False
+    unit.synced[0] = False
+    unit.loop.post(Pressed())  # refused, while offline
+    unit.settle()
+    assert unit.link.of(Event) == []
+    unit.link.connected = True
+    unit.loop.post(Connected())
+    unit.settle()
+    sent = unit.link.of(Event)
+    assert sent[0].event_id == "from-the-last-run"
+    assert [e.reason for e in sent] == ["busy", "clock_unsynchronised"]
+    unit.link.ack_all()
+
+    unit.clock.mono += 59  # no acknowledgement from the receiver: published again each minute
+    unit.settle()
+    assert len(unit.link.of(Event)) == 2
+    unit.clock.mono += 2
+    unit.settle()
+    assert [e.event_id for e in unit.link.of(Event)[2:]] == [e.event_id for e in sent]
+
+    ids = tuple(e.event_id for e in sent)
+    unit.loop.post(EventAcked(EventAck(event_ids=ids, recorded_at=T0)))
+    unit.settle()
+    unit.clock.mono += 120
+    unit.settle()
+    assert len(unit.link.of(Event)) == 4
+    assert unit.loop.uplink.journal.unacked() == []
 
 
 def test_arming_tags_the_next_clip(make_unit: Callable[..., Unit]) -> None:

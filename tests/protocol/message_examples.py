@@ -18,6 +18,8 @@ from protocol.message_fields import (
     VISIT_PATTERN,
 )
 from protocol.messages import (
+    EVENTS_V1,
+    MAX_ACKED_EVENTS,
     MAX_ARM_DURATION,
     MAX_QC_REASONS,
     ArmCommand,
@@ -25,6 +27,7 @@ from protocol.messages import (
     ClipAnnouncement,
     ClipManifest,
     Event,
+    EventAck,
     Message,
     QcVerdict,
     Receipt,
@@ -34,6 +37,7 @@ from protocol.messages import (
 )
 from protocol.topics import ID_PATTERN, Kind
 
+EVENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 SITE = "ward7"
 DEVICE = "cart-03"
 T0 = datetime(2025, 3, 1, 9, 30, 0, tzinfo=UTC)
@@ -84,7 +88,13 @@ def examples() -> dict[Kind, Message]:
             signature=MINISIGN,
             url="https://cart-03.ward7.example:8443/clips/cart-03-20250301T093000Z-a1b2",
         ),
-        Kind.EVENTS: Event(kind="aborted", at=T0, reason="camera_timeout", detail="no frames"),
+        Kind.EVENTS: Event(
+            event_id="5f0c3e9a1b2d4c6e8f0a1b2c3d4e5f60",
+            kind="aborted",
+            at=T0,
+            reason="camera_timeout",
+            detail="no frames",
+        ),
         Kind.TELEMETRY: Telemetry(
             at=T0,
             uptime_s=3600.5,
@@ -117,6 +127,9 @@ def examples() -> dict[Kind, Message]:
             reasons=("no_face", "audio_clipping"),
             pass_="quick",
             issued_at=T0 + timedelta(seconds=20),
+        ),
+        Kind.EVENT_ACKS: EventAck(
+            event_ids=("5f0c3e9a1b2d4c6e8f0a1b2c3d4e5f60",), recorded_at=T0 + timedelta(seconds=1)
         ),
     }
 
@@ -213,13 +226,17 @@ announcements = st.builds(
 def events(draw: st.DrawFn) -> Event:
     kind = draw(st.sampled_from(get_args(Event.model_fields["kind"].annotation)))
     needs_clip = kind in {"discarded", "recovered", "deleted"}
-    return Event(
+    event = Event(
+        event_id=draw(event_ids),
         kind=kind,
         at=draw(timestamps),
         clip_id=draw(clip_ids if needs_clip else st.none() | clip_ids),
         reason=draw(reasons),
         detail=draw(one_line),
     )
+    if draw(st.booleans()):  # painav.events/1, from a unit of the previous version
+        return event.model_copy(update={"schema_id": EVENTS_V1, "event_id": None})
+    return event
 
 
 @st.composite
@@ -280,6 +297,15 @@ def qc_verdicts(draw: st.DrawFn) -> QcVerdict:
     )
 
 
+event_ids = st.from_regex(EVENT_ID_PATTERN, fullmatch=True)
+
+
+@st.composite
+def event_acks(draw: st.DrawFn) -> EventAck:
+    ids = draw(st.lists(event_ids, min_size=1, max_size=MAX_ACKED_EVENTS, unique=True))
+    return EventAck(event_ids=tuple(ids), recorded_at=draw(timestamps))
+
+
 STRATEGIES: dict[Kind, st.SearchStrategy[Message]] = {
     Kind.STATUS: statuses(),
     Kind.CLIPS: announcements,
@@ -288,5 +314,6 @@ STRATEGIES: dict[Kind, st.SearchStrategy[Message]] = {
     Kind.ARM: arm_commands(),
     Kind.RECEIPTS: receipts,
     Kind.QC: qc_verdicts(),
+    Kind.EVENT_ACKS: event_acks(),
 }
 """A strategy of valid messages for every kind."""

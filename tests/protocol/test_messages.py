@@ -69,16 +69,16 @@ def test_example_round_trips(kind: Kind) -> None:
 
 
 def test_payload_is_compact_sorted_utf8() -> None:
-    payload = Event(kind="error", at=T0, reason="disk", detail="défaut").to_payload()
+    payload = Event(event_id="e1", kind="error", at=T0, reason="disk", detail="défaut").to_payload()
     assert payload == (
-        b'{"at":"2025-03-01T09:30:00Z","clip_id":null,"detail":"d\xc3\xa9faut","kind":"error",'
-        b'"reason":"disk","schema":"painav.events/1"}'
+        b'{"at":"2025-03-01T09:30:00Z","clip_id":null,"detail":"d\xc3\xa9faut","event_id":"e1",'
+        b'"kind":"error","reason":"disk","schema":"painav.events/2"}'
     )
 
 
 def test_timestamps_keep_microseconds_and_write_z() -> None:
     at = datetime(2025, 3, 1, 9, 30, 0, 250_000, tzinfo=UTC)
-    payload = Event(kind="error", at=at, reason="disk").to_payload()
+    payload = Event(event_id="e1", kind="error", at=at, reason="disk").to_payload()
     assert b'"at":"2025-03-01T09:30:00.25Z"' in payload
     assert Event.parse(payload).at == at
 

@@ -49,6 +49,7 @@ def test_kind_values_and_slugs() -> None:
         "cmd/arm",
         "receipts",
         "qc",
+        "event-acks",
     ]
     assert Kind.ARM.slug == "cmd-arm"
     assert Kind.STATUS.slug == "status"
@@ -152,6 +153,7 @@ def test_routes_cover_every_kind() -> None:
         Kind.ARM,
         Kind.RECEIPTS,
         Kind.QC,
+        Kind.EVENT_ACKS,
     }
     assert {k for k, r in ROUTES.items() if r.qos == 0} == {Kind.TELEMETRY}
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -516,14 +517,58 @@ def test_a_units_latest_clip_gives_its_address(catalog: Catalog, announce: Annou
 
 
 def test_unit_events_are_kept_once(catalog: Catalog) -> None:
-    event = Event(kind="discarded", at=T0, clip_id="clip-9", reason="nurse_discard")
+    event = Event(event_id="e-1", kind="discarded", at=T0, clip_id="clip-9", reason="nurse_discard")
     assert catalog.record_event(SITE, C, event, received_at=T0) is True
     assert catalog.record_event(SITE, C, event, received_at=T0 + timedelta(seconds=9)) is False
-    later = Event(kind="aborted", at=T0 + timedelta(seconds=1), reason="camera_timeout")
+    # Published again until acknowledged, perhaps rebuilt: one event per unit and id.
+    again = event.model_copy(update={"detail": "published again"})
+    assert catalog.record_event(SITE, C, again, received_at=T0 + timedelta(seconds=60)) is False
+    later = Event(
+        event_id="e-2", kind="aborted", at=T0 + timedelta(seconds=1), reason="camera_timeout"
+    )
     assert catalog.record_event(SITE, C, later, received_at=T0) is True
+    assert catalog.record_event(SITE, A, later, received_at=T0) is True  # another unit's e-2
     kept = catalog.events(device_id=C)
-    assert [(e.kind, e.clip_id, e.reason) for e in kept] == [
-        ("aborted", None, "camera_timeout"),
-        ("discarded", "clip-9", "nurse_discard"),
+    assert [(e.event_id, e.kind, e.clip_id, e.reason) for e in kept] == [
+        ("e-2", "aborted", None, "camera_timeout"),
+        ("e-1", "discarded", "clip-9", "nurse_discard"),
     ]
-    assert kept[1].received_at == T0
+    assert kept[1].received_at == T0 and kept[1].detail == ""
+
+
+def test_events_of_a_unit_of_the_previous_version_are_kept_once_by_payload(
+    catalog: Catalog,
+) -> None:
+    def old(reason: str) -> Event:  # painav.events/1: no event_id
+        payload = (
+            b'{"at":"2025-03-01T09:30:00Z","clip_id":null,"detail":"","kind":"refused",'
+            b'"reason":"' + reason.encode() + b'","schema":"painav.events/1"}'
+        )
+        return Event.parse(payload)
+
+    assert catalog.record_event(SITE, C, old("busy"), received_at=T0) is True
+    assert catalog.record_event(SITE, C, old("busy"), received_at=T0) is False  # redelivered
+    assert catalog.record_event(SITE, C, old("not_ready"), received_at=T0) is True
+    kept = catalog.events(device_id=C)
+    assert {(e.event_id, e.reason) for e in kept} == {(None, "busy"), (None, "not_ready")}
+
+
+def test_migration_0003_goes_down_and_up_again(db_url: str) -> None:
+    event = Event(event_id="e-1", kind="refused", at=T0, reason="busy")
+    with Catalog(db_url) as catalog:
+        assert catalog.record_event(SITE, C, event, received_at=T0)
+    command.downgrade(alembic_config(db_url), "0002")
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            columns = {c["name"] for c in inspect(conn).get_columns("unit_events")}
+            kept = conn.execute(text("SELECT count(*) FROM unit_events")).scalar_one()
+    finally:
+        engine.dispose()
+    assert "event_id" not in columns and kept == 1
+    with Catalog(db_url) as catalog:  # opening migrates to head again; the id column is new
+        assert [e.event_id for e in catalog.events(device_id=C)] == [None]
+        # Still recorded once: its key (device and event id) survived.
+        assert not catalog.record_event(SITE, C, event, received_at=T0)
+        other = event.model_copy(update={"event_id": "e-2"})
+        assert catalog.record_event(SITE, C, other, received_at=T0)

@@ -27,7 +27,9 @@ def test_a_locked_database_is_unavailable_not_refused(
     catalog = Catalog(f"sqlite:///{path}")
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
-    event = Event(kind="refused", at=AT, clip_id=None, reason="low_storage", detail="")
+    event = Event(
+        event_id="e1", kind="refused", at=AT, clip_id=None, reason="low_storage", detail=""
+    )
     try:
         with pytest.raises(CatalogUnavailableError, match="locked"):
             catalog.record_event("ward7", "cart-01", event, received_at=AT)

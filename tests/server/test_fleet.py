@@ -90,7 +90,9 @@ def test_events_lists_a_units_refused_presses_newest_first(
             ]
         ):
             at = T0 + timedelta(minutes=minute)
-            event = Event(kind="refused", at=at, clip_id=None, reason=reason, detail="")
+            event = Event(
+                event_id=f"e{minute}", kind="refused", at=at, clip_id=None, reason=reason, detail=""
+            )
             catalog.record_event(site.name, unit, event, received_at=at)
     finally:
         catalog.close()

@@ -22,12 +22,13 @@ from typing import Any
 import pytest
 
 from protocol.errors import MessageError
-from protocol.messages import ArmCommand, ClipAnnouncement, Receipt, Status
+from protocol.messages import ArmCommand, ClipAnnouncement, Event, Receipt, Status
 from protocol.minisign import PublicKey, SigningKey
 from protocol.signing import sign_receipt, verify_receipt
 from protocol.topics import ROUTES, Kind, Topic, topic
 from provisioning import pki
 from provisioning.broker import ACL_FILE
+from provisioning.receivers import subscription_group
 from provisioning.site import Site
 from server.mqtt import Incoming, ReceiverLink, ReceiverLinkError
 from tests.protocol.message_examples import MINISIGN, examples, manifest
@@ -116,6 +117,7 @@ def make_link(site: Site, port: int, seen: Seen, **changes: Any) -> ReceiverLink
         "cert_file": rdir / "tls.crt",
         "key_file": rdir / "tls.key",
         "ca_file": rdir / "ca.pem",
+        "group": subscription_group(site),
         "keepalive_s": 5,
         "session_expiry_s": 300,
         "reconnect_max_s": 1.0,
@@ -439,7 +441,7 @@ def another_kind(unit_id: str, other: str, rng: random.Random) -> tuple[Kind, by
 
 
 def unknown_version(unit_id: str, other: str, rng: random.Random) -> tuple[Kind, bytes]:
-    return Kind.EVENTS, _json({**_valid(Kind.EVENTS, unit_id), "schema": "painav.events/2"})
+    return Kind.EVENTS, _json({**_valid(Kind.EVENTS, unit_id), "schema": "painav.events/3"})
 
 
 def clip_of_another_unit(unit_id: str, other: str, rng: random.Random) -> tuple[Kind, bytes]:
@@ -677,3 +679,63 @@ def test_an_announcement_the_catalog_cannot_record_comes_again_once_it_can(
         assert unit.stop() == 0, unit.log()
         stop.set()
         thread.join(timeout=60)
+
+
+# --- the receivers' secret group ------------------------------------------------------------
+
+
+def test_receivers_share_the_sites_secret_group_and_a_guessable_one_is_refused(
+    broker_site: Site, tmp_path: Path
+) -> None:
+    from protocol.tomlconfig import ConfigError
+    from provisioning.receivers import GROUP_FILE, add_receiver, receiver_config
+    from server.config import load_config
+
+    def config(receiver_id: str | None = None) -> str:
+        return receiver_config(
+            broker_site,
+            catalog_url="sqlite:///x.db",
+            store_dir=tmp_path / "store",
+            spool_dir=tmp_path / "spool",
+            receiver_id=receiver_id,
+        )
+
+    first = config()
+    second = config(add_receiver(broker_site, "2"))
+    path = tmp_path / "receiver.toml"
+    path.write_text(first)
+    group = load_config(path).mqtt.group
+    assert re.fullmatch(r"[a-z2-7]{26}", group)  # 128 random bits, base32
+    assert f'group = "{group}"' in second  # one group for the site: they share the work
+    secret = broker_site.dir / GROUP_FILE
+    assert secret.read_text().strip() == group and secret.stat().st_mode & 0o777 == 0o600
+
+    for bad, why in (
+        ('group = "receivers"', "old default 'receivers'"),
+        ("", "site's secret subscription group"),  # a receiver.toml written before
+        ('group = "ingest"', "site's secret subscription group"),
+    ):
+        path.write_text(first.replace(f'group = "{group}"', bad))
+        with pytest.raises(ConfigError) as error:
+            load_config(path)
+        assert "[mqtt] group" in str(error.value) or "mqtt.group" in str(error.value)
+        assert why in str(error.value) and "\n" not in str(error.value)
+
+
+def test_an_upgraded_receiver_leaves_the_guessable_group_its_session_held(
+    broker: Broker, make_client: MakeClient, start_link: StartLink
+) -> None:
+    old, _ = start_link(group="receivers")  # the previous version's fixed group
+    old.stop()  # its persistent session keeps the subscriptions
+    thief = unit(make_client, broker.site, "cart-02")
+    thief.subscribe("$share/receivers/painav/v1/ward7/+/events")
+    link, seen = start_link()  # upgraded: the site's secret group, the same session resumed
+    cart1 = unit(make_client, broker.site, "cart-01")
+    sent = [f"e{n}" for n in range(20)]
+    for event_id in sent:
+        send(cart1, "cart-01", EVENT.model_copy(update={"event_id": event_id}))
+    seen.wait_for(lambda: len(seen.incoming) >= len(sent), "every event")
+    time.sleep(1.0)  # any second copy (through the old group) would be here by now
+    got = [m.event_id for m in seen.messages() if isinstance(m, Event)]
+    assert got == sent  # once each
+    assert "$share/receivers/" not in " ".join(link.subscriptions)
