@@ -83,6 +83,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     withdraw.set_defaults(handler="painav.researchcmd:withdraw")
 
+    exports = sub.add_parser(
+        "exports", parents=[common], help="the exports written, and which are superseded"
+    )
+    exports.set_defaults(handler="painav.researchcmd:exports")
+
     show = sub.add_parser("show", parents=[common], help="participants with consent and visits")
     show.add_argument("pseudonym", nargs="?", help="only this participant")
     show.add_argument("--json", action="store_true", help="machine-readable output")
@@ -232,6 +237,17 @@ def export(args: argparse.Namespace) -> int:
         f"(export {result.record.id}); load it with "
         f"pandas.read_csv('{result.out}/participants.tsv', sep='\\t')"
     )
+    return 0
+
+
+def exports(args: argparse.Namespace) -> int:
+    with _catalog(args) as catalog:
+        rows = catalog.exports()
+    for e in rows:
+        state = f"superseded {e.superseded_at:%Y-%m-%d}" if e.superseded_at else "current"
+        media = ", with media" if e.media else ""
+        print(f"{e.id:>4}  {e.created_at:%Y-%m-%d %H:%M}  {state:<21} "
+              f"{len(e.participants)} participant(s){media}  {e.out}")  # fmt: skip
     return 0
 
 

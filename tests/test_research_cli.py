@@ -129,6 +129,9 @@ def test_export_from_the_command_line(
     assert (out / "participants.tsv").read_text().splitlines()[1].startswith("sub-CTRL0001\t")
     assert main(["export", "--out", str(out), "--extract-config", str(extract)]) == 1
     assert "exists already" in capsys.readouterr().err
+    assert main(["research", "exports", "--config", str(config)]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert "current" in line and "1 participant(s)" in line and line.endswith(str(out))
 
 
 def test_import_from_the_command_line_reports_every_bad_row(

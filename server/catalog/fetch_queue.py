@@ -25,15 +25,22 @@ from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 
 from .lifecycle import ClipState
 from .models import Clip
+from .study_models import Participant
 
 __all__ = ["candidates", "lock_if_waiting", "waiting"]
 
 
 def waiting(now: datetime) -> ColumnElement[bool]:
-    """The condition that a clip is waiting to be fetched at *now*."""
-    return or_(
-        and_(Clip.state == ClipState.ANNOUNCED, Clip.next_attempt_at <= now),
-        and_(Clip.state == ClipState.FETCHING, Clip.lease_expires_at <= now),
+    """The condition that a clip is waiting to be fetched at *now*. A clip of a participant
+    whose withdrawal has begun is not fetched: the withdrawal erases it, and the unit's copy
+    is receipted and discarded when it is announced again."""
+    withdrawing = select(Participant.pseudonym).where(Participant.withdrawn_at.is_not(None))
+    return and_(
+        or_(
+            and_(Clip.state == ClipState.ANNOUNCED, Clip.next_attempt_at <= now),
+            and_(Clip.state == ClipState.FETCHING, Clip.lease_expires_at <= now),
+        ),
+        or_(Clip.participant.is_(None), Clip.participant.not_in(withdrawing)),
     )
 
 

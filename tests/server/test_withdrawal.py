@@ -120,3 +120,19 @@ def test_the_gate_closes_at_once_and_a_held_clip_is_waited_for(site: StudySite) 
     )
     tombstone = withdraw(site.catalog, site.store, site.features, "PAIN-0042")
     assert tombstone.erased["clips"] == 1 and not site.store.exists(digest)
+
+
+def test_a_clip_not_yet_fetched_is_never_fetched_once_withdrawal_begins(site: StudySite) -> None:
+    enrolled(site.catalog, "PAIN-0042")
+    clip_id = "cart-03-20261129T090001Z-ab11"
+    ann = ClipAnnouncement(
+        manifest=manifest(clip_id=clip_id, participant="PAIN-0042", sha256="a" * 64),
+        signature=MINISIGN,
+        url=f"https://cart-03.ward7.example:8443/v1/clips/{clip_id}.age",
+    )
+    site.catalog.record_announcement(ann, received_at=NOW)
+    site.catalog.begin_withdrawal("PAIN-0042")
+    assert site.catalog.claim_next(worker="rx", now=NOW, lease_s=60) is None
+    tombstone = withdraw(site.catalog, site.store, site.features, "PAIN-0042")
+    assert tombstone.erased["clips"] == 1 and tombstone.erased["files"] == 0
+    assert site.catalog.discarded_on_arrival(clip_id, "PAIN-0042")
