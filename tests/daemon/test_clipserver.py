@@ -409,23 +409,96 @@ def test_one_log_line_per_request_without_patient_data(
     assert "PAIN-" not in caplog.text and "baseline" not in caplog.text
 
 
-def test_stalled_clients_neither_pin_threads_nor_exceed_the_cap(outbox: Outbox, creds: Pki) -> None:
+def open_idle(port: int, count: int, source: str = "127.0.0.1") -> list[socket.socket]:
+    """*count* TCP connections from *source* that never say a word."""
+    return [
+        socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+        for _ in range(count)
+    ]
+
+
+def closed_by_server(sock: socket.socket, within_s: float) -> bool:
+    sock.settimeout(within_s)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_stalled_clients_are_dropped_oldest_first_and_never_block_the_receiver(
+    outbox: Outbox, creds: Pki
+) -> None:
     sealed_clip(outbox, "cart-03-20250301T093000Z-0001", 1000)
-    with make_server(outbox, creds, max_connections=2, timeout_s=0.5) as server:
-        stalled = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
-        time.sleep(0.1)
-        extra = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-        assert extra.recv(1) == b""  # over the cap: closed at once
-        extra.close()
+    path = "/v1/clips/cart-03-20250301T093000Z-0001.age"
+    options = {"max_handshakes": 4, "max_handshakes_per_address": 4, "handshake_timeout_s": 1.0}
+    with make_server(outbox, creds, max_connections=1, **options) as server:
+        stalled = open_idle(server.port, 4)
+        time.sleep(0.2)
+        # The pool is full: a newcomer drops the oldest, not itself.
+        newcomer = open_idle(server.port, 1)[0]
+        assert closed_by_server(stalled[0], within_s=2)
+        assert not closed_by_server(newcomer, within_s=0.2)
+        # The receiver gets in however full the pool, and is served.
+        assert fetch(server.port, creds, path).status == 200
         started = time.monotonic()
-        for sock in stalled:  # silent clients are dropped after the timeout
-            sock.settimeout(5)
-            assert sock.recv(1) == b""
+        for sock in [*stalled[1:], newcomer]:  # silent ones go at the handshake deadline
+            assert closed_by_server(sock, within_s=3)
+        assert time.monotonic() - started < 3
+        for sock in [*stalled, newcomer]:
             sock.close()
-        assert time.monotonic() - started < 2
-        assert (
-            fetch(server.port, creds, "/v1/clips/cart-03-20250301T093000Z-0001.age").status == 200
-        )
+
+
+def test_a_dribbling_handshake_is_cut_at_the_deadline_not_per_read(
+    outbox: Outbox, creds: Pki
+) -> None:
+    with make_server(outbox, creds, handshake_timeout_s=1.0) as server:
+        sock = open_idle(server.port, 1)[0]
+        hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(40)
+        started = time.monotonic()
+        sent = 0
+        while sent < len(hello):  # a byte every 0.3 s: each read is quick, the whole is not
+            try:
+                sock.sendall(hello[sent : sent + 1])
+            except OSError:
+                break
+            sent += 1
+            if closed_by_server(sock, within_s=0.3):
+                break
+        assert time.monotonic() - started < 2.5
+        sock.close()
+
+
+def test_one_address_pushes_out_only_its_own_pending_connections(
+    outbox: Outbox, creds: Pki
+) -> None:
+    options = {"max_handshakes": 8, "max_handshakes_per_address": 2, "handshake_timeout_s": 5.0}
+    with make_server(outbox, creds, **options) as server:
+        other = open_idle(server.port, 1, source="127.0.0.2")[0]
+        flood = open_idle(server.port, 6, source="127.0.0.3")
+        assert all(closed_by_server(sock, within_s=2) for sock in flood[:4])
+        assert not closed_by_server(other, within_s=0.3)  # another address's: left alone
+        for sock in [other, *flood]:
+            sock.close()
+
+
+def test_only_authenticated_receivers_take_served_slots(outbox: Outbox, creds: Pki) -> None:
+    sealed_clip(outbox, "cart-03-20250301T093000Z-0001", 1000)
+    with make_server(outbox, creds, max_connections=1) as server:
+        # A unit's certificate passes the TLS handshake but is no receiver: it takes no slot.
+        impostor = connect(server.port, creds, creds.other_unit)  # handshake done
+        holder = connect(server.port, creds, creds.receiver)
+        holder.request("GET", "/v1/clips")
+        holder.getresponse().read()  # keep-alive: this receiver now holds the one served slot
+        busy = fetch(server.port, creds, "/v1/clips")
+        assert busy.status == 503 and busy.headers["Retry-After"] == "1"
+        holder.close()
+        time.sleep(0.2)
+        assert fetch(server.port, creds, "/v1/clips").status == 200
+        impostor.request("GET", "/v1/clips")
+        assert impostor.getresponse().status == 403
+        impostor.close()
 
 
 def test_stop_ends_open_connections(outbox: Outbox, creds: Pki) -> None:

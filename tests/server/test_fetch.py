@@ -189,9 +189,9 @@ def test_one_connection_serves_a_clip_its_signature_and_the_list(
     admitted: list[socket.socket] = []
     admit = unit._admit
 
-    def counted(conn: socket.socket) -> bool:
+    def counted(conn: socket.socket, address: str) -> bool:
         admitted.append(conn)
-        return admit(conn)
+        return admit(conn, address)
 
     monkeypatch.setattr(unit, "_admit", counted)
     url = clip_url(unit.port, "cart-01-20250301T093000Z-0001")
