@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import socket
 import socketserver
 import ssl
@@ -16,7 +15,7 @@ import time
 from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, BinaryIO, Final, Literal
+from typing import Any, BinaryIO, Final
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -26,37 +25,15 @@ from protocol.clipserver import CLIPS_PATH, match_clip_path
 from protocol.listing import ListedClip
 from protocol.registry import names_a_receiver
 
-from .clipslots import Slots
+from .byterange import byte_range
+from .clipslots import Slots, State
 from .outbox import Outbox, OutboxEntry, OutboxError, check_clip_id
 
-__all__ = ["ClipServer"]
+__all__ = ["ClipServer", "byte_range"]
 
 log = logging.getLogger(__name__)
 
 _CHUNK: Final = 64 * 1024
-# One range only, at most 18 digits a side (int() of longer text is refused or slow).
-_RANGE: Final = re.compile(r"bytes=([0-9]{0,18})-([0-9]{0,18})")
-
-
-def byte_range(header: str | None, size: int) -> tuple[int, int] | Literal[False] | None:
-    """The ``(first, last)`` bytes a ``Range`` header asks of *size*, inclusive.
-
-    None: send the whole file (no header, or one that RFC 9110 lets a server ignore: malformed,
-    several ranges, last before first). False: unsatisfiable (416).
-    """
-    match = _RANGE.fullmatch(header.strip()) if header is not None else None
-    if match is None or match.groups() == ("", ""):
-        return None
-    first, last = match.groups()
-    if not first:  # "-n": the last n bytes
-        suffix = int(last)
-        return (max(size - suffix, 0), size - 1) if suffix and size else False
-    start = int(first)
-    if last and int(last) < start:
-        return None
-    if start >= size:
-        return False
-    return start, min(int(last), size - 1) if last else size - 1
 
 
 class _Server(ThreadingHTTPServer):
@@ -102,13 +79,18 @@ class _Server(ThreadingHTTPServer):
             tls = self.owner._context.wrap_socket(
                 request, server_side=True, do_handshake_on_connect=False
             )
-            if self.owner._swap(request, tls):
-                tls.do_handshake()
+            if not self.owner._swap(request, tls):
+                raise ConnectionAbortedError("dropped before its handshake began")
+            tls.do_handshake()
         except (OSError, ssl.SSLError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            log.warning("clip server: TLS handshake with %s refused: %s", client_address[0], reason)
-            (tls or request).close()
-            self.owner._leave(tls or request)
+            conn = tls or request
+            if not self.owner._dropped(conn):  # those we dropped are counted, not logged each
+                reason = getattr(exc, "reason", None) or exc
+                log.warning(
+                    "clip server: TLS handshake with %s refused: %s", client_address[0], reason
+                )
+            conn.close()
+            self.owner._leave(conn)
             return
         try:
             super().process_request_thread(tls, client_address)
@@ -420,6 +402,11 @@ class ClipServer:
         tls.settimeout(self.timeout_s)
         return True
 
+    def _dropped(self, conn: socket.socket) -> bool:
+        """Whether *conn* was dropped by the server (pool full, or past its deadline)."""
+        with self._cond:
+            return self._slots.state(conn) is State.DROPPED
+
     def _leave(self, conn: socket.socket) -> None:
         with self._cond:
             self._slots.leave(conn)
@@ -435,10 +422,11 @@ class ClipServer:
             if self._slots.dropped > count and now - logged_at >= 10:
                 # One line per 10 s at most: a flood of sockets must not flood the journal.
                 log.warning(
-                    "clip server: dropped %d unauthenticated connections (handshake pool of %d "
-                    "full, or past the %.1f s handshake deadline)",
+                    "clip server: dropped %d unauthenticated connections (the pending pool of "
+                    "%d, %d per address, full, or past the %.1f s handshake deadline)",
                     self._slots.dropped - count,
                     self._slots.max_pending,
+                    self._slots.max_pending_per_address,
                     self._slots.handshake_s,
                 )
                 self._dropped_logged = (self._slots.dropped, now)

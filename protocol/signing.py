@@ -45,7 +45,8 @@ Source = StrPath | BinaryIO
 _CHUNK = 1024 * 1024
 
 BINDING_VERSION: Final = 2
-"""The binding form units sign: ``painav-clip/2``. Form 1 (units before 0.2) is still read."""
+"""The binding form units sign: ``painav-clip/2``. Form 1 (units of 0.1.0 before issue 11) is
+still read."""
 
 _ID = r"[A-Za-z0-9._-]{1,64}"
 _PSEUDONYM = PSEUDONYM_PATTERN.removeprefix("^").removesuffix("$")
@@ -65,7 +66,7 @@ class ClipBinding:
 
     Written ``painav-clip/2 clip:<id> device:<id> sha256:<64 hex> timestamp:<unix s>
     participant:<pseudonym or -> visit:<label or ->`` (one line; ``-``: not armed, or no visit).
-    Form 1, ``painav-clip/1`` up to the timestamp, is what units before 0.2 sign: it vouches for
+    Form 1, ``painav-clip/1`` up to the timestamp, is what earlier units sign: it vouches for
     no participant (*participant* and *visit* are None, and :meth:`check_labels` says so).
     """
 
