@@ -114,7 +114,10 @@ class Capturer:
         """Finish, sign, make durable, record as sealed. Raises :class:`SealError`."""
         clip_id = capture.clip_id
         try:
-            sealed = capture.writer.finish(clip_id, self.device_id)
+            # The labels signed are the ones the manifest carries: both from this capture.
+            sealed = capture.writer.finish(
+                clip_id, self.device_id, participant=capture.participant, visit=capture.visit
+            )
             manifest = self._manifest(capture, sealed, reason, dropped, overruns)
         except Exception as exc:
             log.exception("finishing %s failed", clip_id, extra=log_fields(clip_id=clip_id))

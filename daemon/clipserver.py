@@ -6,16 +6,16 @@ import hashlib
 import json
 import logging
 import os
-import re
 import socket
 import socketserver
 import ssl
 import sys
 import threading
+import time
 from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, BinaryIO, Final, Literal
+from typing import Any, BinaryIO, Final
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -25,36 +25,15 @@ from protocol.clipserver import CLIPS_PATH, match_clip_path
 from protocol.listing import ListedClip
 from protocol.registry import names_a_receiver
 
+from .byterange import byte_range
+from .clipslots import Slots, State
 from .outbox import Outbox, OutboxEntry, OutboxError, check_clip_id
 
-__all__ = ["ClipServer"]
+__all__ = ["ClipServer", "byte_range"]
 
 log = logging.getLogger(__name__)
 
 _CHUNK: Final = 64 * 1024
-# One range only, at most 18 digits a side (int() of longer text is refused or slow).
-_RANGE: Final = re.compile(r"bytes=([0-9]{0,18})-([0-9]{0,18})")
-
-
-def byte_range(header: str | None, size: int) -> tuple[int, int] | Literal[False] | None:
-    """The ``(first, last)`` bytes a ``Range`` header asks of *size*, inclusive.
-
-    None: send the whole file (no header, or one that RFC 9110 lets a server ignore: malformed,
-    several ranges, last before first). False: unsatisfiable (416).
-    """
-    match = _RANGE.fullmatch(header.strip()) if header is not None else None
-    if match is None or match.groups() == ("", ""):
-        return None
-    first, last = match.groups()
-    if not first:  # "-n": the last n bytes
-        suffix = int(last)
-        return (max(size - suffix, 0), size - 1) if suffix and size else False
-    start = int(first)
-    if last and int(last) < start:
-        return None
-    if start >= size:
-        return False
-    return start, min(int(last), size - 1) if last else size - 1
 
 
 class _Server(ThreadingHTTPServer):
@@ -63,6 +42,9 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False  # ClipServer.stop() ends and waits for connections itself
+    # socketserver's default of 5 lets a burst of connections overflow the accept queue, and
+    # the kernel then drops the next SYN, the receiver's too, for a second or more.
+    request_queue_size = 128
 
     def __init__(self, owner: ClipServer, address: tuple[str, int]) -> None:
         self.owner = owner
@@ -75,28 +57,43 @@ class _Server(ThreadingHTTPServer):
         self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.owner._admit(request):
-            log.warning("clip server: refused %s: connection limit reached", client_address[0])
+        if not self.owner._admit(request, str(client_address[0])):
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
 
+    def service_actions(self) -> None:
+        # Called by serve_forever between polls (every 0.1 s): the whole-handshake deadline,
+        # which the per-operation socket timeout alone is not (a byte every few seconds).
+        self.owner._reap()
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         tls = None
         try:
-            request.settimeout(self.owner.timeout_s)
+            request.settimeout(self.owner._slots.handshake_s)
             # Small answers (a signature, the listing) would otherwise wait ~40 ms for the
             # client's delayed ACK (Nagle): a quarter of a clip's whole pull on a LAN.
             request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            tls = self.owner._context.wrap_socket(request, server_side=True)
+            # Handshake after wrapping, so that the wrapped socket (the one holding the file
+            # descriptor from here on) is what an eviction or stop() shuts down mid-handshake.
+            tls = self.owner._context.wrap_socket(
+                request, server_side=True, do_handshake_on_connect=False
+            )
+            if not self.owner._swap(request, tls):
+                raise ConnectionAbortedError("dropped before its handshake began")
+            tls.do_handshake()
         except (OSError, ssl.SSLError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            log.warning("clip server: TLS handshake with %s refused: %s", client_address[0], reason)
-            request.close()
-        self.owner._swap(request, tls)
+            conn = tls or request
+            if not self.owner._dropped(conn):  # those we dropped are counted, not logged each
+                reason = getattr(exc, "reason", None) or exc
+                log.warning(
+                    "clip server: TLS handshake with %s refused: %s", client_address[0], reason
+                )
+            conn.close()
+            self.owner._leave(conn)
+            return
         try:
-            if tls is not None:
-                super().process_request_thread(tls, client_address)
+            super().process_request_thread(tls, client_address)
         finally:
             self.owner._leave(tls)
 
@@ -115,10 +112,15 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def setup(self) -> None:
-        super().setup()  # the socket keeps the timeout set before the handshake
+        super().setup()  # the socket keeps the (short) timeout set before the handshake
         self.peer, self.refusal = self.server.owner._check_peer(self.request)
+        self.busy = False
         if self.refusal:
+            # Stays unauthenticated: answered 403 if it asks before its deadline, and
+            # evictable like a pending handshake meanwhile; it never takes a served slot.
             log.warning("clip server: %s refused: %s", self.client_address[0], self.refusal)
+        else:
+            self.busy = not self.server.owner._authenticated(self.request)
 
     def handle_one_request(self) -> None:
         self.status, self.sent = 0, 0
@@ -148,6 +150,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # a body we never read must not become the next request
         if self.refusal:
             self._reply(403, {"error": "forbidden"}, close=True)
+            return False
+        if self.busy:  # every served slot is taken by other receivers' pulls: try again soon
+            self._reply(503, {"error": "busy"}, {"Retry-After": "1"}, close=True)
             return False
         if self.command not in ("GET", "HEAD"):
             self._reply(405, {"error": "method not allowed"}, {"Allow": "GET, HEAD"}, close=True)
@@ -269,9 +274,17 @@ class ClipServer:
     added to it), so a unit's certificate (issued by the device CA) and the broker's (a server
     certificate) never pass as a receiver's. Read-only:
     ``GET``/``HEAD`` of ``/v1/clips`` (the pending list, each clip with its manifest and
-    signature) and ``/v1/clips/<id>.age[.minisig]`` with byte ranges. At most *max_connections*
-    at once; each socket operation times out after *timeout_s* seconds, so a stalled client
-    cannot hold a thread forever::
+    signature) and ``/v1/clips/<id>.age[.minisig]`` with byte ranges.
+
+    Anyone on the ward network can open a TCP connection, so what a connection may hold before
+    it has authenticated is bounded apart from what the receiver's pulls use: at most
+    *max_handshakes* connections are pending (TLS handshake and certificate check), at most
+    *max_handshakes_per_address* from one address, each for at most *handshake_timeout_s*
+    seconds in all; a newcomer beyond these drops the oldest pending connection (its own
+    address's first) rather than being refused (:mod:`.clipslots`), so idle sockets cannot
+    lock the receiver out. Only an authenticated receiver takes one of the *max_connections*
+    served slots (one beyond them is answered 503); on a served connection each socket
+    operation times out after *timeout_s* seconds::
 
         server = ClipServer(outbox, port=0, cert_file=..., key_file=..., ca_file=...,
                             receiver_id="receiver")
@@ -292,12 +305,22 @@ class ClipServer:
         receiver_id: str,
         max_connections: int = 8,
         timeout_s: float = 30.0,
+        max_handshakes: int = 32,
+        max_handshakes_per_address: int = 8,
+        handshake_timeout_s: float = 5.0,
     ) -> None:
+        if not timeout_s > 0:
+            raise ValueError("timeout_s must be positive")
+        self._slots: Slots[socket.socket] = Slots(
+            max_pending=max_handshakes,
+            max_pending_per_address=max_handshakes_per_address,
+            max_served=max_connections,
+            handshake_s=handshake_timeout_s,
+        )
         self.outbox = outbox
         self.receiver_id = receiver_id
         self.timeout_s = timeout_s
         self._address = (host, port)
-        self._max = max_connections
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.verify_mode = ssl.CERT_REQUIRED
@@ -307,9 +330,9 @@ class ClipServer:
         self._roots = x509.load_pem_x509_certificates(Path(ca_file).read_bytes())
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
-        self._cond = threading.Condition()
-        self._conns: set[socket.socket] = set()
+        self._cond = threading.Condition()  # guards _slots and _stopping
         self._stopping = False
+        self._dropped_logged = (0, -60.0)  # (slots.dropped, monotonic time) at the last warning
 
     @property
     def port(self) -> int:
@@ -337,11 +360,9 @@ class ClipServer:
         self._thread.join()
         with self._cond:
             self._stopping = True
-            for conn in self._conns:
-                # socket.shutdown, not SSLSocket's, which drops the TLS state under a reader.
-                with suppress(OSError):
-                    socket.socket.shutdown(conn, socket.SHUT_RDWR)
-            self._cond.wait_for(lambda: not self._conns, timeout=self.timeout_s)
+            for conn in self._slots:
+                _shut(conn)
+            self._cond.wait_for(lambda: not self._slots, timeout=self.timeout_s)
         self._server = None
 
     def __enter__(self) -> ClipServer:
@@ -351,27 +372,64 @@ class ClipServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # --- connection bookkeeping, called from _Server ------------------------------------------
+    # --- connection bookkeeping, called from _Server and _Handler -------------------------------
 
-    def _admit(self, conn: socket.socket) -> bool:
+    def _admit(self, conn: socket.socket, address: str) -> bool:
+        """Take a new connection as pending; the oldest pending one goes if they are all taken
+        (see :class:`Slots`)."""
         with self._cond:
-            if self._stopping or len(self._conns) >= self._max:
+            if self._stopping:
                 return False
-            self._conns.add(conn)
+            for victim in self._slots.admit(conn, address, now=time.monotonic()):
+                _shut(victim)
             return True
 
-    def _swap(self, raw: socket.socket, tls: socket.socket | None) -> None:
+    def _swap(self, raw: socket.socket, tls: socket.socket) -> bool:
+        """Track *tls* in place of the *raw* socket it wraps; False if it was dropped meanwhile
+        (then it is shut down here: shutting down *raw* does nothing once it is wrapped)."""
         with self._cond:
-            self._conns.discard(raw)
-            if tls is not None:
-                self._conns.add(tls)
+            if self._slots.replace(raw, tls, now=time.monotonic()):
+                return True
+            _shut(tls)
+            return False
+
+    def _authenticated(self, tls: socket.socket) -> bool:
+        """Move a connection whose peer passed :meth:`_check_peer` to a served slot, with the
+        served timeout; False if every served slot is taken (or it was dropped meanwhile)."""
+        with self._cond:
+            if not self._slots.authenticated(tls):
+                return False
+        tls.settimeout(self.timeout_s)
+        return True
+
+    def _dropped(self, conn: socket.socket) -> bool:
+        """Whether *conn* was dropped by the server (pool full, or past its deadline)."""
+        with self._cond:
+            return self._slots.state(conn) is State.DROPPED
+
+    def _leave(self, conn: socket.socket) -> None:
+        with self._cond:
+            self._slots.leave(conn)
             self._cond.notify_all()
 
-    def _leave(self, tls: socket.socket | None) -> None:
+    def _reap(self) -> None:
+        """Drop the pending connections past their handshake deadline; say how many went."""
+        now = time.monotonic()
         with self._cond:
-            if tls is not None:
-                self._conns.discard(tls)
-            self._cond.notify_all()
+            for late in self._slots.expired(now=now):
+                _shut(late)
+            count, logged_at = self._dropped_logged
+            if self._slots.dropped > count and now - logged_at >= 10:
+                # One line per 10 s at most: a flood of sockets must not flood the journal.
+                log.warning(
+                    "clip server: dropped %d unauthenticated connections (the pending pool of "
+                    "%d, %d per address, full, or past the %.1f s handshake deadline)",
+                    self._slots.dropped - count,
+                    self._slots.max_pending,
+                    self._slots.max_pending_per_address,
+                    self._slots.handshake_s,
+                )
+                self._dropped_logged = (self._slots.dropped, now)
 
     def _check_peer(self, conn: ssl.SSLSocket) -> tuple[str, str | None]:
         """The peer's CN, and why it is refused (None: it is the receiver)."""
@@ -392,3 +450,10 @@ class ClipServer:
         if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
             return cn, f"certificate of {cn!r} is not for TLS clients"
         return cn, None
+
+
+def _shut(conn: socket.socket) -> None:
+    """End *conn* under whichever thread is blocked on it (its reads return EOF)."""
+    # socket.shutdown, not SSLSocket's, which drops the TLS state under a reader.
+    with suppress(OSError):
+        socket.socket.shutdown(conn, socket.SHUT_RDWR)

@@ -243,9 +243,12 @@ class ClipWriter:
 
     # --- end ------------------------------------------------------------------------------
 
-    def finish(self, clip_id: str, device_id: str) -> SealedClip:
-        """Close the media, seal the envelope, make the file durable and sign it. Raises if
-        capture failed or no frame ever arrived; the caller then aborts the clip."""
+    def finish(
+        self, clip_id: str, device_id: str, *, participant: str | None, visit: str | None
+    ) -> SealedClip:
+        """Close the media, seal the envelope, make the file durable and sign it, binding the
+        *participant* and *visit* the unit was armed with (the manifest's). Raises if capture
+        failed or no frame ever arrived; the caller then aborts the clip."""
         with self._lock:
             self._closed = True
             if self.error is not None:
@@ -258,7 +261,9 @@ class ClipWriter:
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
-        signature, binding = self._signer.finish(clip_id, device_id, timestamp=int(time.time()))
+        signature, binding = self._signer.finish(
+            clip_id, device_id, participant=participant, visit=visit, timestamp=int(time.time())
+        )
         return SealedClip(self._signer.size, binding.sha256, signature, binding, self._stats())
 
     def abort(self) -> None:

@@ -462,6 +462,9 @@ class Outbox:
             "signed sha256": (binding.sha256, sha256),
             "signed device": (binding.device_id, manifest.device_id),
         }
+        if binding.version >= 2:  # form 1 (a clip sealed before an upgrade) signs no labels
+            facts["signed participant"] = (binding.participant, manifest.participant)
+            facts["signed visit"] = (binding.visit, manifest.visit)
         for what, (got, want) in facts.items():
             if got != want:
                 # No values in the message: the participant is among them.

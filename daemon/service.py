@@ -124,6 +124,7 @@ class Service:
             key_file=cfg.keys.tls_key,
             ca_file=cfg.keys.ca_chain,
             receiver_id=cfg.clip_server.receiver_id,
+            handshake_timeout_s=cfg.clip_server.handshake_timeout_s,
         )
         software = software_version()
         self.loop = UnitLoop(

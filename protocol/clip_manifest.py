@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Final, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from .message_codec import Part
@@ -24,6 +24,7 @@ from .message_fields import (
     SoftwareVersion,
     Timestamp,
     VisitLabel,
+    clip_id_owner,
 )
 
 __all__ = [
@@ -125,3 +126,17 @@ class ClipManifest(Part):
         Field(min_length=1, max_length=MAX_RECIPIENTS),
         AfterValidator(_distinct),
     ] = Field(description="age recipients the clip is encrypted to (data key, maybe escrow).")
+
+    @model_validator(mode="after")
+    def _clip_of_its_own_unit(self) -> ClipManifest:
+        # A unit names only its own clips: otherwise one unit could announce another's clip id
+        # first and take it (the catalog keys clips by id). The whole id is checked, not a
+        # prefix: device 'cart' must not own 'cart-1-...'.
+        if clip_id_owner(self.clip_id) != self.device_id:
+            raise PydanticCustomError(
+                "painav_clip_owner",
+                "clip_id must be '{device_id}-<yyyymmddThhmmssZ>-<hex>': a unit announces "
+                "only clips it named itself",
+                {"device_id": self.device_id},
+            )
+        return self

@@ -58,6 +58,9 @@ class ClipServerSection(_Section):
     host: str = "0.0.0.0"
     port: Port = 8443
     receiver_id: ReceiverId = "receiver"
+    # Anyone on the ward network can connect: a connection that has not passed the TLS
+    # handshake and the receiver check within this many seconds is dropped.
+    handshake_timeout_s: float = Field(default=5.0, gt=0, le=60)
     # The address the hospital receiver uses to reach this unit; defaults to the address the
     # unit's MQTT connection leaves from, which is the one the hospital network routes.
     advertise_host: str | None = None

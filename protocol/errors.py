@@ -60,6 +60,11 @@ class BindingError(SignatureError):
     """A valid signature whose trusted comment names another clip, device or hash."""
 
 
+class RelabelledError(BindingError):
+    """A valid signature whose trusted comment names another participant or visit than the
+    manifest: the clip was relabelled after the unit signed it."""
+
+
 # --- MQTT messages ---------------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "MAX_COUNT",
     "MINISIGN_MAX_BYTES",
     "MINISIGN_PATTERN",
+    "OWNED_CLIP_ID_PATTERN",
     "PSEUDONYM_PATTERN",
     "REASON_PATTERN",
     "SHA256_PATTERN",
@@ -52,19 +53,30 @@ __all__ = [
     "SoftwareVersion",
     "Timestamp",
     "VisitLabel",
+    "clip_id_owner",
     "format_timestamp",
 ]
 
 CLIP_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-"""Clip ids: a ULID or ``<device>-<yyyymmddThhmmssZ>-<4 hex>``; 1-64 of ``A-Z a-z 0-9 . _ -``.
-The first character is a letter or digit so that an id used as a file name is never ``.``,
-``..`` or an option-like ``-x``."""
+"""Clip ids: 1-64 of ``A-Z a-z 0-9 . _ -``, the first a letter or digit so that an id used as
+a file name is never ``.``, ``..`` or an option-like ``-x``. A unit names its clips
+``<device>-<yyyymmddThhmmssZ>-<hex>`` (:data:`OWNED_CLIP_ID_PATTERN`), as every version has;
+a manifest must name a clip of its own unit so (:func:`clip_id_owner`)."""
+
+OWNED_CLIP_ID_PATTERN: Final = (
+    r"^([a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?)-([0-9]{8}T[0-9]{6}Z)-([0-9a-f]{4,16})$"
+)
+"""A clip id as its unit makes it: ``<device>-<yyyymmddThhmmssZ>-<4 to 16 lower-case hex>``,
+e.g. ``cart-03-20250301T093000Z-a1b2``. The two last parts have no ``-`` of their own, so the
+device id is whatever precedes them: ``cart-1-20261129T101500Z-ab12`` belongs to ``cart-1``,
+never to ``cart``."""
 
 PSEUDONYM_PATTERN: Final = r"^[A-Z]{2,6}-[0-9]{3,6}$"
 """A participant's pseudonymous study id, e.g. ``PAIN-0042``: never a name or record number."""
 
-VISIT_PATTERN: Final = r"^[A-Za-z0-9_-]{1,32}$"
-"""A visit label from the study schedule, e.g. ``baseline`` or ``V2``."""
+VISIT_PATTERN: Final = r"^(?!-$)[A-Za-z0-9_-]{1,32}$"
+"""A visit label from the study schedule, e.g. ``baseline`` or ``V2``; never ``-`` alone, which
+a clip signature's trusted comment writes for "no visit"."""
 
 SHA256_PATTERN: Final = r"^[0-9a-f]{64}$"
 """A SHA-256 digest as 64 lower-case hex digits."""
@@ -163,8 +175,21 @@ ClipId = Annotated[
         "must be a clip id: 1-64 of A-Z, a-z, 0-9, '.', '_' and '-', "
         "starting with a letter or digit",
     ),
-    _schema(CLIP_ID_PATTERN, "Clip id: a ULID or <device>-<yyyymmddThhmmssZ>-<4 hex>."),
+    _schema(
+        CLIP_ID_PATTERN,
+        "Clip id: <device>-<yyyymmddThhmmssZ>-<hex>, named by the unit that recorded it.",
+    ),
 ]
+_OWNED_CLIP_ID_RE: Final = re.compile(OWNED_CLIP_ID_PATTERN)
+
+
+def clip_id_owner(clip_id: str) -> str | None:
+    """The device id a clip id belongs to (:data:`OWNED_CLIP_ID_PATTERN`), or None if it is not
+    of that form."""
+    match = _OWNED_CLIP_ID_RE.fullmatch(clip_id)
+    return None if match is None else match.group(1)
+
+
 Pseudonym = Annotated[
     str,
     _matching(
@@ -178,7 +203,9 @@ Pseudonym = Annotated[
 ]
 VisitLabel = Annotated[
     str,
-    _matching(VISIT_PATTERN, "must be a visit label: 1-32 of A-Z, a-z, 0-9, '_' and '-'"),
+    _matching(
+        VISIT_PATTERN, "must be a visit label: 1-32 of A-Z, a-z, 0-9, '_' and '-', not '-' alone"
+    ),
     _schema(VISIT_PATTERN, "Visit label from the study schedule (e.g. baseline, V2)."),
 ]
 Sha256Hex = Annotated[

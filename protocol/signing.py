@@ -1,9 +1,10 @@
 """Clip signatures and receipts.
 
 A clip's signature is a minisign signature over the ciphertext whose trusted comment binds the
-clip id, the unit and the ciphertext's SHA-256, so a valid signature cannot be moved to another
-clip or unit. A receipt is signed by the receiver's key, and only a receipt that verifies and
-names the clip's SHA-256 lets the unit delete the clip.
+clip id, the unit, the ciphertext's SHA-256 and the participant and visit the unit was armed
+with, so a valid signature cannot be moved to another clip or unit, nor the clip relabelled
+with another pseudonym. A receipt is signed by the receiver's key, and only a receipt that
+verifies and names the clip's SHA-256 lets the unit delete the clip.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import BinaryIO
+from typing import BinaryIO, Final
 
 from .atomic import StrPath
-from .errors import BadSignatureError, BindingError, SignatureFormatError
+from .errors import BadSignatureError, BindingError, RelabelledError, SignatureFormatError
 from .hospital_messages import Receipt
+from .message_fields import PSEUDONYM_PATTERN, VISIT_PATTERN
 from .minisign import DEFAULT_UNTRUSTED_COMMENT, PublicKey, Signature, SigningKey
 
 __all__ = [
+    "BINDING_VERSION",
     "ClipBinding",
     "ClipDigests",
     "ClipHasher",
@@ -41,24 +44,39 @@ __all__ = [
 Source = StrPath | BinaryIO
 _CHUNK = 1024 * 1024
 
+BINDING_VERSION: Final = 2
+"""The binding form units sign: ``painav-clip/2``. Form 1 (units of 0.1.0 before issue 11) is
+still read."""
+
 _ID = r"[A-Za-z0-9._-]{1,64}"
-_BINDING = re.compile(
-    rf"painav-clip/1 clip:({_ID}) device:({_ID}) sha256:([0-9a-f]{{64}}) "
-    r"timestamp:(0|[1-9][0-9]{0,18})"
-)
+_PSEUDONYM = PSEUDONYM_PATTERN.removeprefix("^").removesuffix("$")
+_VISIT = VISIT_PATTERN.removeprefix("^").removesuffix("$")
+_COMMON = rf"clip:({_ID}) device:({_ID}) sha256:([0-9a-f]{{64}}) timestamp:(0|[1-9][0-9]{{0,18}})"
+_BINDINGS = {
+    1: re.compile(rf"painav-clip/1 {_COMMON}"),
+    # '-' for none: neither a pseudonym nor a visit label can be '-' alone.
+    2: re.compile(rf"painav-clip/2 {_COMMON} participant:(-|{_PSEUDONYM}) visit:(-|{_VISIT})"),
+}
 
 
 @dataclass(frozen=True)
 class ClipBinding:
-    """What a clip signature's trusted comment vouches for: clip, device, ciphertext SHA-256, time.
+    """What a clip signature's trusted comment vouches for: clip, device, ciphertext SHA-256,
+    time, and (form 2) the participant and visit the clip was recorded for.
 
-    Written ``painav-clip/1 clip:<id> device:<id> sha256:<64 hex> timestamp:<unix s>``.
+    Written ``painav-clip/2 clip:<id> device:<id> sha256:<64 hex> timestamp:<unix s>
+    participant:<pseudonym or -> visit:<label or ->`` (one line; ``-``: not armed, or no visit).
+    Form 1, ``painav-clip/1`` up to the timestamp, is what earlier units sign: it vouches for
+    no participant (*participant* and *visit* are None, and :meth:`check_labels` says so).
     """
 
     clip_id: str
     device_id: str
     sha256: str
     timestamp: int
+    participant: str | None = None
+    visit: str | None = None
+    version: int = BINDING_VERSION
 
     def __post_init__(self) -> None:
         for name, value in (("clip id", self.clip_id), ("device id", self.device_id)):
@@ -68,20 +86,48 @@ class ClipBinding:
             raise BindingError(f"sha256 {self.sha256!r}: must be 64 lower-case hex digits")
         if type(self.timestamp) is not int or not 0 <= self.timestamp < 10**19:
             raise BindingError(f"timestamp {self.timestamp!r}: must be Unix seconds")
+        if self.version not in _BINDINGS:
+            raise BindingError(f"binding form {self.version!r}: must be 1 or 2")
+        if self.version == 1 and (self.participant, self.visit) != (None, None):
+            raise BindingError("binding form 1 cannot name a participant or visit")
+        # No values in these messages: a pseudonym is personal data of a kind.
+        if self.participant is not None and not re.fullmatch(_PSEUDONYM, self.participant):
+            raise BindingError("participant: must be a study pseudonym like PAIN-0042")
+        if self.visit is not None and not re.fullmatch(_VISIT, self.visit):
+            raise BindingError("visit: must be a visit label of [A-Za-z0-9_-], not '-' alone")
 
     def to_comment(self) -> str:
-        return (
-            f"painav-clip/1 clip:{self.clip_id} device:{self.device_id} "
+        common = (
+            f"painav-clip/{self.version} clip:{self.clip_id} device:{self.device_id} "
             f"sha256:{self.sha256} timestamp:{self.timestamp}"
         )
+        if self.version == 1:
+            return common
+        return f"{common} participant:{self.participant or '-'} visit:{self.visit or '-'}"
 
     @classmethod
     def from_comment(cls, text: str) -> ClipBinding:
-        match = _BINDING.fullmatch(text)
-        if match is None:
-            raise BindingError(f"trusted comment is not a painav clip binding: {text[:120]!r}")
-        clip_id, device_id, sha256, timestamp = match.groups()
-        return cls(clip_id, device_id, sha256, int(timestamp))
+        for version, pattern in _BINDINGS.items():
+            match = pattern.fullmatch(text)
+            if match is None:
+                continue
+            clip_id, device_id, sha256, timestamp, *labels = match.groups()
+            participant, visit = [None if v == "-" else v for v in labels] or [None, None]
+            return cls(clip_id, device_id, sha256, int(timestamp), participant, visit, version)
+        raise BindingError(f"trusted comment is not a painav clip binding: {text[:120]!r}")
+
+    def check_labels(self, participant: str | None, visit: str | None) -> bool:
+        """Whether this binding vouches that the clip was recorded for *participant* at *visit*
+        (a manifest's): True if it does; False for form 1, which signs neither; raises
+        :class:`RelabelledError` if it names another participant or visit."""
+        if self.version == 1:
+            return False
+        if (self.participant, self.visit) != (participant, visit):
+            what = "participant" if self.participant != participant else "visit"
+            raise RelabelledError(
+                f"clip {self.clip_id}: the manifest's {what} is not the one the unit signed"
+            )
+        return True
 
 
 @dataclass(frozen=True)
@@ -117,7 +163,9 @@ class ClipSigner:
     signer = ClipSigner(key)
     for chunk in ciphertext_chunks:
         signer.update(chunk)
-    signature, binding = signer.finish("clip-0042", "cart-3")
+    signature, binding = signer.finish(
+        "cart-3-20250301T093000Z-a1b2", "cart-3", participant="PAIN-0042", visit="baseline"
+    )
     """
 
     def __init__(self, key: SigningKey) -> None:
@@ -149,14 +197,18 @@ class ClipSigner:
         clip_id: str,
         device_id: str,
         *,
+        participant: str | None,
+        visit: str | None,
         timestamp: int | None = None,
         untrusted_comment: str = DEFAULT_UNTRUSTED_COMMENT,
     ) -> tuple[Signature, ClipBinding]:
-        """Sign what was fed, binding *clip_id*, *device_id*, its SHA-256 and *timestamp* (now)."""
+        """Sign what was fed, binding *clip_id*, *device_id*, its SHA-256, *timestamp* (now),
+        and the *participant* and *visit* the unit was armed with (None: not armed, no visit),
+        which must be the manifest's: the receiver refuses a clip whose manifest names others."""
         if self._finished:
             raise ValueError("ClipSigner: finish called twice")
         when = int(time.time()) if timestamp is None else timestamp
-        binding = ClipBinding(clip_id, device_id, self.sha256_hex, when)
+        binding = ClipBinding(clip_id, device_id, self.sha256_hex, when, participant, visit)
         signature = self._key.sign_digest(
             self._hasher.blake2b.digest(), binding.to_comment(), untrusted_comment
         )
@@ -181,12 +233,22 @@ def clip_digests(source: Source) -> ClipDigests:
 
 
 def sign_clip(
-    key: SigningKey, source: Source, clip_id: str, device_id: str, *, timestamp: int | None = None
+    key: SigningKey,
+    source: Source,
+    clip_id: str,
+    device_id: str,
+    *,
+    participant: str | None = None,
+    visit: str | None = None,
+    timestamp: int | None = None,
 ) -> tuple[Signature, ClipBinding]:
-    """Sign a whole clip file (a path or a binary file object), streaming it."""
+    """Sign a whole clip file (a path or a binary file object), streaming it; *participant*
+    and *visit* as :meth:`ClipSigner.finish` (None: a clip recorded unarmed)."""
     signer = ClipSigner(key)
     _feed(source, signer.update)
-    return signer.finish(clip_id, device_id, timestamp=timestamp)
+    return signer.finish(
+        clip_id, device_id, participant=participant, visit=visit, timestamp=timestamp
+    )
 
 
 def verify_clip(
@@ -219,7 +281,8 @@ def verify_clip_digests(
     For a caller that hashed the clip as it arrived (the receiver, while downloading) and so
     need not read it again. Raises :class:`BadSignatureError` for another key, altered data or
     an altered trusted comment, :class:`BindingError` for a comment naming another clip, device
-    or hash, and :class:`SignatureFormatError` for a legacy (non-prehashed) signature, which
+    or hash (whether it names the manifest's participant is :meth:`ClipBinding.check_labels`'s
+    to say), and :class:`SignatureFormatError` for a legacy (non-prehashed) signature, which
     clips never use.
     """
     if not signature.prehashed:

@@ -188,6 +188,8 @@ class Puller:
             clip_file=part,
             data_key_recipient=self._data_key,
             manifest_recipients=list(clip.manifest.recipients),
+            participant=clip.manifest.participant,
+            visit=clip.manifest.visit,
             digests=result.digests,  # hashed as it arrived: the file is not read again
         )
         if not verdict.ok:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from protocol.errors import (
     BindingError,
     HeaderError,
     KeyFormatError,
+    RelabelledError,
     SignatureError,
 )
 from protocol.format import Header, b64decode, parse_header
@@ -27,6 +29,8 @@ from protocol.x25519 import STANZA_TYPE, X25519Recipient
 
 __all__ = ["Reason", "Verdict", "verify_clip_file"]
 
+log = logging.getLogger(__name__)
+
 _MAX_HEADER_LINE: Final = 4096  # real lines are under 100 bytes; never buffer a whole file
 _X25519_SHARE_BYTES: Final = 32
 _X25519_BODY_BYTES: Final = 32  # a wrapped 16-byte file key and its 16-byte tag
@@ -39,6 +43,7 @@ class Reason(enum.StrEnum):
     REVOKED_UNIT = "revoked_unit"
     BAD_SIGNATURE = "bad_signature"
     WRONG_BINDING = "wrong_binding"
+    RELABELLED = "relabelled"
     HASH_MISMATCH = "hash_mismatch"
     BAD_HEADER = "bad_header"
     NOT_FOR_DATA_KEY = "not_for_data_key"
@@ -68,6 +73,8 @@ def verify_clip_file(
     clip_file: Path,
     data_key_recipient: str | X25519Recipient,
     manifest_recipients: Sequence[str],
+    participant: str | None,
+    visit: str | None,
     digests: ClipDigests | None = None,
 ) -> Verdict:
     """Decide whether *clip_file*, announced by *device_id* as *clip_id*, is accepted.
@@ -77,7 +84,11 @@ def verify_clip_file(
     1. the unit is registered (``unknown_unit``) and not revoked (``revoked_unit``);
     2. the minisign signature verifies with the unit's registered key (``bad_signature``: a
        bit flipped or the file truncated anywhere, another unit's key, an altered trusted
-       comment) and its trusted comment names this clip and this unit (``wrong_binding``);
+       comment) and its trusted comment names this clip and this unit (``wrong_binding``),
+       and the manifest's *participant* and *visit* (``relabelled``: whoever controls the broker
+       changed the pseudonym a clip belongs to). A unit of the previous version signs the
+       ``painav-clip/1`` form, which names neither: such a clip is accepted with a warning in
+       the log, since it proves no more than before the upgrade, until every unit is upgraded;
     3. the file's SHA-256 equals the announced one and the signed one (``hash_mismatch``);
     4. the age header parses and its X25519 stanzas are well-formed (``bad_header``), and it
        holds X25519 stanzas only, one per recipient the manifest lists, among which the
@@ -114,6 +125,9 @@ def verify_clip_file(
         digests = clip_digests(clip_file)
     try:
         binding = verify_clip_digests(key, signature, digests, clip_id=clip_id, device_id=device_id)
+        signed_labels = binding.check_labels(participant, visit)
+    except RelabelledError as exc:
+        return Verdict.refuse(Reason.RELABELLED, str(exc))
     except BindingError as exc:
         # Checked after the signature verifies: the unit did sign this comment.
         return Verdict.refuse(Reason.WRONG_BINDING, str(exc))
@@ -137,6 +151,13 @@ def verify_clip_file(
     problem = _recipients_problem(header, data_key, manifest_recipients)
     if problem is not None:
         return Verdict.refuse(Reason.NOT_FOR_DATA_KEY, problem)
+    if not signed_labels:
+        log.warning(
+            "clip %s from %s: signed in the painav-clip/1 form of a unit not yet upgraded, "
+            "which does not vouch for its participant and visit; accepted as before",
+            clip_id,
+            device_id,
+        )
     return Verdict(ok=True, binding=binding)
 
 

@@ -10,6 +10,7 @@ not at all. Times are timezone-aware (naive ones are refused) and kept in UTC.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -62,6 +63,8 @@ from .study import StudyMixin
 from .withdrawal import WithdrawalMixin
 
 __all__ = ["REASON_RE", "Catalog", "utc"]
+
+log = logging.getLogger(__name__)
 
 CLAIM_CANDIDATES: Final = 32
 """How many clips a claim tries before it gives up, when other receivers hold the first."""
@@ -141,9 +144,16 @@ class Catalog(
 
         The same clip announced again (the unit repeats until it has a receipt) only counts
         the announcement: the caller re-sends the receipt if the clip is receipted. The same
-        clip id with a different SHA-256, size or unit is a conflict: a clip not yet stored is
-        quarantined (``reannounced_with_different_hash`` or ``reannounced_by_other_unit``); a
-        stored one stays as it is, and the conflict is audited.
+        clip id with a different SHA-256 or size from its unit is a conflict: a clip not yet
+        stored is quarantined (``reannounced_with_different_hash``); a stored one stays as it
+        is, and the conflict is audited.
+
+        A clip id the catalog holds for another unit is refused: the clip is left as it is
+        (never quarantined: one unit must not block another's clip), the refusal is audited
+        (``conflict``, reason ``announced_by_other_unit``) and logged, and the clip is returned
+        with False, so the caller acknowledges the message and moves on. A manifest names only
+        its own unit's clip ids (:class:`~protocol.clip_manifest.ClipManifest`), so the clip id
+        alone determines the unit: this arises only from a row written before that rule.
         """
         at = utc(received_at, "received_at")
         m = ann.manifest
@@ -157,6 +167,9 @@ class Catalog(
                 )
                 return ClipRecord.of(clip), True
             clip = locked(s, m.clip_id)
+            if clip.device_id != m.device_id:
+                self._refuse_other_unit(s, clip, ann)
+                return ClipRecord.of(clip), False
             clip.announce_count += 1
             clip.last_announced_at = max(clip.last_announced_at, at)
             reason = _conflict(clip, ann)
@@ -178,6 +191,23 @@ class Catalog(
                     s, "conflict", clip_id=clip.clip_id, actor=self._actor, detail=detail
                 )
             return ClipRecord.of(clip), False
+
+    def _refuse_other_unit(self, s: Session, clip: Clip, ann: ClipAnnouncement) -> None:
+        """Audit and log an announcement of *clip*'s id by a unit that is not its own."""
+        other = ann.manifest.device_id
+        detail = {
+            "reason": "announced_by_other_unit",
+            "state": clip.state.value,
+            "announced_device_id": other,
+            "announced_sha256": ann.manifest.sha256,
+        }
+        self.audit.append(s, "conflict", clip_id=clip.clip_id, actor=self._actor, detail=detail)
+        log.warning(
+            "refused an announcement of clip %s by unit %s: the catalog holds it for unit %s",
+            clip.clip_id,
+            other,
+            clip.device_id,
+        )
 
     def claim_next(
         self, *, worker: str, now: datetime, lease_s: float, per_unit: int | None = None
@@ -418,9 +448,8 @@ def _new_clip(ann: ClipAnnouncement, at: datetime) -> dict[str, Any]:
 
 
 def _conflict(clip: Clip, ann: ClipAnnouncement) -> str | None:
-    """Why *ann* cannot be the clip already catalogued, or None if it is the same clip."""
-    if ann.manifest.device_id != clip.device_id:
-        return "reannounced_by_other_unit"
+    """Why *ann*, from the clip's own unit, cannot be the clip already catalogued, or None if
+    it is the same clip."""
     if ann.manifest.sha256 != clip.sha256 or ann.manifest.size_bytes != clip.size_bytes:
         return "reannounced_with_different_hash"
     return None

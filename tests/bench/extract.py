@@ -224,7 +224,7 @@ def make_clip(path: Path, video: Path, pcm: bytes, identity: X25519Identity) -> 
             writer.audio(AudioBlock(chunk, len(chunk) // 2, t0 + sent * 1_000_000_000 // RATE))
             sent += block
         writer.video(VideoPacket(unit.data, pts, unit.keyframe))
-    writer.finish("cart-03-20261129T120000Z-0001", "cart-03")
+    writer.finish("cart-03-20261129T120000Z-0001", "cart-03", participant=None, visit=None)
 
 
 def worker_config(

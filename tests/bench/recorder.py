@@ -138,7 +138,7 @@ def pipeline_cpu_s(video: Path, audio: Path, recipient: str, out: Path) -> float
             writer.audio(AudioBlock(chunk, len(chunk) // 2, sample * 1_000_000_000 // RATE))
             sample += block
         writer.video(VideoPacket(unit.data, pts, unit.keyframe))
-    writer.finish("bench-clip", "cart-01")
+    writer.finish("bench-clip", "cart-01", participant=None, visit=None)
     after = resource.getrusage(resource.RUSAGE_SELF)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 

@@ -141,34 +141,36 @@ def fetch(
 def test_receiver_fetches_a_clip_and_its_signature(
     server: ClipServer, outbox: Outbox, creds: Pki
 ) -> None:
-    data = sealed_clip(outbox, "clip-1", 700_000)
-    entry = outbox.get("clip-1")
-    reply = fetch(server.port, creds, "/v1/clips/clip-1.age")
+    data = sealed_clip(outbox, "cart-03-20250301T093000Z-0001", 700_000)
+    entry = outbox.get("cart-03-20250301T093000Z-0001")
+    reply = fetch(server.port, creds, "/v1/clips/cart-03-20250301T093000Z-0001.age")
     assert reply.status == 200 and reply.body == data
     assert hashlib.sha256(reply.body).hexdigest() == entry.sha256
     assert reply.headers["ETag"] == f'"{entry.sha256}"'
     assert reply.headers["Accept-Ranges"] == "bytes"
     assert reply.headers["Content-Length"] == str(len(data))
     assert reply.headers["Cache-Control"] == "no-store"
-    signature = fetch(server.port, creds, "/v1/clips/clip-1.age.minisig")
+    signature = fetch(server.port, creds, "/v1/clips/cart-03-20250301T093000Z-0001.age.minisig")
     assert signature.status == 200 and signature.body.decode() == entry.signature
 
 
 def test_list_shows_only_pending_clips(server: ClipServer, outbox: Outbox, creds: Pki) -> None:
-    sealed_clip(outbox, "clip-1", 1000)
-    sealed_clip(outbox, "clip-2", 2000)
-    outbox.mark_announced("clip-2")
-    gone = sealed_clip(outbox, "clip-3", 3000)
-    outbox.delete_receipted("clip-3", hashlib.sha256(gone).hexdigest())
-    record(outbox, "clip-4", b"recording")
+    sealed_clip(outbox, "cart-03-20250301T093000Z-0001", 1000)
+    sealed_clip(outbox, "cart-03-20250301T093000Z-0002", 2000)
+    outbox.mark_announced("cart-03-20250301T093000Z-0002")
+    gone = sealed_clip(outbox, "cart-03-20250301T093000Z-0003", 3000)
+    outbox.delete_receipted("cart-03-20250301T093000Z-0003", hashlib.sha256(gone).hexdigest())
+    record(outbox, "cart-03-20250301T093000Z-0004", b"recording")
     reply = fetch(server.port, creds, "/v1/clips")
     assert reply.status == 200 and reply.headers["Content-Type"] == "application/json"
     listing = json.loads(reply.body)
     assert [(c["clip_id"], c["state"], c["size_bytes"]) for c in listing] == [
-        ("clip-1", "sealed", 1000),
-        ("clip-2", "announced", 2000),
+        ("cart-03-20250301T093000Z-0001", "sealed", 1000),
+        ("cart-03-20250301T093000Z-0002", "announced", 2000),
     ]
-    for listed, clip_id in zip(listing, ("clip-1", "clip-2"), strict=True):
+    for listed, clip_id in zip(
+        listing, ("cart-03-20250301T093000Z-0001", "cart-03-20250301T093000Z-0002"), strict=True
+    ):
         entry = outbox.get(clip_id)
         assert entry.manifest_json is not None and entry.sealed_at is not None
         # Exactly these keys: with the manifest and signature, all an announcement carries.
@@ -191,10 +193,10 @@ def test_list_shows_only_pending_clips(server: ClipServer, outbox: Outbox, creds
 
 
 def test_byte_ranges_and_resume(server: ClipServer, outbox: Outbox, creds: Pki) -> None:
-    data = sealed_clip(outbox, "clip-r", 500_001)
+    data = sealed_clip(outbox, "cart-03-20250301T093000Z-4543", 500_001)
     size, half = len(data), len(data) // 2
-    etag = f'"{outbox.get("clip-r").sha256}"'
-    path = "/v1/clips/clip-r.age"
+    etag = f'"{outbox.get("cart-03-20250301T093000Z-4543").sha256}"'
+    path = "/v1/clips/cart-03-20250301T093000Z-4543.age"
 
     first = fetch(server.port, creds, path, headers={"Range": f"bytes=0-{half - 1}"})
     assert first.status == 206 and first.body == data[:half]
@@ -222,13 +224,17 @@ def test_byte_ranges_and_resume(server: ClipServer, outbox: Outbox, creds: Pki) 
 
 
 def test_head_sends_headers_only(server: ClipServer, outbox: Outbox, creds: Pki) -> None:
-    data = sealed_clip(outbox, "clip-h", 123_456)
-    reply = fetch(server.port, creds, "/v1/clips/clip-h.age", method="HEAD")
+    data = sealed_clip(outbox, "cart-03-20250301T093000Z-aaa9", 123_456)
+    reply = fetch(server.port, creds, "/v1/clips/cart-03-20250301T093000Z-aaa9.age", method="HEAD")
     assert reply.status == 200 and reply.body == b""
     assert reply.headers["Content-Length"] == str(len(data))
     assert reply.headers["ETag"] == f'"{hashlib.sha256(data).hexdigest()}"'
     ranged = fetch(
-        server.port, creds, "/v1/clips/clip-h.age", method="HEAD", headers={"Range": "bytes=5-9"}
+        server.port,
+        creds,
+        "/v1/clips/cart-03-20250301T093000Z-aaa9.age",
+        method="HEAD",
+        headers={"Range": "bytes=5-9"},
     )
     assert ranged.status == 206 and ranged.headers["Content-Length"] == "5"
 
@@ -236,8 +242,8 @@ def test_head_sends_headers_only(server: ClipServer, outbox: Outbox, creds: Pki)
 def test_curl_fetches_with_ranges(
     server: ClipServer, outbox: Outbox, creds: Pki, tmp_path: Path
 ) -> None:
-    data = sealed_clip(outbox, "clip-curl", 400_000)
-    url = f"https://{UNIT}:{server.port}/v1/clips/clip-curl.age"
+    data = sealed_clip(outbox, "cart-03-20250301T093000Z-427e", 400_000)
+    url = f"https://{UNIT}:{server.port}/v1/clips/cart-03-20250301T093000Z-427e.age"
     base = [
         "curl", "--silent", "--show-error", "--fail",
         "--cert", str(creds.receiver.cert), "--key", str(creds.receiver.key),
@@ -286,14 +292,14 @@ def test_a_foreign_ca_is_refused_even_naming_the_receiver(server: ClipServer, cr
 def test_a_unit_certificate_cannot_pose_as_the_receiver(
     server: ClipServer, outbox: Outbox, creds: Pki, caplog: pytest.LogCaptureFixture
 ) -> None:
-    sealed_clip(outbox, "clip-1", 1000)
+    sealed_clip(outbox, "cart-03-20250301T093000Z-0001", 1000)
     # Sent alone, the unit's leaf does not chain to the site root: refused in the handshake.
     assert_refused_at_handshake(server.port, creds, creds.other_unit_leaf_only)
     # Sent with its device CA (as a unit's tls.crt is), it chains to the root, so OpenSSL lets
     # the handshake through; the server then sees it was not issued by the root itself, and
     # not to the receiver, and refuses every request.
     caplog.set_level(logging.INFO, logger="daemon.clipserver")
-    for path in ("/v1/clips", "/v1/clips/clip-1.age"):
+    for path in ("/v1/clips", "/v1/clips/cart-03-20250301T093000Z-0001.age"):
         reply = fetch(server.port, creds, path, who=creds.other_unit)
         assert reply.status == 403 and b"clip" not in reply.body
     assert "'cart-02' is not issued directly by the site root" in caplog.text
@@ -302,7 +308,7 @@ def test_a_unit_certificate_cannot_pose_as_the_receiver(
 def test_the_sites_other_receivers_are_served_other_root_certificates_are_not(
     server: ClipServer, outbox: Outbox, creds: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    sealed_clip(outbox, "clip-1", 1000)
+    sealed_clip(outbox, "cart-03-20250301T093000Z-0001", 1000)
     root = creds.site.root()
 
     def issued(name: str, *, client: bool) -> Credentials:
@@ -336,20 +342,20 @@ def test_the_sites_other_receivers_are_served_other_root_certificates_are_not(
         "/v1/clips/../../etc/passwd.age",
         "/v1/clips//etc/passwd.age",
         "/v1/clips/.age",
-        "/v1/clips/clip-1.age.part",
-        "/v1/clips/clip-1",
-        "/v1/clips/clip-1.age/",
+        "/v1/clips/cart-03-20250301T093000Z-0001.age.part",
+        "/v1/clips/cart-03-20250301T093000Z-0001",
+        "/v1/clips/cart-03-20250301T093000Z-0001.age/",
         "/v1/clips/",
         "/outbox.sqlite",
         "/",
         "/v2/clips",
-        "https://cart-01/v1/clips/clip-1.age",
+        "https://cart-01/v1/clips/cart-03-20250301T093000Z-0001.age",
     ],
 )
 def test_only_listed_routes_are_served(
     server: ClipServer, outbox: Outbox, creds: Pki, path: str
 ) -> None:
-    sealed_clip(outbox, "clip-1", 1000)
+    sealed_clip(outbox, "cart-03-20250301T093000Z-0001", 1000)
     reply = fetch(server.port, creds, path)
     assert reply.status == 404 and b"SQLite" not in reply.body
 
@@ -357,29 +363,35 @@ def test_only_listed_routes_are_served(
 def test_a_clip_still_recording_or_deleted_is_not_served(
     server: ClipServer, outbox: Outbox, creds: Pki
 ) -> None:
-    record(outbox, "clip-rec", os.urandom(5000))
-    data = sealed_clip(outbox, "clip-del", 5000)
-    outbox.delete_receipted("clip-del", hashlib.sha256(data).hexdigest())
-    for clip_id in ("clip-rec", "clip-del", "clip-none"):
+    record(outbox, "cart-03-20250301T093000Z-cb41", os.urandom(5000))
+    data = sealed_clip(outbox, "cart-03-20250301T093000Z-75e3", 5000)
+    outbox.delete_receipted("cart-03-20250301T093000Z-75e3", hashlib.sha256(data).hexdigest())
+    for clip_id in (
+        "cart-03-20250301T093000Z-cb41",
+        "cart-03-20250301T093000Z-75e3",
+        "cart-03-20250301T093000Z-140b",
+    ):
         for suffix in (".age", ".age.minisig"):
             assert fetch(server.port, creds, f"/v1/clips/{clip_id}{suffix}").status == 404
 
 
 def test_other_methods_are_not_allowed(server: ClipServer, outbox: Outbox, creds: Pki) -> None:
-    sealed_clip(outbox, "clip-1", 1000)
+    sealed_clip(outbox, "cart-03-20250301T093000Z-0001", 1000)
     for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "BREW"):
-        reply = fetch(server.port, creds, "/v1/clips/clip-1.age", method=method)
+        reply = fetch(
+            server.port, creds, "/v1/clips/cart-03-20250301T093000Z-0001.age", method=method
+        )
         assert reply.status == 405 and reply.headers["Allow"] == "GET, HEAD", method
-    assert outbox.get("clip-1").state == "sealed"
+    assert outbox.get("cart-03-20250301T093000Z-0001").state == "sealed"
 
 
 def test_one_log_line_per_request_without_patient_data(
     server: ClipServer, outbox: Outbox, creds: Pki, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="daemon.clipserver")
-    sealed_clip(outbox, "clip-1", 1000)
+    sealed_clip(outbox, "cart-03-20250301T093000Z-0001", 1000)
     conn = connect(server.port, creds, creds.receiver)  # keep-alive: three requests, one socket
-    for path in ("/v1/clips", "/v1/clips/clip-1.age", "/v1/clips/nope.age"):
+    for path in ("/v1/clips", "/v1/clips/cart-03-20250301T093000Z-0001.age", "/v1/clips/nope.age"):
         conn.request("GET", path)
         conn.getresponse().read()
     conn.close()
@@ -392,26 +404,101 @@ def test_one_log_line_per_request_without_patient_data(
     while len(lines()) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(lines()) == 3
-    assert "receiver GET '/v1/clips/clip-1.age' 200 1000" in lines()[1]
+    assert "receiver GET '/v1/clips/cart-03-20250301T093000Z-0001.age' 200 1000" in lines()[1]
     assert "GET '/v1/clips/nope.age' 404" in lines()[2]
     assert "PAIN-" not in caplog.text and "baseline" not in caplog.text
 
 
-def test_stalled_clients_neither_pin_threads_nor_exceed_the_cap(outbox: Outbox, creds: Pki) -> None:
-    sealed_clip(outbox, "clip-1", 1000)
-    with make_server(outbox, creds, max_connections=2, timeout_s=0.5) as server:
-        stalled = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
-        time.sleep(0.1)
-        extra = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-        assert extra.recv(1) == b""  # over the cap: closed at once
-        extra.close()
+def open_idle(port: int, count: int, source: str = "127.0.0.1") -> list[socket.socket]:
+    """*count* TCP connections from *source* that never say a word."""
+    return [
+        socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+        for _ in range(count)
+    ]
+
+
+def closed_by_server(sock: socket.socket, within_s: float) -> bool:
+    sock.settimeout(within_s)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_stalled_clients_are_dropped_oldest_first_and_never_block_the_receiver(
+    outbox: Outbox, creds: Pki
+) -> None:
+    sealed_clip(outbox, "cart-03-20250301T093000Z-0001", 1000)
+    path = "/v1/clips/cart-03-20250301T093000Z-0001.age"
+    options = {"max_handshakes": 4, "max_handshakes_per_address": 4, "handshake_timeout_s": 1.0}
+    with make_server(outbox, creds, max_connections=1, **options) as server:
+        stalled = open_idle(server.port, 4)
+        time.sleep(0.2)
+        # The pool is full: a newcomer drops the oldest, not itself.
+        newcomer = open_idle(server.port, 1)[0]
+        assert closed_by_server(stalled[0], within_s=2)
+        assert not closed_by_server(newcomer, within_s=0.2)
+        # The receiver gets in however full the pool, and is served.
+        assert fetch(server.port, creds, path).status == 200
         started = time.monotonic()
-        for sock in stalled:  # silent clients are dropped after the timeout
-            sock.settimeout(5)
-            assert sock.recv(1) == b""
+        for sock in [*stalled[1:], newcomer]:  # silent ones go at the handshake deadline
+            assert closed_by_server(sock, within_s=3)
+        assert time.monotonic() - started < 3
+        for sock in [*stalled, newcomer]:
             sock.close()
-        assert time.monotonic() - started < 2
-        assert fetch(server.port, creds, "/v1/clips/clip-1.age").status == 200
+
+
+def test_a_dribbling_handshake_is_cut_at_the_deadline_not_per_read(
+    outbox: Outbox, creds: Pki
+) -> None:
+    with make_server(outbox, creds, handshake_timeout_s=1.0) as server:
+        sock = open_idle(server.port, 1)[0]
+        hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(40)
+        started = time.monotonic()
+        sent = 0
+        while sent < len(hello):  # a byte every 0.3 s: each read is quick, the whole is not
+            try:
+                sock.sendall(hello[sent : sent + 1])
+            except OSError:
+                break
+            sent += 1
+            if closed_by_server(sock, within_s=0.3):
+                break
+        assert time.monotonic() - started < 2.5
+        sock.close()
+
+
+def test_one_address_pushes_out_only_its_own_pending_connections(
+    outbox: Outbox, creds: Pki
+) -> None:
+    options = {"max_handshakes": 8, "max_handshakes_per_address": 2, "handshake_timeout_s": 5.0}
+    with make_server(outbox, creds, **options) as server:
+        other = open_idle(server.port, 1, source="127.0.0.2")[0]
+        flood = open_idle(server.port, 6, source="127.0.0.3")
+        assert all(closed_by_server(sock, within_s=2) for sock in flood[:4])
+        assert not closed_by_server(other, within_s=0.3)  # another address's: left alone
+        for sock in [other, *flood]:
+            sock.close()
+
+
+def test_only_authenticated_receivers_take_served_slots(outbox: Outbox, creds: Pki) -> None:
+    sealed_clip(outbox, "cart-03-20250301T093000Z-0001", 1000)
+    with make_server(outbox, creds, max_connections=1) as server:
+        # A unit's certificate passes the TLS handshake but is no receiver: it takes no slot.
+        impostor = connect(server.port, creds, creds.other_unit)  # handshake done
+        holder = connect(server.port, creds, creds.receiver)
+        holder.request("GET", "/v1/clips")
+        holder.getresponse().read()  # keep-alive: this receiver now holds the one served slot
+        busy = fetch(server.port, creds, "/v1/clips")
+        assert busy.status == 503 and busy.headers["Retry-After"] == "1"
+        holder.close()
+        time.sleep(0.2)
+        assert fetch(server.port, creds, "/v1/clips").status == 200
+        impostor.request("GET", "/v1/clips")
+        assert impostor.getresponse().status == 403
+        impostor.close()
 
 
 def test_stop_ends_open_connections(outbox: Outbox, creds: Pki) -> None:

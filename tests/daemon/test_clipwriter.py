@@ -75,7 +75,9 @@ def test_a_clip_decrypts_with_age_and_plays(tmp_path: Path, keys) -> None:
             writer.audio(AudioBlock(pcm, block, audio_t))
             audio_t += 20_000_000
         writer.video(VideoPacket(data, pts, key))
-    sealed = writer.finish("cart-01-20261127T100000Z-0001", "cart-01")
+    sealed = writer.finish(
+        "cart-01-20261127T100000Z-0001", "cart-01", participant="PAIN-0042", visit=None
+    )
     assert sealed.stats.frames == 3 * FPS
     assert abs(sealed.stats.duration_s - 3.0) < 0.05
     assert abs(sealed.stats.av_offset_ms) < 1.0  # trimmed to start with the first frame
@@ -95,7 +97,7 @@ def test_video_before_a_key_frame_is_skipped_and_no_frames_fails(tmp_path: Path,
     packets = h264_packets(5)
     writer.video(VideoPacket(packets[1][0], 0, False))  # not a key frame: skipped
     with pytest.raises(RuntimeError, match="no video key frame"):
-        writer.finish("c1", "cart-01")
+        writer.finish("cart-01-20261127T100000Z-00c1", "cart-01", participant=None, visit=None)
 
 
 def test_abort_leaves_nothing(tmp_path: Path, keys) -> None:
@@ -122,5 +124,5 @@ def test_audio_is_placed_by_its_earliest_implied_origin(tmp_path: Path, keys) ->
         writer.audio(AudioBlock(bytes(block * 2), block, true_start + i * 20_000_000 + late))
     for i, (data, key) in enumerate(packets[1:], start=1):
         writer.video(VideoPacket(data, t0 + i * 1_000_000_000 // FPS, key))
-    sealed = writer.finish("c2", "cart-01")
+    sealed = writer.finish("cart-01-20261127T100000Z-00c2", "cart-01", participant=None, visit=None)
     assert abs(sealed.stats.av_offset_ms - 40.0) < 0.5

@@ -50,7 +50,9 @@ def record(outbox: Outbox, clip_id: str, data: bytes) -> dict[str, object]:
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-    signature, binding = sign_clip(KEY, part, clip_id, DEVICE)
+    signature, binding = sign_clip(
+        KEY, part, clip_id, DEVICE, participant="PAIN-0042", visit="baseline"
+    )
     text = manifest(clip_id=clip_id, sha256=binding.sha256, size_bytes=len(data))
     return {
         "manifest_json": text.model_dump_json(),
@@ -78,8 +80,8 @@ def mode(path: Path) -> int:
 def test_full_lifecycle(tmp_path: Path) -> None:
     with open_outbox(tmp_path / "ob") as outbox:
         data = os.urandom(300_000)
-        args = record(outbox, "clip-1", data)
-        entry = outbox.get("clip-1")
+        args = record(outbox, "cart-03-20250301T093000Z-0001", data)
+        entry = outbox.get("cart-03-20250301T093000Z-0001")
         assert (entry.state, entry.participant, entry.visit) == (
             ClipState.RECORDING,
             "PAIN-0042",
@@ -88,30 +90,47 @@ def test_full_lifecycle(tmp_path: Path) -> None:
         assert entry.started_at == T0 and entry.sealed_at is None
         assert outbox.pending() == [] and outbox.queue_bytes() == len(data)  # partial counts
 
-        sealed = outbox.seal("clip-1", **args)  # type: ignore[arg-type]
+        sealed = outbox.seal("cart-03-20250301T093000Z-0001", **args)  # type: ignore[arg-type]
         assert sealed.state is ClipState.SEALED and sealed.size_bytes == len(data)
         assert sealed.sha256 == hashlib.sha256(data).hexdigest() and sealed.sealed_at is not None
-        assert files(outbox) == ["clip-1.age", "clip-1.age.minisig"]
-        assert outbox.clip_path("clip-1").read_bytes() == data
-        assert mode(outbox.clip_path("clip-1")) == mode(outbox.signature_path("clip-1")) == 0o600
-        sig = outbox.signature_path("clip-1").read_text()
+        assert files(outbox) == [
+            "cart-03-20250301T093000Z-0001.age",
+            "cart-03-20250301T093000Z-0001.age.minisig",
+        ]
+        assert outbox.clip_path("cart-03-20250301T093000Z-0001").read_bytes() == data
+        assert (
+            mode(outbox.clip_path("cart-03-20250301T093000Z-0001"))
+            == mode(outbox.signature_path("cart-03-20250301T093000Z-0001"))
+            == 0o600
+        )
+        sig = outbox.signature_path("cart-03-20250301T093000Z-0001").read_text()
         assert sig == args["signature"]
-        path = outbox.clip_path("clip-1")
+        path = outbox.clip_path("cart-03-20250301T093000Z-0001")
         verify_clip(
-            KEY.public_key, Signature.from_text(sig), path, clip_id="clip-1", device_id=DEVICE
+            KEY.public_key,
+            Signature.from_text(sig),
+            path,
+            clip_id="cart-03-20250301T093000Z-0001",
+            device_id=DEVICE,
         )
         assert outbox.pending() == [sealed] and outbox.queue_bytes() == len(data)
 
-        outbox.mark_announced("clip-1")
-        outbox.mark_announced("clip-1")  # re-announced after a restart: counted, same state
-        assert outbox.get("clip-1").state is ClipState.ANNOUNCED
-        assert outbox.get("clip-1").announce_count == 2
+        outbox.mark_announced("cart-03-20250301T093000Z-0001")
+        outbox.mark_announced(
+            "cart-03-20250301T093000Z-0001"
+        )  # re-announced after a restart: counted, same state
+        assert outbox.get("cart-03-20250301T093000Z-0001").state is ClipState.ANNOUNCED
+        assert outbox.get("cart-03-20250301T093000Z-0001").announce_count == 2
 
-        done = outbox.delete_receipted("clip-1", sealed.sha256)
+        done = outbox.delete_receipted("cart-03-20250301T093000Z-0001", sealed.sha256)
         assert done.state is ClipState.DELETED and files(outbox) == []
-        assert outbox.delete_receipted("clip-1", sealed.sha256) == done  # MQTT may deliver it twice
-        outbox.mark_announced("clip-1")  # a late announce ack changes nothing
-        assert outbox.get("clip-1") == done
+        assert (
+            outbox.delete_receipted("cart-03-20250301T093000Z-0001", sealed.sha256) == done
+        )  # MQTT may deliver it twice
+        outbox.mark_announced(
+            "cart-03-20250301T093000Z-0001"
+        )  # a late announce ack changes nothing
+        assert outbox.get("cart-03-20250301T093000Z-0001") == done
         assert (
             outbox.pending() == []
             and outbox.queue_bytes() == 0
@@ -119,70 +138,99 @@ def test_full_lifecycle(tmp_path: Path) -> None:
         )
 
     with open_outbox(tmp_path / "ob") as again:  # everything was committed
-        assert again.get("clip-1") == done
+        assert again.get("cart-03-20250301T093000Z-0001") == done
 
 
 def test_abort_is_kept_and_reported_once(tmp_path: Path) -> None:
     with open_outbox(tmp_path) as outbox:
-        record(outbox, "clip-a", b"partial")
-        aborted = outbox.abort("clip-a", "seal_failed: 2 validation errors\n  duration_s\n")
+        record(outbox, "cart-03-20250301T093000Z-000a", b"partial")
+        aborted = outbox.abort(
+            "cart-03-20250301T093000Z-000a", "seal_failed: 2 validation errors\n  duration_s\n"
+        )
         assert aborted.state is ClipState.ABORTED  # the reason is kept as one line for the event
         assert aborted.abort_reason == "seal_failed: 2 validation errors duration_s"
         assert files(outbox) == [] and outbox.pending() == []
-        assert outbox.abort("clip-a", "other") == aborted  # idempotent, first reason kept
+        assert (
+            outbox.abort("cart-03-20250301T093000Z-000a", "other") == aborted
+        )  # idempotent, first reason kept
         assert outbox.unreported_aborts() == [aborted]
-        outbox.mark_event_reported("clip-a")
-        outbox.mark_event_reported("clip-a")
-        assert outbox.unreported_aborts() == [] and outbox.get("clip-a").event_reported
+        outbox.mark_event_reported("cart-03-20250301T093000Z-000a")
+        outbox.mark_event_reported("cart-03-20250301T093000Z-000a")
+        assert (
+            outbox.unreported_aborts() == []
+            and outbox.get("cart-03-20250301T093000Z-000a").event_reported
+        )
         with pytest.raises(ClipStateError):
-            outbox.seal("clip-a", manifest_json="{}", signature="", sha256="", size_bytes=1)
+            outbox.seal(
+                "cart-03-20250301T093000Z-000a",
+                manifest_json="{}",
+                signature="",
+                sha256="",
+                size_bytes=1,
+            )
         with pytest.raises(ClipStateError):
-            outbox.mark_announced("clip-a")
+            outbox.mark_announced("cart-03-20250301T093000Z-000a")
 
 
 def test_wrong_receipts_change_nothing(tmp_path: Path) -> None:
     with open_outbox(tmp_path) as outbox:
-        data = sealed_clip(outbox, "clip-1")
-        before = outbox.get("clip-1")
+        data = sealed_clip(outbox, "cart-03-20250301T093000Z-0001")
+        before = outbox.get("cart-03-20250301T093000Z-0001")
         with pytest.raises(ReceiptMismatchError):
-            outbox.delete_receipted("clip-1", hashlib.sha256(data + b"x").hexdigest())
+            outbox.delete_receipted(
+                "cart-03-20250301T093000Z-0001", hashlib.sha256(data + b"x").hexdigest()
+            )
         with pytest.raises(ReceiptMismatchError):
-            outbox.delete_receipted("clip-1", before.sha256.upper())  # type: ignore[union-attr]
-        assert outbox.get("clip-1") == before and outbox.clip_path("clip-1").read_bytes() == data
+            outbox.delete_receipted("cart-03-20250301T093000Z-0001", before.sha256.upper())  # type: ignore[union-attr]
+        assert (
+            outbox.get("cart-03-20250301T093000Z-0001") == before
+            and outbox.clip_path("cart-03-20250301T093000Z-0001").read_bytes() == data
+        )
         with pytest.raises(UnknownClipError):
-            outbox.delete_receipted("clip-2", before.sha256)  # type: ignore[arg-type]
-        record(outbox, "clip-3", b"abc")
+            outbox.delete_receipted("cart-03-20250301T093000Z-0002", before.sha256)  # type: ignore[arg-type]
+        record(outbox, "cart-03-20250301T093000Z-0003", b"abc")
         with pytest.raises(ClipStateError):
-            outbox.delete_receipted("clip-3", hashlib.sha256(b"abc").hexdigest())
+            outbox.delete_receipted(
+                "cart-03-20250301T093000Z-0003", hashlib.sha256(b"abc").hexdigest()
+            )
         with pytest.raises(ClipStateError):
-            outbox.mark_event_reported("clip-1")  # not aborted
+            outbox.mark_event_reported("cart-03-20250301T093000Z-0001")  # not aborted
 
 
 def test_seal_refuses_arguments_that_disagree(tmp_path: Path) -> None:
     with open_outbox(tmp_path) as outbox:
-        args = record(outbox, "clip-1", b"x" * 1000)
-        other = record(outbox, "clip-2", b"y" * 1000)
+        args = record(outbox, "cart-03-20250301T093000Z-0001", b"x" * 1000)
+        other = record(outbox, "cart-03-20250301T093000Z-0002", b"y" * 1000)
         bad_cases = [
             {**args, "sha256": "00" * 32},
             {**args, "size_bytes": 999},
-            {**args, "signature": other["signature"]},  # signed for clip-2
+            {**args, "signature": other["signature"]},  # signed for cart-03-20250301T093000Z-0002
             {**args, "manifest_json": other["manifest_json"]},
             {**args, "manifest_json": "{}"},
             {**args, "signature": "not a signature"},
         ]
         for bad in bad_cases:
             with pytest.raises(InvalidSealError):
-                outbox.seal("clip-1", **bad)  # type: ignore[arg-type]
-        assert outbox.get("clip-1").state is ClipState.RECORDING
-        os.unlink(outbox.dir / "clips" / "clip-1.age.part")
+                outbox.seal("cart-03-20250301T093000Z-0001", **bad)  # type: ignore[arg-type]
+        assert outbox.get("cart-03-20250301T093000Z-0001").state is ClipState.RECORDING
+        os.unlink(outbox.dir / "clips" / "cart-03-20250301T093000Z-0001.age.part")
         with pytest.raises(InvalidSealError, match="no partial file"):
-            outbox.seal("clip-1", **args)  # type: ignore[arg-type]
+            outbox.seal("cart-03-20250301T093000Z-0001", **args)  # type: ignore[arg-type]
         with pytest.raises(ClipExistsError):
-            outbox.begin("clip-2", participant=None, visit=None, started_at=T0)
+            outbox.begin(
+                "cart-03-20250301T093000Z-0002", participant=None, visit=None, started_at=T0
+            )
         with pytest.raises(OutboxError, match="pseudonym"):
-            outbox.begin("clip-9", participant="Jan Jansen", visit=None, started_at=T0)
+            outbox.begin(
+                "cart-03-20250301T093000Z-0009", participant="Jan Jansen", visit=None, started_at=T0
+            )
         with pytest.raises(OutboxError, match="timezone"):
-            outbox.begin("clip-9", participant=None, visit=None, started_at=datetime(2025, 1, 1))
+            outbox.begin(
+                "cart-03-20250301T093000Z-0009",
+                participant=None,
+                visit=None,
+                started_at=datetime(2025, 1, 1),
+            )
 
 
 def test_a_full_disk_fails_the_seal_cleanly(
@@ -192,12 +240,16 @@ def test_a_full_disk_fails_the_seal_cleanly(
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     with open_outbox(tmp_path) as outbox:
-        args = record(outbox, "clip-1", b"q" * 4096)
+        args = record(outbox, "cart-03-20250301T093000Z-0001", b"q" * 4096)
         monkeypatch.setattr("daemon.outbox.write_atomic", no_space)
         with pytest.raises(OutboxError, match="not sealed, still recording"):
-            outbox.seal("clip-1", **args)  # type: ignore[arg-type]
-        assert outbox.get("clip-1").state is ClipState.RECORDING  # for the caller to abort
-        assert outbox.abort("clip-1", "seal_failed").state is ClipState.ABORTED
+            outbox.seal("cart-03-20250301T093000Z-0001", **args)  # type: ignore[arg-type]
+        assert (
+            outbox.get("cart-03-20250301T093000Z-0001").state is ClipState.RECORDING
+        )  # for the caller to abort
+        assert (
+            outbox.abort("cart-03-20250301T093000Z-0001", "seal_failed").state is ClipState.ABORTED
+        )
         assert files(outbox) == []
 
 
@@ -207,24 +259,36 @@ def test_room_to_record(tmp_path: Path) -> None:
         assert 0 < free == os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
         assert outbox.room_to_record(60_000) is None
         assert outbox.room_to_record(100_001) is NoRoom.QUOTA
-        sealed_clip(outbox, "clip-1", 80_000)
+        sealed_clip(outbox, "cart-03-20250301T093000Z-0001", 80_000)
         assert outbox.room_to_record(20_000) is None
         assert outbox.room_to_record(20_001) is NoRoom.QUOTA
         with pytest.raises(NoRoomError) as caught:
             outbox.begin(
-                "clip-2", participant=None, visit=None, started_at=T0, expected_bytes=30_000
+                "cart-03-20250301T093000Z-0002",
+                participant=None,
+                visit=None,
+                started_at=T0,
+                expected_bytes=30_000,
             )
         assert caught.value.reason is NoRoom.QUOTA
         with pytest.raises(UnknownClipError):
-            outbox.get("clip-2")  # nothing was begun
-        outbox.delete_receipted("clip-1", outbox.get("clip-1").sha256)  # type: ignore[arg-type]
+            outbox.get("cart-03-20250301T093000Z-0002")  # nothing was begun
+        sealed_sha256 = outbox.get("cart-03-20250301T093000Z-0001").sha256
+        assert sealed_sha256 is not None
+        outbox.delete_receipted("cart-03-20250301T093000Z-0001", sealed_sha256)
         assert outbox.room_to_record(60_000) is None
 
     with open_outbox(tmp_path / "b", min_free_bytes=free - 1_000_000) as outbox:
         assert outbox.room_to_record(0) is None
         assert outbox.room_to_record(2_000_000) is NoRoom.LOW_STORAGE  # checked before quota
         with pytest.raises(NoRoomError) as caught:
-            outbox.begin("clip-3", participant=None, visit=None, started_at=T0, expected_bytes=BIG)
+            outbox.begin(
+                "cart-03-20250301T093000Z-0003",
+                participant=None,
+                visit=None,
+                started_at=T0,
+                expected_bytes=BIG,
+            )
         assert caught.value.reason is NoRoom.LOW_STORAGE
 
 
@@ -255,7 +319,7 @@ def test_wal_fsync_schema_and_modes(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         db = outbox.dir / "outbox.sqlite"
         assert outbox._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert outbox._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-        args = record(outbox, "clip-1", b"z" * 5000)
+        args = record(outbox, "cart-03-20250301T093000Z-0001", b"z" * 5000)
         synced: list[str] = []
         real_fsync = os.fsync
 
@@ -264,10 +328,12 @@ def test_wal_fsync_schema_and_modes(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             real_fsync(fd)
 
         monkeypatch.setattr(os, "fsync", spy)
-        outbox.seal("clip-1", **args)  # type: ignore[arg-type]
+        outbox.seal("cart-03-20250301T093000Z-0001", **args)  # type: ignore[arg-type]
         monkeypatch.undo()
         clips = str(outbox.dir / "clips")
-        assert synced[0] == f"{clips}/clip-1.age.part"  # the data before the row says SEALED
+        assert (
+            synced[0] == f"{clips}/cart-03-20250301T093000Z-0001.age.part"
+        )  # the data before the row says SEALED
         assert any(p.endswith(".tmp") for p in synced)  # the signature file (write_atomic)
         assert synced[-1] == clips  # the rename
         for path in (db, db.with_name("outbox.sqlite-wal"), outbox.dir / "outbox.lock"):
@@ -301,12 +367,12 @@ def test_threads_share_one_outbox(tmp_path: Path) -> None:
         def writer(n: int) -> None:
             try:
                 for i in range(6):
-                    clip_id = f"clip-{n}-{i}"
+                    clip_id = f"{DEVICE}-20250301T093000Z-{n:02x}{i:02x}"
                     data = sealed_clip(outbox, clip_id, 20_000 + n)
                     outbox.mark_announced(clip_id)
                     if i % 3 == 2:
-                        record(outbox, f"x-{n}-{i}", b"p")
-                        outbox.abort(f"x-{n}-{i}", "discarded")
+                        record(outbox, f"{DEVICE}-20250301T093000Z-{n:02x}{i:02x}ff", b"p")
+                        outbox.abort(f"{DEVICE}-20250301T093000Z-{n:02x}{i:02x}ff", "discarded")
                     outbox.delete_receipted(clip_id, hashlib.sha256(data).hexdigest())
             except BaseException as exc:
                 errors.append(exc)
@@ -334,7 +400,7 @@ def test_threads_share_one_outbox(tmp_path: Path) -> None:
         assert outbox.pending() == [] and files(outbox) == []
         assert len(outbox.unreported_aborts()) == 12
         for n in range(6):
-            assert outbox.get(f"clip-{n}-5").state is ClipState.DELETED
+            assert outbox.get(f"{DEVICE}-20250301T093000Z-{n:02x}05").state is ClipState.DELETED
 
 
 # --- crashes ---------------------------------------------------------------------------------
@@ -359,7 +425,12 @@ from pathlib import Path
 from daemon.outbox import Outbox
 
 outbox = Outbox(Path(sys.argv[1]), quota_bytes=1 << 50, min_free_bytes=0)
-part = outbox.begin("clip-k", participant="PAIN-0042", visit=None, started_at=datetime.now(UTC))
+part = outbox.begin(
+    "cart-03-20250301T093000Z-8254",
+    participant="PAIN-0042",
+    visit=None,
+    started_at=datetime.now(UTC),
+)
 fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 for i in range(2000):
     os.write(fd, os.urandom(64 * 1024))
@@ -380,7 +451,7 @@ SEAL_STEPS = ["fsync_part", "write_signature", "commit", "rename", "fsync_dir", 
 def test_a_crash_at_each_step_of_seal_recovers(tmp_path: Path, step: str) -> None:
     with open_outbox(tmp_path) as outbox:
         data = os.urandom(150_000)
-        args = record(outbox, "clip-c", data)
+        args = record(outbox, "cart-03-20250301T093000Z-000c", data)
     child = subprocess.run(
         [
             sys.executable,
@@ -388,7 +459,7 @@ def test_a_crash_at_each_step_of_seal_recovers(tmp_path: Path, step: str) -> Non
             _SEAL_IN_CHILD,
             str(tmp_path),
             step,
-            json.dumps({"clip_id": "clip-c", **args}),
+            json.dumps({"clip_id": "cart-03-20250301T093000Z-000c", **args}),
         ],
         env=child_env(),
         capture_output=True,
@@ -397,7 +468,7 @@ def test_a_crash_at_each_step_of_seal_recovers(tmp_path: Path, step: str) -> Non
     assert child.returncode == 70, child.stderr.decode()  # it died at that step
     with open_outbox(tmp_path) as outbox:
         recovery = outbox.recover()
-        entry = outbox.get("clip-c")
+        entry = outbox.get("cart-03-20250301T093000Z-000c")
         if SEAL_STEPS.index(step) <= SEAL_STEPS.index("commit"):
             # Died before the commit point: a reported failure, never a clip.
             assert (entry.state, entry.abort_reason) == (ClipState.ABORTED, "interrupted")
@@ -407,9 +478,15 @@ def test_a_crash_at_each_step_of_seal_recovers(tmp_path: Path, step: str) -> Non
             # Died after it: rolled forward, byte for byte.
             assert entry.state is ClipState.SEALED and recovery.to_announce == [entry]
             assert recovery.aborted == []
-            assert files(outbox) == ["clip-c.age", "clip-c.age.minisig"]
-            assert outbox.clip_path("clip-c").read_bytes() == data
-            assert outbox.signature_path("clip-c").read_text() == args["signature"]
+            assert files(outbox) == [
+                "cart-03-20250301T093000Z-000c.age",
+                "cart-03-20250301T093000Z-000c.age.minisig",
+            ]
+            assert outbox.clip_path("cart-03-20250301T093000Z-000c").read_bytes() == data
+            assert (
+                outbox.signature_path("cart-03-20250301T093000Z-000c").read_text()
+                == args["signature"]
+            )
             assert bool(recovery.repaired) == (step == "rename")
         assert outbox.recover().repaired == []  # a second recovery finds nothing to do
 
@@ -424,10 +501,10 @@ def test_sigkill_while_recording_leaves_a_reported_abort(tmp_path: Path) -> None
         assert child.stdout.readline() == b"recording\n"
         child.send_signal(signal.SIGKILL)
         assert child.wait(timeout=30) == -signal.SIGKILL
-    assert (tmp_path / "clips" / "clip-k.age.part").stat().st_size > 0
+    assert (tmp_path / "clips" / "cart-03-20250301T093000Z-8254.age.part").stat().st_size > 0
     with open_outbox(tmp_path) as outbox:
         recovery = outbox.recover()
-        entry = outbox.get("clip-k")
+        entry = outbox.get("cart-03-20250301T093000Z-8254")
         assert (entry.state, entry.abort_reason) == (ClipState.ABORTED, "interrupted")
         assert recovery.aborted == [entry] and outbox.unreported_aborts() == [entry]
         assert recovery.to_announce == [] and outbox.pending() == [] and files(outbox) == []
@@ -435,38 +512,53 @@ def test_sigkill_while_recording_leaves_a_reported_abort(tmp_path: Path) -> None
 
 def test_recovery_from_states_a_power_cut_can_leave(tmp_path: Path) -> None:
     with open_outbox(tmp_path) as outbox:
-        undone = sealed_clip(outbox, "undone-rename")
-        sealed_clip(outbox, "lost-file")
-        sealed_clip(outbox, "receipted")
-        sealed_clip(outbox, "deleted")
-        outbox.delete_receipted("deleted", outbox.get("deleted").sha256)  # type: ignore[arg-type]
+        undone = sealed_clip(outbox, "cart-03-20250301T093000Z-9e84")
+        sealed_clip(outbox, "cart-03-20250301T093000Z-3b9c")
+        sealed_clip(outbox, "cart-03-20250301T093000Z-bd52")
+        sealed_clip(outbox, "cart-03-20250301T093000Z-1185")
+        sealed_sha256 = outbox.get("cart-03-20250301T093000Z-1185").sha256
+        assert sealed_sha256 is not None
+        outbox.delete_receipted("cart-03-20250301T093000Z-1185", sealed_sha256)
     clips = tmp_path / "clips"
     # The rename and the signature never reached the disk.
-    os.rename(clips / "undone-rename.age", clips / "undone-rename.age.part")
-    os.unlink(clips / "undone-rename.age.minisig")
-    os.unlink(clips / "lost-file.age")  # damage: a pending clip's file is gone
-    (clips / ".receipted.age.minisig.0123abcd.tmp").write_bytes(b"half")  # write_atomic's temp
-    (clips / "deleted.age").write_bytes(b"resurrected")  # an unlink that never hit the disk
+    os.rename(
+        clips / "cart-03-20250301T093000Z-9e84.age",
+        clips / "cart-03-20250301T093000Z-9e84.age.part",
+    )
+    os.unlink(clips / "cart-03-20250301T093000Z-9e84.age.minisig")
+    os.unlink(clips / "cart-03-20250301T093000Z-3b9c.age")  # damage: a pending clip's file is gone
+    (clips / ".cart-03-20250301T093000Z-bd52.age.minisig.0123abcd.tmp").write_bytes(
+        b"half"
+    )  # write_atomic's temp
+    (clips / "cart-03-20250301T093000Z-1185.age").write_bytes(
+        b"resurrected"
+    )  # an unlink that never hit the disk
     (clips / "nobody.age.part").write_bytes(b"orphan")
     (clips / "stranger.age").write_bytes(b"unknown ciphertext")
     db = sqlite3.connect(tmp_path / "outbox.sqlite")  # receipt committed, unlinks lost
-    db.execute("UPDATE clips SET state = 'receipted' WHERE clip_id = 'receipted'")
+    db.execute(
+        "UPDATE clips SET state = 'receipted' WHERE clip_id = 'cart-03-20250301T093000Z-bd52'"
+    )
     db.commit()
     db.close()
 
     with open_outbox(tmp_path) as outbox:
         recovery = outbox.recover()
-        assert [e.clip_id for e in recovery.to_announce] == ["undone-rename"]
-        assert outbox.clip_path("undone-rename").read_bytes() == undone
+        assert [e.clip_id for e in recovery.to_announce] == ["cart-03-20250301T093000Z-9e84"]
+        assert outbox.clip_path("cart-03-20250301T093000Z-9e84").read_bytes() == undone
         assert (
-            outbox.signature_path("undone-rename").read_text()
-            == outbox.get("undone-rename").signature
+            outbox.signature_path("cart-03-20250301T093000Z-9e84").read_text()
+            == outbox.get("cart-03-20250301T093000Z-9e84").signature
         )
-        lost = outbox.get("lost-file")
+        lost = outbox.get("cart-03-20250301T093000Z-3b9c")
         assert (lost.state, lost.abort_reason) == (ClipState.ABORTED, "clip_file_missing")
         assert recovery.aborted == [lost]
-        assert outbox.get("receipted").state is ClipState.DELETED
+        assert outbox.get("cart-03-20250301T093000Z-bd52").state is ClipState.DELETED
         # Ciphertext nobody knows about is reported, never deleted.
-        assert files(outbox) == ["stranger.age", "undone-rename.age", "undone-rename.age.minisig"]
+        assert files(outbox) == [
+            "cart-03-20250301T093000Z-9e84.age",
+            "cart-03-20250301T093000Z-9e84.age.minisig",
+            "stranger.age",
+        ]
         assert any("stranger.age" in line for line in recovery.repaired)
         assert not any("PAIN" in line for line in recovery.repaired)

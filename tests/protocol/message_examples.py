@@ -50,6 +50,11 @@ MINISIGN = (
 )
 
 
+def clip_id_of(device: str = DEVICE, n: int = 1) -> str:
+    """The *n*-th clip id of *device*, in the form a unit names its clips (and must)."""
+    return f"{device}-20250301T093000Z-{n:04x}"
+
+
 def manifest(**changes: object) -> ClipManifest:
     """A valid manifest for a 42 s clip from ward7/cart-03, with *changes* applied."""
     fields: dict[str, object] = {
@@ -176,11 +181,15 @@ def statuses(draw: st.DrawFn) -> Status:
     )
 
 
-manifests = st.builds(
-    ClipManifest,
-    clip_id=clip_ids,
+# A unit names its clips <device>-<yyyymmddThhmmssZ>-<hex>, and a manifest must.
+owned_clip_ids = ids.flatmap(
+    lambda device: st.tuples(
+        st.just(device),
+        st.from_regex(rf"{device}-[0-9]{{8}}T[0-9]{{6}}Z-[0-9a-f]{{4,16}}", fullmatch=True),
+    )
+)
+_MANIFEST_FIELDS: dict[str, st.SearchStrategy[object]] = dict(
     site_id=ids,
-    device_id=ids,
     participant=st.none() | pseudonyms,
     visit=st.none() | visits,
     started_at=timestamps,
@@ -210,6 +219,11 @@ manifests = st.builds(
     size_bytes=st.integers(1, MAX_CLIP_BYTES),
     sha256=sha256s,
     recipients=recipients,
+)
+manifests = owned_clip_ids.flatmap(
+    lambda owner: st.builds(
+        ClipManifest, clip_id=st.just(owner[1]), device_id=st.just(owner[0]), **_MANIFEST_FIELDS
+    )
 )
 
 announcements = st.builds(

@@ -350,7 +350,7 @@ def test_minisign_signature_text() -> None:
 
 def test_announcement_must_name_the_topics_unit() -> None:
     payload = ClipAnnouncement(
-        manifest=manifest(device_id="cart-04"),
+        manifest=manifest(device_id="cart-04", clip_id="cart-04-20250301T093000Z-a1b2"),
         signature=examples()[Kind.CLIPS].signature,  # type: ignore[union-attr]
         url="https://cart-04.example/clips/x",
     ).to_payload()

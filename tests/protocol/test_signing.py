@@ -21,6 +21,7 @@ from protocol.errors import (
     BadSignatureError,
     BindingError,
     KeyFormatError,
+    RelabelledError,
     SignatureFormatError,
 )
 from protocol.minisign import PassphraseError
@@ -101,7 +102,9 @@ def test_incremental_signer_equals_one_shot(cuts: list[int]) -> None:
     view, edges = memoryview(CLIP), [0, *sorted(cuts), len(CLIP)]
     for start, end in itertools.pairwise(edges):
         signer.update(view[start:end])
-    signature, binding = signer.finish("clip-1", "cart-3", timestamp=1700000000)
+    signature, binding = signer.finish(
+        "clip-1", "cart-3", participant="PAIN-0042", visit=None, timestamp=1700000000
+    )
     assert signer.size == len(CLIP) and binding.sha256 == signer.sha256_hex
     # Ed25519 is deterministic, so streaming must give exactly the one-shot signature.
     assert signature == KEY.sign(CLIP, binding.to_comment())
@@ -153,24 +156,78 @@ def test_verifying_from_digests_decides_as_reading_the_clip() -> None:
 
 
 def test_binding_round_trip_and_strict_parse() -> None:
-    binding = ClipBinding("clip-0042", "cart_3.ward-7", "ab" * 32, 1700000000)
+    binding = ClipBinding("clip-0042", "cart_3.ward-7", "ab" * 32, 1700000000, "PAIN-0042", "V2")
     assert ClipBinding.from_comment(binding.to_comment()) == binding
     good = binding.to_comment()
+    assert good.startswith("painav-clip/2 ") and good.endswith(" participant:PAIN-0042 visit:V2")
     for bad in [
         good + " ",
         good.replace(" ", "  ", 1),
-        good.replace("painav-clip/1", "painav-clip/2"),
+        good.replace("painav-clip/2", "painav-clip/3"),
+        good.replace("painav-clip/2", "painav-clip/1"),  # form 1 has no participant or visit
         good.replace("ab" * 32, "AB" * 32),
         good.replace("timestamp:1700000000", "timestamp:01700000000"),
         good.replace("clip-0042", "clip 42"),
         good.replace("clip-0042", "c" * 65),
         good.replace("cart_3.ward-7", "cärt"),
+        good.replace(" visit:V2", ""),
+        good.replace(" visit:V2", " visit:"),
+        good.replace(" visit:V2", " visit:V 2"),
+        good.replace("PAIN-0042", "Jan Jansen"),
+        good.replace("PAIN-0042", "pain-0042"),
+        good.replace(" participant:PAIN-0042", " participant:"),
+        good.replace(" participant:PAIN-0042 visit:V2", " visit:V2 participant:PAIN-0042"),
         "timestamp:1700000000\tfile:clip.age\thashed",
     ]:
         with pytest.raises(BindingError):
             ClipBinding.from_comment(bad)
     with pytest.raises(BindingError):
         ClipBinding("ok", "dev/../x", "ab" * 32, 0)
+    with pytest.raises(BindingError, match="participant"):
+        ClipBinding("ok", "cart-3", "ab" * 32, 0, participant="Jan Jansen")
+    with pytest.raises(BindingError, match="visit"):
+        ClipBinding("ok", "cart-3", "ab" * 32, 0, visit="-")  # '-' writes "no visit"
+    with pytest.raises(BindingError, match="form 1"):
+        ClipBinding("ok", "cart-3", "ab" * 32, 0, participant="PAIN-0042", version=1)
+
+
+def test_unarmed_and_form_1_bindings() -> None:
+    unarmed = ClipBinding("clip-1", "cart-3", "ab" * 32, 5)
+    assert unarmed.to_comment().endswith(" timestamp:5 participant:- visit:-")
+    assert ClipBinding.from_comment(unarmed.to_comment()) == unarmed
+    assert unarmed.check_labels(None, None)
+    # A unit of the previous version signs form 1: read, and it vouches for no participant.
+    old = "painav-clip/1 clip:clip-1 device:cart-3 sha256:" + "ab" * 32 + " timestamp:5"
+    legacy = ClipBinding.from_comment(old)
+    assert (legacy.version, legacy.participant, legacy.visit) == (1, None, None)
+    assert legacy.to_comment() == old
+    assert legacy.check_labels("PAIN-0042", "baseline") is False
+
+
+def test_a_relabelled_manifest_does_not_match_its_signature(clip: Path) -> None:
+    signature, _ = sign_clip(KEY, clip, "clip-1", "cart-3", participant="PAIN-0042", visit="V1")
+    binding = verify_clip(KEY.public_key, signature, clip)
+    assert binding.check_labels("PAIN-0042", "V1") is True
+    for participant, visit, what in [
+        ("PAIN-0043", "V1", "participant"),
+        (None, "V1", "participant"),
+        ("PAIN-0042", "V2", "visit"),
+        ("PAIN-0042", None, "visit"),
+    ]:
+        with pytest.raises(RelabelledError, match=f"manifest's {what} is not the one") as caught:
+            binding.check_labels(participant, visit)
+        assert "PAIN" not in str(caught.value)  # no pseudonym in the message
+    # The label cannot be edited in the signature either: the trusted comment is signed.
+    forged = signature.trusted_comment.replace("PAIN-0042", "PAIN-0043")
+    with pytest.raises(BadSignatureError, match="trusted comment was altered"):
+        verify_clip(KEY.public_key, dataclasses.replace(signature, trusted_comment=forged), clip)
+
+
+def test_minisign_shows_the_signed_participant(clip: Path) -> None:
+    signature, _ = sign_clip(KEY, clip, "clip-1", "cart-3", participant="PAIN-0042", visit=None)
+    clip.with_name("clip.age.minisig").write_text(signature.to_text())
+    out = minisign_ok("-V", "-H", "-m", clip, "-P", KEY.public_key.to_string())
+    assert "participant:PAIN-0042 visit:-" in out
 
 
 # --- against the minisign binary --------------------------------------------------------------

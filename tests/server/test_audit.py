@@ -24,6 +24,7 @@ from server.audit import (
     verify,
 )
 from server.catalog import Catalog
+from tests.protocol.message_examples import clip_id_of
 
 from .conftest import T0, Announce
 
@@ -35,7 +36,7 @@ def fill(catalog: Catalog, announce: Announce, clips: int = CLIPS) -> None:
     """Take *clips* clips through ingest, fetch, store and receipt: four audit rows each."""
     for n in range(clips):
         at = T0 + timedelta(minutes=n)
-        catalog.record_announcement(announce(f"clip-{n}"), received_at=at)
+        catalog.record_announcement(announce(clip_id_of(n=n)), received_at=at)
         claimed = catalog.claim_next(worker="w1", now=at, lease_s=60)
         assert claimed is not None
         catalog.mark_stored(claimed.clip_id, store_key=f"k{n}", stored_at=at, worker="w1")
@@ -53,8 +54,12 @@ def raw(db_url: str) -> Iterator[Engine]:
 def test_the_chain_verifies_after_many_operations(catalog: Catalog, announce: Announce) -> None:
     fill(catalog, announce, clips=10)
     for n in range(5):
-        catalog.record_announcement(announce(f"other-{n}", sha256="c" * 64), received_at=T0)
-        catalog.record_announcement(announce(f"other-{n}", sha256="d" * 64), received_at=T0)
+        catalog.record_announcement(
+            announce(clip_id_of(n=0xB0 + n), sha256="c" * 64), received_at=T0
+        )
+        catalog.record_announcement(
+            announce(clip_id_of(n=0xB0 + n), sha256="d" * 64), received_at=T0
+        )
     report = catalog.audit.verify()
     assert report.ok and report.rows == 50 and report.first_bad_seq is None
     assert str(report) == "audit log intact: 50 rows"

@@ -27,6 +27,7 @@ from server.catalog import (
     Verdict,
 )
 from server.catalog.engine import alembic_config
+from tests.protocol.message_examples import clip_id_of
 
 from .conftest import T0, Announce, enrolled
 
@@ -107,29 +108,31 @@ def functionals(
 def test_a_clip_goes_from_receipted_to_extracted(
     catalog: Catalog, db_url: str, announce: Announce
 ) -> None:
-    receipted(catalog, announce, "clip-1")
+    receipted(catalog, announce, "cart-03-20250301T093000Z-0001")
     clip = catalog.claim_for_extraction(
         worker="x1", now=T0 + timedelta(seconds=100), lease_s=60, max_attempts=MAX
     )
-    assert clip is not None and clip.clip_id == "clip-1"
+    assert clip is not None and clip.clip_id == "cart-03-20250301T093000Z-0001"
     assert clip.state is ClipState.EXTRACTING and clip.lease_owner == "x1"
     assert clip.lease_expires_at == T0 + timedelta(seconds=160)
     assert clip.attempts == 0 and clip.extract_attempts == 0  # a clean fetch, a first try
-    catalog.audit_decrypt("clip-1", worker="x1", purpose="extraction")
+    catalog.audit_decrypt("cart-03-20250301T093000Z-0001", worker="x1", purpose="extraction")
     renewed = catalog.renew_extraction_lease(
-        "clip-1", worker="x1", now=T0 + timedelta(seconds=150), lease_s=60
+        "cart-03-20250301T093000Z-0001", worker="x1", now=T0 + timedelta(seconds=150), lease_s=60
     )
     assert renewed.lease_expires_at == T0 + timedelta(seconds=210)
-    assert functionals(catalog, "clip-1")
-    done = catalog.mark_extracted("clip-1", worker="x1", now=T0 + timedelta(seconds=200))
+    assert functionals(catalog, "cart-03-20250301T093000Z-0001")
+    done = catalog.mark_extracted(
+        "cart-03-20250301T093000Z-0001", worker="x1", now=T0 + timedelta(seconds=200)
+    )
     assert done.state is ClipState.EXTRACTED and done.extracted_at == T0 + timedelta(seconds=200)
     assert done.lease_owner is None and done.lease_expires_at is None
-    assert catalog.clip("clip-1") == done
-    assert actions(catalog, "clip-1") == [
+    assert catalog.clip("cart-03-20250301T093000Z-0001") == done
+    assert actions(catalog, "cart-03-20250301T093000Z-0001") == [
         *("ingest", "fetch", "stored", "receipt"),
         *("extract", "decrypt", "extracted"),
     ]
-    entries = catalog.audit.entries(clip_id="clip-1")
+    entries = catalog.audit.entries(clip_id="cart-03-20250301T093000Z-0001")
     assert entries[-2].actor == "x1" and entries[-2].detail["purpose"] == "extraction"
     assert entries[-1].detail["features"] == ["egemaps_v02_functionals@v02"]
     assert claim(catalog, at=1000) is None
@@ -140,35 +143,37 @@ def test_only_receipted_clips_that_are_due_are_claimed_first_tries_and_newest_fi
     catalog: Catalog, announce: Announce
 ) -> None:
     for n in range(1, 5):
-        receipted(catalog, announce, f"clip-{n}", at=n)
-    catalog.record_announcement(announce("announced"), received_at=T0)
-    # clip-4, the newest, fails once: its retry waits behind every first try.
-    assert claim(catalog) == "clip-4"
+        receipted(catalog, announce, clip_id_of(n=n), at=n)
+    catalog.record_announcement(announce(clip_id_of(n=0xA00)), received_at=T0)
+    # cart-03-20250301T093000Z-0004, the newest, fails once: its retry waits behind every first try.
+    assert claim(catalog) == "cart-03-20250301T093000Z-0004"
     catalog.extraction_failed(
-        "clip-4",
+        "cart-03-20250301T093000Z-0004",
         worker="x1",
         reason="decoder: out of memory",
         now=T0 + timedelta(seconds=100),
         retry_at=T0 + timedelta(seconds=150),
         max_attempts=MAX,
     )
-    assert claim(catalog, at=149) == "clip-3"
-    assert claim(catalog, at=149) == "clip-2"
-    assert claim(catalog, at=149) == "clip-1"
-    assert claim(catalog, at=149) is None  # clip-4 is not due yet; the announced one never is
-    assert claim(catalog, at=150) == "clip-4"
-    assert catalog.clip("announced").state is ClipState.ANNOUNCED
+    assert claim(catalog, at=149) == "cart-03-20250301T093000Z-0003"
+    assert claim(catalog, at=149) == "cart-03-20250301T093000Z-0002"
+    assert claim(catalog, at=149) == "cart-03-20250301T093000Z-0001"
+    assert (
+        claim(catalog, at=149) is None
+    )  # cart-03-20250301T093000Z-0004 is not due yet; the announced one never is
+    assert claim(catalog, at=150) == "cart-03-20250301T093000Z-0004"
+    assert catalog.clip(clip_id_of(n=0xA00)).state is ClipState.ANNOUNCED
 
 
 def test_one_clip_is_claimed_by_name_even_before_its_retry_is_due(
     catalog: Catalog, announce: Announce
 ) -> None:
-    receipted(catalog, announce, "clip-1")
-    receipted(catalog, announce, "clip-2", at=1)
-    assert claim(catalog) == "clip-2"
+    receipted(catalog, announce, "cart-03-20250301T093000Z-0001")
+    receipted(catalog, announce, "cart-03-20250301T093000Z-0002", at=1)
+    assert claim(catalog) == "cart-03-20250301T093000Z-0002"
     now = T0 + timedelta(seconds=100)
     catalog.extraction_failed(
-        "clip-2",
+        "cart-03-20250301T093000Z-0002",
         worker="x1",
         reason="x",
         now=now,
@@ -182,46 +187,61 @@ def test_one_clip_is_claimed_by_name_even_before_its_retry_is_due(
         )
         return None if clip is None else clip.clip_id
 
-    assert by_name("clip-2") == "clip-2"  # `painav extract clip clip-2`: now, not in an hour
-    assert by_name("clip-2") is None  # held
+    assert (
+        by_name("cart-03-20250301T093000Z-0002") == "cart-03-20250301T093000Z-0002"
+    )  # `painav extract clip cart-03-20250301T093000Z-0002`: now, not in an hour
+    assert by_name("cart-03-20250301T093000Z-0002") is None  # held
     assert by_name("nope") is None
-    assert claim(catalog) == "clip-1"
+    assert claim(catalog) == "cart-03-20250301T093000Z-0001"
 
 
 def test_an_expired_extraction_lease_is_taken_over(catalog: Catalog, announce: Announce) -> None:
-    receipted(catalog, announce, "clip-1")
-    assert claim(catalog, "x1", at=100, lease_s=30) == "clip-1"
+    receipted(catalog, announce, "cart-03-20250301T093000Z-0001")
+    assert claim(catalog, "x1", at=100, lease_s=30) == "cart-03-20250301T093000Z-0001"
     assert claim(catalog, "x2", at=129, lease_s=30) is None
-    assert claim(catalog, "x2", at=130, lease_s=30) == "clip-1"
-    taken = catalog.clip("clip-1")
+    assert claim(catalog, "x2", at=130, lease_s=30) == "cart-03-20250301T093000Z-0001"
+    taken = catalog.clip("cart-03-20250301T093000Z-0001")
     assert taken.lease_owner == "x2" and taken.extract_attempts == 1
     assert taken.extraction_error == "lease of x1 expired"
-    assert catalog.audit.entries(clip_id="clip-1")[-1].detail["taken_from"] == "x1"
+    assert (
+        catalog.audit.entries(clip_id="cart-03-20250301T093000Z-0001")[-1].detail["taken_from"]
+        == "x1"
+    )
     # The worker that hung comes back too late: everything it reports is refused.
     late = T0 + timedelta(seconds=140)
     with pytest.raises(LeaseLostError, match="x2"):
-        catalog.mark_extracted("clip-1", worker="x1", now=late)
+        catalog.mark_extracted("cart-03-20250301T093000Z-0001", worker="x1", now=late)
     with pytest.raises(LeaseLostError):
-        functionals(catalog, "clip-1", "x1")
+        functionals(catalog, "cart-03-20250301T093000Z-0001", "x1")
     with pytest.raises(LeaseLostError):
-        catalog.renew_extraction_lease("clip-1", worker="x1", now=late, lease_s=30)
+        catalog.renew_extraction_lease(
+            "cart-03-20250301T093000Z-0001", worker="x1", now=late, lease_s=30
+        )
     with pytest.raises(LeaseLostError):
         catalog.extraction_failed(
-            "clip-1", worker="x1", reason="late", now=late, retry_at=late, max_attempts=MAX
+            "cart-03-20250301T093000Z-0001",
+            worker="x1",
+            reason="late",
+            now=late,
+            retry_at=late,
+            max_attempts=MAX,
         )
-    assert catalog.mark_extracted("clip-1", worker="x2", now=late).state is ClipState.EXTRACTED
+    assert (
+        catalog.mark_extracted("cart-03-20250301T093000Z-0001", worker="x2", now=late).state
+        is ClipState.EXTRACTED
+    )
 
 
 def test_failures_are_retried_then_the_clip_fails_with_its_reason(
     catalog: Catalog, announce: Announce
 ) -> None:
-    receipted(catalog, announce, "clip-1")
+    receipted(catalog, announce, "cart-03-20250301T093000Z-0001")
     at = 100.0
     for attempt in range(1, MAX + 1):
-        assert claim(catalog, at=at) == "clip-1"
+        assert claim(catalog, at=at) == "cart-03-20250301T093000Z-0001"
         now = T0 + timedelta(seconds=at)
         clip = catalog.extraction_failed(
-            "clip-1",
+            "cart-03-20250301T093000Z-0001",
             worker="x1",
             reason=f"pyav: Invalid data found\n  when processing input (try {attempt})",
             now=now,
@@ -239,29 +259,33 @@ def test_failures_are_retried_then_the_clip_fails_with_its_reason(
             assert claim(catalog, at=at - 1) is None
     assert clip.state is ClipState.FAILED and clip.lease_owner is None
     assert claim(catalog, at=at + 1000) is None  # failed is for good: no more tries
-    assert actions(catalog, "clip-1")[4:] == [
+    assert actions(catalog, "cart-03-20250301T093000Z-0001")[4:] == [
         *("extract", "extract_failed", "extract", "extract_failed", "extract", "failed"),
     ]
-    failed = catalog.audit.entries(clip_id="clip-1")[-1]
+    failed = catalog.audit.entries(clip_id="cart-03-20250301T093000Z-0001")[-1]
     assert failed.detail == {"error": clip.extraction_error, "attempts": MAX}
-    assert [c.clip_id for c in catalog.clips(state=ClipState.FAILED)] == ["clip-1"]
+    assert [c.clip_id for c in catalog.clips(state=ClipState.FAILED)] == [
+        "cart-03-20250301T093000Z-0001"
+    ]
     # A data manager retries it once the cause is fixed: a fresh start, audited.
-    again = catalog.requeue_extraction("clip-1", reason="decoder_fixed", at=T0)
+    again = catalog.requeue_extraction(
+        "cart-03-20250301T093000Z-0001", reason="decoder_fixed", at=T0
+    )
     assert (again.state, again.extract_attempts, again.extraction_error) == (
         ClipState.RECEIPTED,
         0,
         None,
     )
-    assert actions(catalog, "clip-1")[-1] == "extract_requeued"
-    assert claim(catalog, at=at) == "clip-1"
+    assert actions(catalog, "cart-03-20250301T093000Z-0001")[-1] == "extract_requeued"
+    assert claim(catalog, at=at) == "cart-03-20250301T093000Z-0001"
 
 
 def test_a_permanent_failure_fails_at_once(catalog: Catalog, announce: Announce) -> None:
-    receipted(catalog, announce, "clip-1")
-    assert claim(catalog) == "clip-1"
+    receipted(catalog, announce, "cart-03-20250301T093000Z-0001")
+    assert claim(catalog) == "cart-03-20250301T093000Z-0001"
     now = T0 + timedelta(seconds=100)
     clip = catalog.extraction_failed(
-        "clip-1",
+        "cart-03-20250301T093000Z-0001",
         worker="x1",
         reason="media: no audio stream",
         now=now,
@@ -272,35 +296,47 @@ def test_a_permanent_failure_fails_at_once(catalog: Catalog, announce: Announce)
     assert clip.state is ClipState.FAILED and clip.extract_attempts == 1
     with pytest.raises(ValueError, match="reason"):
         catalog.extraction_failed(
-            "clip-1", worker="x1", reason=" \n", now=now, retry_at=now, max_attempts=MAX
+            "cart-03-20250301T093000Z-0001",
+            worker="x1",
+            reason=" \n",
+            now=now,
+            retry_at=now,
+            max_attempts=MAX,
         )
 
 
 def test_a_clip_that_keeps_killing_its_worker_ends_failed(
     catalog: Catalog, announce: Announce
 ) -> None:
-    receipted(catalog, announce, "poison")
-    receipted(catalog, announce, "fine", at=-1)  # older: claimed after the poison one
-    assert claim(catalog, "x1", at=100, lease_s=10, max_attempts=2) == "poison"
-    assert claim(catalog, "x2", at=110, lease_s=10, max_attempts=2) == "fine"
-    catalog.mark_extracted("fine", worker="x2", now=T0 + timedelta(seconds=111))
-    assert claim(catalog, "x2", at=111, lease_s=10, max_attempts=2) == "poison"  # 2nd try
+    receipted(catalog, announce, "cart-03-20250301T093000Z-5743")
+    receipted(catalog, announce, clip_id_of(n=0xF1), at=-1)  # older: claimed after the poison
+    assert (
+        claim(catalog, "x1", at=100, lease_s=10, max_attempts=2) == "cart-03-20250301T093000Z-5743"
+    )
+    assert claim(catalog, "x2", at=110, lease_s=10, max_attempts=2) == clip_id_of(n=0xF1)
+    catalog.mark_extracted(clip_id_of(n=0xF1), worker="x2", now=T0 + timedelta(seconds=111))
+    assert (
+        claim(catalog, "x2", at=111, lease_s=10, max_attempts=2) == "cart-03-20250301T093000Z-5743"
+    )  # 2nd try
     # Its second worker dies too: the next claim marks it failed and takes nothing.
     assert claim(catalog, "x3", at=125, lease_s=10, max_attempts=2) is None
-    clip = catalog.clip("poison")
+    clip = catalog.clip("cart-03-20250301T093000Z-5743")
     assert clip.state is ClipState.FAILED and clip.extract_attempts == 2
     assert clip.extraction_error == "lease of x2 expired"
-    assert actions(catalog, "poison")[-1] == "failed"
+    assert actions(catalog, "cart-03-20250301T093000Z-5743")[-1] == "failed"
 
 
 def test_a_restarted_worker_releases_its_own_leases(catalog: Catalog, announce: Announce) -> None:
     workers = ("ex@host/0", "ex@host/1", "ex@other/0", "ex_host/0")
     for n, worker in enumerate(workers):
-        receipted(catalog, announce, f"clip-{n}", at=-n)  # newest first: clip-0 first
-        assert claim(catalog, worker) == f"clip-{n}"
+        receipted(catalog, announce, clip_id_of(n=n), at=-n)  # newest first: the 0th first
+        assert claim(catalog, worker) == clip_id_of(n=n)
     later = T0 + timedelta(seconds=105)
-    assert sorted(catalog.release_extraction_leases("ex@host/", now=later)) == ["clip-0", "clip-1"]
-    released = catalog.clip("clip-0")
+    assert sorted(catalog.release_extraction_leases("ex@host/", now=later)) == [
+        "cart-03-20250301T093000Z-0000",
+        "cart-03-20250301T093000Z-0001",
+    ]
+    released = catalog.clip("cart-03-20250301T093000Z-0000")
     assert (released.state, released.lease_owner, released.extract_attempts) == (
         ClipState.RECEIPTED,
         None,
@@ -308,42 +344,51 @@ def test_a_restarted_worker_releases_its_own_leases(catalog: Catalog, announce: 
     )
     assert released.extraction_error == "ex@host/0 stopped while extracting"
     assert released.next_attempt_at == later  # due now, not when the lease would have ended
-    assert actions(catalog, "clip-0")[-1] == "extract_failed"
-    assert catalog.clip("clip-2").state is catalog.clip("clip-3").state is ClipState.EXTRACTING
-    assert claim(catalog, "ex@host/0", at=105) in ("clip-0", "clip-1")
+    assert actions(catalog, "cart-03-20250301T093000Z-0000")[-1] == "extract_failed"
+    assert (
+        catalog.clip("cart-03-20250301T093000Z-0002").state
+        is catalog.clip("cart-03-20250301T093000Z-0003").state
+        is ClipState.EXTRACTING
+    )
+    assert claim(catalog, "ex@host/0", at=105) in (
+        "cart-03-20250301T093000Z-0000",
+        "cart-03-20250301T093000Z-0001",
+    )
     assert catalog.release_extraction_leases("nobody/", now=later) == []
 
 
 def test_extraction_moves_refuse_clips_in_other_states(
     catalog: Catalog, announce: Announce
 ) -> None:
-    catalog.record_announcement(announce("clip-1"), received_at=T0)
+    catalog.record_announcement(announce("cart-03-20250301T093000Z-0001"), received_at=T0)
     now = T0 + timedelta(seconds=1)
     with pytest.raises(LeaseLostError):
-        catalog.mark_extracted("clip-1", worker="x1", now=now)
+        catalog.mark_extracted("cart-03-20250301T093000Z-0001", worker="x1", now=now)
     with pytest.raises(ClipStateError, match="announced"):
-        catalog.requeue_extraction("clip-1", reason="again")
+        catalog.requeue_extraction("cart-03-20250301T093000Z-0001", reason="again")
     with pytest.raises(ClipStateError, match="not stored"):
-        catalog.audit_decrypt("clip-1", worker="x1", purpose="extraction")
+        catalog.audit_decrypt("cart-03-20250301T093000Z-0001", worker="x1", purpose="extraction")
     with pytest.raises(ClipNotFoundError):
         catalog.audit_decrypt("nope", worker="x1", purpose="extraction")
     with pytest.raises(ValueError, match="purpose"):
-        catalog.audit_decrypt("clip-1", worker="x1", purpose="Look at it")
+        catalog.audit_decrypt("cart-03-20250301T093000Z-0001", worker="x1", purpose="Look at it")
     with pytest.raises(IllegalTransitionError):
-        catalog.quarantine("clip-1", "bad_signature")
-        catalog.mark_receipted("clip-1", at=now)
-    assert actions(catalog, "clip-1") == ["ingest", "quarantine"]
+        catalog.quarantine("cart-03-20250301T093000Z-0001", "bad_signature")
+        catalog.mark_receipted("cart-03-20250301T093000Z-0001", at=now)
+    assert actions(catalog, "cart-03-20250301T093000Z-0001") == ["ingest", "quarantine"]
 
 
 # --- features ---------------------------------------------------------------------------------
 
 
 def test_record_features_writes_once(catalog: Catalog, announce: Announce) -> None:
-    receipted(catalog, announce, "clip-1")
-    assert claim(catalog, "x1", lease_s=10) == "clip-1"
-    frames = FrameFile("clip-1/mediapipe_blendshapes.parquet", "e" * 64, frame_count=600)
+    receipted(catalog, announce, "cart-03-20250301T093000Z-0001")
+    assert claim(catalog, "x1", lease_s=10) == "cart-03-20250301T093000Z-0001"
+    frames = FrameFile(
+        "cart-03-20250301T093000Z-0001/mediapipe_blendshapes.parquet", "e" * 64, frame_count=600
+    )
     first, new = catalog.record_features(
-        "clip-1",
+        "cart-03-20250301T093000Z-0001",
         worker="x1",
         feature_set="mediapipe_blendshapes",
         version="1",
@@ -354,22 +399,22 @@ def test_record_features_writes_once(catalog: Catalog, announce: Announce) -> No
     )
     assert new and first.frames == frames and first.provenance == MEDIAPIPE
     assert first.values == {"pspi_proxy_mp_mean": 0.8, "face_share": 0.92}
-    assert functionals(catalog, "clip-1", "x1")
+    assert functionals(catalog, "cart-03-20250301T093000Z-0001", "x1")
     # x1 is SIGKILLed before mark_extracted; x2 takes the clip over and runs it again.
-    assert claim(catalog, "x2", at=111) == "clip-1"
+    assert claim(catalog, "x2", at=111) == "cart-03-20250301T093000Z-0001"
     again, new = catalog.record_features(
-        "clip-1",
+        "cart-03-20250301T093000Z-0001",
         worker="x2",
         feature_set="mediapipe_blendshapes",
         version="1",
         provenance=MEDIAPIPE,
         values={"pspi_proxy_mp_mean": 0.81},
-        frames=FrameFile("clip-1/other.parquet", "f" * 64),
+        frames=FrameFile("cart-03-20250301T093000Z-0001/other.parquet", "f" * 64),
         now=T0 + timedelta(seconds=112),
     )
     assert not new and again == first  # the first write stands, with its frame file
-    assert not functionals(catalog, "clip-1", "x2", value=99.0)
-    kept = catalog.features("clip-1")
+    assert not functionals(catalog, "cart-03-20250301T093000Z-0001", "x2", value=99.0)
+    kept = catalog.features("cart-03-20250301T093000Z-0001")
     assert [(f.feature_set, f.worker) for f in kept] == [
         ("egemaps_v02_functionals", "x1"),
         ("mediapipe_blendshapes", "x1"),
@@ -380,30 +425,38 @@ def test_record_features_writes_once(catalog: Catalog, announce: Announce) -> No
     # The same key from another tool version: the configuration hash is not doing its job.
     newer_tool = Provenance(**{**OPENSMILE.__dict__, "tool_version": "2.7.0"})
     with pytest.raises(ResultConflictError, match="configuration hash"):
-        functionals(catalog, "clip-1", "x2", provenance=newer_tool)
+        functionals(catalog, "cart-03-20250301T093000Z-0001", "x2", provenance=newer_tool)
 
 
 def test_a_newer_feature_set_version_adds_results_and_keeps_the_old(
     catalog: Catalog, announce: Announce
 ) -> None:
-    receipted(catalog, announce, "clip-1")
-    assert claim(catalog) == "clip-1"
-    assert functionals(catalog, "clip-1")
-    catalog.mark_extracted("clip-1", worker="x1", now=T0 + timedelta(seconds=102))
-    catalog.requeue_extraction("clip-1", reason="new_feature_set", at=T0 + timedelta(seconds=200))
-    assert claim(catalog, at=200) == "clip-1"
-    assert functionals(catalog, "clip-1", version="v03", value=30.0)
+    receipted(catalog, announce, "cart-03-20250301T093000Z-0001")
+    assert claim(catalog) == "cart-03-20250301T093000Z-0001"
+    assert functionals(catalog, "cart-03-20250301T093000Z-0001")
+    catalog.mark_extracted(
+        "cart-03-20250301T093000Z-0001", worker="x1", now=T0 + timedelta(seconds=102)
+    )
+    catalog.requeue_extraction(
+        "cart-03-20250301T093000Z-0001", reason="new_feature_set", at=T0 + timedelta(seconds=200)
+    )
+    assert claim(catalog, at=200) == "cart-03-20250301T093000Z-0001"
+    assert functionals(catalog, "cart-03-20250301T093000Z-0001", version="v03", value=30.0)
     # Another configuration (say another analysis rate) is another result too.
     at_48k = Provenance(**{**OPENSMILE.__dict__, "config_hash": "a" * 64, "sample_rate_hz": 48000})
-    assert functionals(catalog, "clip-1", provenance=at_48k)
-    catalog.mark_extracted("clip-1", worker="x1", now=T0 + timedelta(seconds=202))
-    rows = catalog.features("clip-1", feature_set="egemaps_v02_functionals")
+    assert functionals(catalog, "cart-03-20250301T093000Z-0001", provenance=at_48k)
+    catalog.mark_extracted(
+        "cart-03-20250301T093000Z-0001", worker="x1", now=T0 + timedelta(seconds=202)
+    )
+    rows = catalog.features("cart-03-20250301T093000Z-0001", feature_set="egemaps_v02_functionals")
     assert [(f.feature_set_version, f.provenance.sample_rate_hz) for f in rows] == [
         ("v02", 16000),
         ("v03", 16000),
         ("v02", 48000),
     ]
-    assert catalog.audit.entries(clip_id="clip-1")[-1].detail["features"] == [
+    assert catalog.audit.entries(clip_id="cart-03-20250301T093000Z-0001")[-1].detail[
+        "features"
+    ] == [
         "egemaps_v02_functionals@v02",
         "egemaps_v02_functionals@v02",
         "egemaps_v02_functionals@v03",
@@ -428,8 +481,8 @@ def test_features_that_cannot_be_kept_are_refused(
     catalog: Catalog, announce: Announce, change: dict[str, object], match: str
 ) -> None:
     if not catalog.clips():
-        receipted(catalog, announce, "clip-1")
-        assert claim(catalog) == "clip-1"
+        receipted(catalog, announce, "cart-03-20250301T093000Z-0001")
+        assert claim(catalog) == "cart-03-20250301T093000Z-0001"
     arguments: dict[str, object] = {
         "worker": "x1",
         "feature_set": "egemaps_v02_lld",
@@ -441,17 +494,19 @@ def test_features_that_cannot_be_kept_are_refused(
         **change,
     }
     with pytest.raises(ValueError, match=match):
-        catalog.record_features("clip-1", **arguments)  # type: ignore[arg-type]
-    assert catalog.features("clip-1") == []
+        catalog.record_features("cart-03-20250301T093000Z-0001", **arguments)  # type: ignore[arg-type]
+    assert catalog.features("cart-03-20250301T093000Z-0001") == []
 
 
 # --- quality checks and the verdict outbox ----------------------------------------------------
 
 
 def test_quality_checks_and_the_verdict_outbox(catalog: Catalog, announce: Announce) -> None:
-    receipted(catalog, announce, "clip-1")
-    receipted(catalog, announce, "clip-2", at=1)
-    catalog.record_announcement(announce("clip-0"), received_at=T0)  # not fetched yet
+    receipted(catalog, announce, "cart-03-20250301T093000Z-0001")
+    receipted(catalog, announce, "cart-03-20250301T093000Z-0002", at=1)
+    catalog.record_announcement(
+        announce("cart-03-20250301T093000Z-0000"), received_at=T0
+    )  # not fetched yet
 
     def quick(clip_id: str, verdict: str, reasons: list[str], worker: str = "x1") -> bool:
         _, new = catalog.record_qc(
@@ -468,41 +523,47 @@ def test_quality_checks_and_the_verdict_outbox(catalog: Catalog, announce: Annou
         return new
 
     # Quick checks come before extraction, without a lease.
-    assert quick("clip-1", "repeat", ["no_face", "audio_clipping"])
-    assert quick("clip-2", "usable", [])
-    assert not quick("clip-1", "usable", [], worker="x2")  # a re-run writes nothing
+    assert quick("cart-03-20250301T093000Z-0001", "repeat", ["no_face", "audio_clipping"])
+    assert quick("cart-03-20250301T093000Z-0002", "usable", [])
+    assert not quick(
+        "cart-03-20250301T093000Z-0001", "usable", [], worker="x2"
+    )  # a re-run writes nothing
     with pytest.raises(ClipStateError, match="announced"):
-        quick("clip-0", "usable", [])
+        quick("cart-03-20250301T093000Z-0000", "usable", [])
     with pytest.raises(ValueError, match="at least one reason"):
-        quick("clip-2", "check", [])
+        quick("cart-03-20250301T093000Z-0002", "check", [])
     with pytest.raises(ValueError, match="repeated"):
-        quick("clip-2", "check", ["no_face", "no_face"])
+        quick("cart-03-20250301T093000Z-0002", "check", ["no_face", "no_face"])
     with pytest.raises(ValueError, match="reason"):
-        quick("clip-2", "check", ["No face!"])
+        quick("cart-03-20250301T093000Z-0002", "check", ["No face!"])
     with pytest.raises(ValueError):
-        quick("clip-2", "fine", [])
+        quick("cart-03-20250301T093000Z-0002", "fine", [])
 
     pending = catalog.pending_verdicts()
     assert [(v.site_id, v.device_id, v.clip_id, v.qc_pass, v.verdict) for v in pending] == [
-        ("ward7", "cart-03", "clip-1", QcPass.QUICK, Verdict.REPEAT),
-        ("ward7", "cart-03", "clip-2", QcPass.QUICK, Verdict.USABLE),
+        ("ward7", "cart-03", "cart-03-20250301T093000Z-0001", QcPass.QUICK, Verdict.REPEAT),
+        ("ward7", "cart-03", "cart-03-20250301T093000Z-0002", QcPass.QUICK, Verdict.USABLE),
     ]
     assert pending[0].reasons == ("no_face", "audio_clipping")
     message = pending[0].message(issued_at=T0 + timedelta(seconds=6))
     assert isinstance(message, QcVerdict)
     assert message.pass_ == "quick" and message.reasons == ("no_face", "audio_clipping")
     sent_at = T0 + timedelta(seconds=7)
-    assert catalog.mark_verdict_sent("clip-1", QcPass.QUICK, at=sent_at)
-    assert not catalog.mark_verdict_sent("clip-1", "quick", at=sent_at + timedelta(seconds=1))
+    assert catalog.mark_verdict_sent("cart-03-20250301T093000Z-0001", QcPass.QUICK, at=sent_at)
+    assert not catalog.mark_verdict_sent(
+        "cart-03-20250301T093000Z-0001", "quick", at=sent_at + timedelta(seconds=1)
+    )
     with pytest.raises(ClipNotFoundError):
-        catalog.mark_verdict_sent("clip-1", "full", at=sent_at)
-    assert [v.clip_id for v in catalog.pending_verdicts(limit=10)] == ["clip-2"]
-    assert catalog.qc("clip-1")[0].verdict_sent_at == sent_at
+        catalog.mark_verdict_sent("cart-03-20250301T093000Z-0001", "full", at=sent_at)
+    assert [v.clip_id for v in catalog.pending_verdicts(limit=10)] == [
+        "cart-03-20250301T093000Z-0002"
+    ]
+    assert catalog.qc("cart-03-20250301T093000Z-0001")[0].verdict_sent_at == sent_at
 
     # The full check is the extracting worker's, and replaces the quick one as the last word.
     def full(worker: str) -> bool:
         _, new = catalog.record_qc(
-            "clip-1",
+            "cart-03-20250301T093000Z-0001",
             worker=worker,
             qc_pass=QcPass.FULL,
             verdict=Verdict.CHECK,
@@ -516,21 +577,28 @@ def test_quality_checks_and_the_verdict_outbox(catalog: Catalog, announce: Annou
 
     with pytest.raises(LeaseLostError):
         full("x1")
-    assert claim(catalog, "x1") == "clip-2"  # the newest first
-    assert claim(catalog, "x1") == "clip-1"
+    assert claim(catalog, "x1") == "cart-03-20250301T093000Z-0002"  # the newest first
+    assert claim(catalog, "x1") == "cart-03-20250301T093000Z-0001"
     assert full("x1") and not full("x1")
-    assert [(q.qc_pass, q.verdict) for q in catalog.qc("clip-1")] == [
+    assert [(q.qc_pass, q.verdict) for q in catalog.qc("cart-03-20250301T093000Z-0001")] == [
         (QcPass.QUICK, Verdict.REPEAT),
         (QcPass.FULL, Verdict.CHECK),
     ]
-    last = catalog.last_verdicts(["clip-0", "clip-1", "clip-2", "clip-1"])
+    last = catalog.last_verdicts(
+        [
+            "cart-03-20250301T093000Z-0000",
+            "cart-03-20250301T093000Z-0001",
+            "cart-03-20250301T093000Z-0002",
+            "cart-03-20250301T093000Z-0001",
+        ]
+    )
     assert {k: (v.qc_pass, v.verdict) for k, v in last.items()} == {
-        "clip-1": (QcPass.FULL, Verdict.CHECK),
-        "clip-2": (QcPass.QUICK, Verdict.USABLE),
+        "cart-03-20250301T093000Z-0001": (QcPass.FULL, Verdict.CHECK),
+        "cart-03-20250301T093000Z-0002": (QcPass.QUICK, Verdict.USABLE),
     }
     assert [(v.clip_id, v.qc_pass) for v in catalog.pending_verdicts()] == [
-        ("clip-2", QcPass.QUICK),
-        ("clip-1", QcPass.FULL),
+        ("cart-03-20250301T093000Z-0002", QcPass.QUICK),
+        ("cart-03-20250301T093000Z-0001", QcPass.FULL),
     ]
     assert catalog.audit.verify().ok
 
@@ -546,7 +614,7 @@ def test_concurrent_workers_extract_every_clip_exactly_once(
     catalogs = [Catalog(db_url, actor=f"receiver-{n}") for n in (1, 2)]
     try:
         for n in range(total):
-            receipted(catalogs[0], announce, f"clip-{n:03d}", at=n / 10)
+            receipted(catalogs[0], announce, clip_id_of(n=n), at=n / 10)
         now = T0 + timedelta(seconds=100)
         done: dict[str, list[str]] = {}
         errors: list[BaseException] = []
@@ -599,10 +667,15 @@ def test_concurrent_workers_extract_every_clip_exactly_once(
 
 def test_migration_0002_goes_down_and_up_again(db_url: str, announce: Announce) -> None:
     with Catalog(db_url) as catalog:
-        receipted(catalog, announce, "clip-1")
-        assert claim(catalog) == "clip-1"
+        receipted(catalog, announce, "cart-03-20250301T093000Z-0001")
+        assert claim(catalog) == "cart-03-20250301T093000Z-0001"
         catalog.extraction_failed(
-            "clip-1", worker="x1", reason="broken", now=T0, retry_at=T0, max_attempts=1
+            "cart-03-20250301T093000Z-0001",
+            worker="x1",
+            reason="broken",
+            now=T0,
+            retry_at=T0,
+            max_attempts=1,
         )
     command.downgrade(alembic_config(db_url), "0001")
     engine = create_engine(db_url)
@@ -614,6 +687,6 @@ def test_migration_0002_goes_down_and_up_again(db_url: str, announce: Announce) 
         engine.dispose()
     assert (state, version) == ("receipted", "0001")
     with Catalog(db_url) as catalog:  # opening migrates to head again
-        clip = catalog.clip("clip-1")
+        clip = catalog.clip("cart-03-20250301T093000Z-0001")
         assert clip.state is ClipState.RECEIPTED and clip.extract_attempts == 0
         assert catalog.audit.verify().ok

@@ -81,7 +81,14 @@ def seal_clip(
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as file, EnvelopeWriter(file, [ward.data_key]) as writer:
         writer.write(os.urandom(plaintext_bytes))
-    signature, binding = sign_clip(ward.signing_key(device_id), part, clip_id, device_id)
+    signature, binding = sign_clip(
+        ward.signing_key(device_id),
+        part,
+        clip_id,
+        device_id,
+        participant="PAIN-0042",
+        visit="baseline",
+    )
     size = part.stat().st_size
     announced = manifest(
         clip_id=clip_id,
@@ -145,28 +152,30 @@ def pull(client: FetchClient, port: int, entry: OutboxEntry, dest: Path, **chang
 def test_a_whole_clip_is_pulled_verified_and_stored(
     unit: ClipServer, outbox: Outbox, ward: Ward, tmp_path: Path
 ) -> None:
-    entry = seal_clip(outbox, ward, "clip-0001", 700_000)
+    entry = seal_clip(outbox, ward, "cart-01-20250301T093000Z-0001", 700_000)
     assert entry.size_bytes is not None and entry.sha256 is not None
     client = receiver_client(ward, chunk_bytes=64 * 1024)
     dest = tmp_path / "spool.age"
     result = pull(client, unit.port, entry, dest)
     assert (result.size, result.sha256) == (entry.size_bytes, entry.sha256)
     assert (result.transferred, result.resumed) == (entry.size_bytes, False)
-    assert dest.read_bytes() == outbox.clip_path("clip-0001").read_bytes()
+    assert dest.read_bytes() == outbox.clip_path("cart-01-20250301T093000Z-0001").read_bytes()
 
     signature = client.fetch_signature(
-        clip_url(unit.port, "clip-0001") + ".minisig", device_id=UNIT
+        clip_url(unit.port, "cart-01-20250301T093000Z-0001") + ".minisig", device_id=UNIT
     )
     assert signature == entry.signature
     verdict = verify_clip_file(
         Registry.load(ward.site.paths.registry),
         device_id=UNIT,
-        clip_id="clip-0001",
+        clip_id="cart-01-20250301T093000Z-0001",
         announced_sha256=entry.sha256,
         signature_text=signature,
         clip_file=dest,
         data_key_recipient=ward.data_key,
         manifest_recipients=[ward.data_key],
+        participant="PAIN-0042",
+        visit="baseline",
     )
     assert verdict.ok, verdict.detail
     store = LocalStore(tmp_path / "store")
@@ -177,32 +186,36 @@ def test_a_whole_clip_is_pulled_verified_and_stored(
 def test_one_connection_serves_a_clip_its_signature_and_the_list(
     unit: ClipServer, outbox: Outbox, ward: Ward, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    entry = seal_clip(outbox, ward, "clip-0001", 300_000)
+    entry = seal_clip(outbox, ward, "cart-01-20250301T093000Z-0001", 300_000)
     assert entry.size_bytes is not None and entry.sha256 is not None
     admitted: list[socket.socket] = []
     admit = unit._admit
 
-    def counted(conn: socket.socket) -> bool:
+    def counted(conn: socket.socket, address: str) -> bool:
         admitted.append(conn)
-        return admit(conn)
+        return admit(conn, address)
 
     monkeypatch.setattr(unit, "_admit", counted)
-    url = clip_url(unit.port, "clip-0001")
+    url = clip_url(unit.port, "cart-01-20250301T093000Z-0001")
     dest = tmp_path / "spool.age"
     with receiver_client(ward, chunk_bytes=64 * 1024).connect(
         url, device_id=UNIT, deadline_s=60
     ) as conn:
         result = conn.fetch(url, dest, expected_size=entry.size_bytes, expected_sha256=entry.sha256)
         assert conn.fetch_signature(url + ".minisig") == entry.signature
-        assert [c.clip_id for c in conn.list_clips(f"https://{HOST}:{unit.port}")] == ["clip-0001"]
+        assert [c.clip_id for c in conn.list_clips(f"https://{HOST}:{unit.port}")] == [
+            "cart-01-20250301T093000Z-0001"
+        ]
         assert len(admitted) == 1
         # A refusal whose body is left unread ends the connection; the next request opens a
         # new one (and checks the unit again) rather than reading that body as its answer.
         with pytest.raises(FetchError, match="HTTP 404"):
-            conn.fetch_signature(clip_url(unit.port, "clip-9999") + ".minisig")
+            conn.fetch_signature(clip_url(unit.port, "cart-01-20250301T093000Z-9999") + ".minisig")
         assert conn.fetch_signature(url + ".minisig") == entry.signature
         with pytest.raises(ValueError, match="is not on"):  # a connection serves its own host
-            conn.fetch_signature(f"https://{HOST}:{unit.port + 1}/v1/clips/clip-0001.age.minisig")
+            conn.fetch_signature(
+                f"https://{HOST}:{unit.port + 1}/v1/clips/cart-01-20250301T093000Z-0001.age.minisig"
+            )
     assert len(admitted) == 2
     # Hashed on the way in: both digests are of the file as written.
     data = dest.read_bytes()
@@ -214,8 +227,8 @@ def test_one_connection_serves_a_clip_its_signature_and_the_list(
 def test_the_list_of_pending_clips(
     unit: ClipServer, outbox: Outbox, ward: Ward, tmp_path: Path
 ) -> None:
-    first = seal_clip(outbox, ward, "clip-0001", 1000)
-    second = seal_clip(outbox, ward, "clip-0002", 2000)
+    first = seal_clip(outbox, ward, "cart-01-20250301T093000Z-0001", 1000)
+    second = seal_clip(outbox, ward, "cart-01-20250301T093000Z-0002", 2000)
     listed = receiver_client(ward).list_clips(f"https://{HOST}:{unit.port}/", device_id=UNIT)
     assert [(c.clip_id, c.size_bytes, c.sha256) for c in listed] == [
         (e.clip_id, e.size_bytes, e.sha256) for e in (first, second)
@@ -245,15 +258,17 @@ def range_get(port: int, ward: Ward, path: str, first: int, last: int) -> bytes:
 def test_resume_from_a_prefix_already_on_disk(
     unit: ClipServer, outbox: Outbox, ward: Ward, tmp_path: Path
 ) -> None:
-    entry = seal_clip(outbox, ward, "clip-0001", 1_500_000)
+    entry = seal_clip(outbox, ward, "cart-01-20250301T093000Z-0001", 1_500_000)
     assert entry.size_bytes is not None
     half = entry.size_bytes // 2
     dest = tmp_path / "spool.age"
-    dest.write_bytes(range_get(unit.port, ward, "/v1/clips/clip-0001.age", 0, half - 1))
+    dest.write_bytes(
+        range_get(unit.port, ward, "/v1/clips/cart-01-20250301T093000Z-0001.age", 0, half - 1)
+    )
     result = pull(receiver_client(ward), unit.port, entry, dest)
     assert (result.resumed, result.transferred) == (True, entry.size_bytes - half)
     assert (result.size, result.sha256) == (entry.size_bytes, entry.sha256)  # the whole file
-    assert dest.read_bytes() == outbox.clip_path("clip-0001").read_bytes()
+    assert dest.read_bytes() == outbox.clip_path("cart-01-20250301T093000Z-0001").read_bytes()
     # Complete already: nothing more is asked of the unit.
     again = pull(receiver_client(ward), unit.port, entry, dest)
     assert (again.resumed, again.transferred, again.sha256) == (True, 0, entry.sha256)
@@ -302,7 +317,7 @@ class CuttingProxy:
 def test_resume_after_the_connection_is_cut_mid_body(
     unit: ClipServer, outbox: Outbox, ward: Ward, tmp_path: Path
 ) -> None:
-    entry = seal_clip(outbox, ward, "clip-0001", 2_000_000)
+    entry = seal_clip(outbox, ward, "cart-01-20250301T093000Z-0001", 2_000_000)
     assert entry.size_bytes is not None
     proxy = CuttingProxy(unit.port, limit=800_000)
     client = receiver_client(ward, chunk_bytes=64 * 1024)
@@ -314,7 +329,9 @@ def test_resume_after_the_connection_is_cut_mid_body(
         proxy.close()
     assert cut.value.kind in (FetchErrorKind.RESET, FetchErrorKind.TRUNCATED), cut.value
     assert cut.value.retryable
-    assert str(cut.value).startswith(f"unit {UNIT}: GET /v1/clips/clip-0001.age: ")
+    assert str(cut.value).startswith(
+        f"unit {UNIT}: GET /v1/clips/cart-01-20250301T093000Z-0001.age: "
+    )
     kept = dest.stat().st_size
     assert 0 < kept < entry.size_bytes
 
@@ -322,30 +339,35 @@ def test_resume_after_the_connection_is_cut_mid_body(
     assert (result.resumed, result.transferred) == (True, entry.size_bytes - kept)
     assert result.sha256 == entry.sha256
     assert result.digests.blake2b == hashlib.blake2b(dest.read_bytes()).digest()
-    assert dest.read_bytes() == outbox.clip_path("clip-0001").read_bytes()
+    assert dest.read_bytes() == outbox.clip_path("cart-01-20250301T093000Z-0001").read_bytes()
 
 
 def test_a_clip_the_unit_does_not_hold(unit: ClipServer, ward: Ward, tmp_path: Path) -> None:
     client = receiver_client(ward)
     with pytest.raises(FetchError) as missing:
         client.fetch(
-            clip_url(unit.port, "clip-9999"),
+            clip_url(unit.port, "cart-01-20250301T093000Z-9999"),
             tmp_path / "spool.age",
             device_id=UNIT,
             expected_size=1000,
             expected_sha256="ab" * 32,
         )
     assert missing.value.kind is FetchErrorKind.NOT_FOUND and not missing.value.retryable
-    assert str(missing.value) == f"unit {UNIT}: GET /v1/clips/clip-9999.age: HTTP 404 Not Found"
+    assert (
+        str(missing.value)
+        == f"unit {UNIT}: GET /v1/clips/cart-01-20250301T093000Z-9999.age: HTTP 404 Not Found"
+    )
     with pytest.raises(FetchError) as no_signature:
-        client.fetch_signature(clip_url(unit.port, "clip-9999") + ".minisig", device_id=UNIT)
+        client.fetch_signature(
+            clip_url(unit.port, "cart-01-20250301T093000Z-9999") + ".minisig", device_id=UNIT
+        )
     assert no_signature.value.kind is FetchErrorKind.NOT_FOUND
 
 
 def test_a_unit_presenting_another_units_certificate(
     outbox: Outbox, ward: Ward, tmp_path: Path
 ) -> None:
-    entry = seal_clip(outbox, ward, "clip-0001", 100_000)
+    entry = seal_clip(outbox, ward, "cart-01-20250301T093000Z-0001", 100_000)
     dest = tmp_path / "spool.age"
     with (
         clip_server(outbox, ward, unit_tls(ward, OTHER)) as impostor,
@@ -360,7 +382,7 @@ def test_a_unit_presenting_another_units_certificate(
 def test_certificates_named_like_the_unit_but_not_issued_to_it(
     outbox: Outbox, ward: Ward, tmp_path: Path
 ) -> None:
-    entry = seal_clip(outbox, ward, "clip-0001", 100_000)
+    entry = seal_clip(outbox, ward, "cart-01-20250301T093000Z-0001", 100_000)
     # Issued by the site root itself, as the receiver's and broker's are: not a unit's.
     by_root = issued_tls(tmp_path, ward.site.root(), UNIT)
     with clip_server(outbox, ward, by_root) as server, pytest.raises(FetchError) as refused:
@@ -406,7 +428,7 @@ def test_the_unit_refuses_a_client_that_is_not_the_receiver(
 def test_a_file_other_than_announced_is_refused_before_writing(
     unit: ClipServer, outbox: Outbox, ward: Ward, tmp_path: Path
 ) -> None:
-    entry = seal_clip(outbox, ward, "clip-0001", 300_000)
+    entry = seal_clip(outbox, ward, "cart-01-20250301T093000Z-0001", 300_000)
     assert entry.size_bytes is not None
     client = receiver_client(ward)
     dest = tmp_path / "spool.age"
@@ -421,7 +443,7 @@ def test_a_file_other_than_announced_is_refused_before_writing(
         assert refused.value.kind is kind and not refused.value.retryable, changes
         assert dest.stat().st_size == 0
     # Resuming, the unit's Content-Range says the file is shorter than announced.
-    prefix = outbox.clip_path("clip-0001").read_bytes()[:1000]
+    prefix = outbox.clip_path("cart-01-20250301T093000Z-0001").read_bytes()[:1000]
     dest.write_bytes(prefix)
     with pytest.raises(FetchError) as refused:
         pull(client, unit.port, entry, dest, expected_size=entry.size_bytes + 1)
@@ -482,7 +504,7 @@ def test_replies_the_real_server_never_gives(
     try:
         with pytest.raises(FetchError) as failed:
             receiver_client(ward, chunk_bytes=16 * 1024).fetch(
-                clip_url(unit.port, "clip-0001"),
+                clip_url(unit.port, "cart-01-20250301T093000Z-0001"),
                 dest,
                 device_id=UNIT,
                 expected_size=100_000,
@@ -509,7 +531,7 @@ def test_a_whole_file_instead_of_the_range_restarts_the_download(
     dest.write_bytes(b"stale bytes of an earlier attempt")
     try:
         result = receiver_client(ward).fetch(
-            clip_url(unit.port, "clip-0001"),
+            clip_url(unit.port, "cart-01-20250301T093000Z-0001"),
             dest,
             device_id=UNIT,
             expected_size=len(data),

@@ -465,7 +465,10 @@ def test_two_receivers_split_the_clips_and_store_each_once(
     ]
     with Outbox(tmp_path / "outbox", quota_bytes=1 << 30, min_free_bytes=0) as outbox:
         entries = [
-            seal_synthetic_clip(outbox, site, "cart-01", f"clip-{n:02d}", 300_000) for n in range(8)
+            seal_synthetic_clip(
+                outbox, site, "cart-01", f"cart-01-20250301T093000Z-{n:04x}", 300_000
+            )
+            for n in range(8)
         ]
         # The unit knows the first receiver's id only; the second is served by its name.
         server = unit_clip_server(site, "cart-01", outbox)

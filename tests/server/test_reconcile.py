@@ -25,7 +25,7 @@ from server.reconcile import ReconcileReport, clip_server_url, reconcile_once
 from server.service import ReceiverService
 from server.store import LocalStore
 from tests.daemon.test_outbox import open_outbox
-from tests.protocol.message_examples import MINISIGN, manifest
+from tests.protocol.message_examples import MINISIGN, clip_id_of, manifest
 from tests.server.test_fetch import (
     HOST,
     FakeUnit,
@@ -96,8 +96,8 @@ def announce(catalog: Catalog, entry: OutboxEntry, base: str) -> None:
 def test_a_clip_whose_announcement_was_lost_is_catalogued_once_and_then_pulled(
     ward: Ward, outbox: Outbox, catalog: Catalog, catalog_url: str, tmp_path: Path
 ) -> None:
-    announced = seal_clip(outbox, ward, "clip-0001", 5000)
-    lost = seal_clip(outbox, ward, "clip-0002", 7000)
+    announced = seal_clip(outbox, ward, "cart-01-20250301T093000Z-0001", 5000)
+    lost = seal_clip(outbox, ward, "cart-01-20250301T093000Z-0002", 7000)
     client = receiver_client(ward)
     with clip_server(outbox, ward, unit_tls(ward, UNIT)) as unit:
         base = f"https://{HOST}:{unit.port}"
@@ -105,7 +105,7 @@ def test_a_clip_whose_announcement_was_lost_is_catalogued_once_and_then_pulled(
         announce(catalog, announced, base)
 
         assert reconcile_once(catalog, client, now=T1) == ReconcileReport(1, 2, 1, 0, 0)
-        clip = catalog.clip("clip-0002")
+        clip = catalog.clip("cart-01-20250301T093000Z-0002")
         assert (clip.state, clip.device_id, clip.sha256, clip.size_bytes) == (
             ClipState.ANNOUNCED,
             UNIT,
@@ -114,14 +114,14 @@ def test_a_clip_whose_announcement_was_lost_is_catalogued_once_and_then_pulled(
         )
         assert clip.manifest.model_dump_json() == lost.manifest_json
         assert clip.signature == lost.signature
-        assert clip.url == f"{base}/v1/clips/clip-0002.age"
+        assert clip.url == f"{base}/v1/clips/cart-01-20250301T093000Z-0002.age"
         assert clip.announced_at == T1
 
         # Idempotent: a second pass finds both clips known, and only counts them.
         assert reconcile_once(catalog, client, now=T2) == ReconcileReport(1, 2, 0, 0, 0)
         assert [(c.clip_id, c.announce_count) for c in catalog.clips()] == [
-            ("clip-0001", 3),
-            ("clip-0002", 2),
+            ("cart-01-20250301T093000Z-0001", 3),
+            ("cart-01-20250301T093000Z-0002", 2),
         ]
 
         # What was recorded is a whole announcement: the puller fetches, verifies and stores it.
@@ -141,8 +141,8 @@ def test_a_clip_whose_announcement_was_lost_is_catalogued_once_and_then_pulled(
         ) is not None:
             puller.pull(job, "w")
     assert sorted((c.clip_id, c.sha256) for c in stored) == [
-        ("clip-0001", announced.sha256),
-        ("clip-0002", lost.sha256),
+        ("cart-01-20250301T093000Z-0001", announced.sha256),
+        ("cart-01-20250301T093000Z-0002", lost.sha256),
     ]
     assert {c.state for c in catalog.clips()} == {ClipState.STORED}
     assert verify(catalog_url).ok
@@ -151,8 +151,8 @@ def test_a_clip_whose_announcement_was_lost_is_catalogued_once_and_then_pulled(
 def test_units_not_online_or_of_no_known_address_are_skipped(
     ward: Ward, outbox: Outbox, catalog: Catalog
 ) -> None:
-    announced = seal_clip(outbox, ward, "clip-0001", 1000)
-    seal_clip(outbox, ward, "clip-0002", 1000)
+    announced = seal_clip(outbox, ward, "cart-01-20250301T093000Z-0001", 1000)
+    seal_clip(outbox, ward, "cart-01-20250301T093000Z-0002", 1000)
     client = receiver_client(ward)
     with clip_server(outbox, ward, unit_tls(ward, UNIT)) as unit:
         announce(catalog, announced, f"https://{HOST}:{unit.port}")
@@ -160,7 +160,7 @@ def test_units_not_online_or_of_no_known_address_are_skipped(
         for state in ("offline", "error"):
             set_status(catalog, UNIT, state)
             assert reconcile_once(catalog, client, now=T1) == ReconcileReport(skipped=2)
-        assert [c.clip_id for c in catalog.clips()] == ["clip-0001"]
+        assert [c.clip_id for c in catalog.clips()] == ["cart-01-20250301T093000Z-0001"]
         set_status(catalog, UNIT, "recording")  # the clip server serves while recording
         assert reconcile_once(catalog, client, now=T1) == ReconcileReport(1, 2, 1, 0, 1)
 
@@ -172,7 +172,7 @@ def http_reply(body: object) -> bytes:
     return f"{head}\r\n\r\n".encode() + data
 
 
-def entry(clip_id: str = "clip-0101", **changes: object) -> dict[str, object]:
+def entry(clip_id: str = "cart-01-20250301T093000Z-0101", **changes: object) -> dict[str, object]:
     """A valid listing entry of cart-01's (fields in *changes* replaced, None: left out)."""
     sha256 = "cd" * 32
     m = manifest(clip_id=clip_id, device_id=UNIT, sha256=sha256, size_bytes=1000)
@@ -208,8 +208,15 @@ def manifest_with(**changes: object) -> dict[str, object]:
         ([entry(manifest=manifest_with(duration_s="42"))], "manifest field 'duration_s'"),
         ([entry(manifest=manifest_with(extra=1))], "manifest field 'extra'"),
         ([entry(manifest=manifest_with(sha256="ef" * 32))], "disagrees with the entry"),
-        ([entry(manifest=manifest_with(clip_id="clip-0102"))], "disagrees with the entry"),
-        ([entry(manifest=manifest_with(device_id=OTHER))], "disagrees with the entry"),
+        (
+            [entry(manifest=manifest_with(clip_id="cart-01-20250301T093000Z-0102"))],
+            "disagrees with the entry",
+        ),
+        ([entry(manifest=manifest_with(device_id=OTHER))], "announces only clips it named"),
+        (
+            [entry(manifest=manifest_with(device_id=OTHER, clip_id=clip_id_of(OTHER)))],
+            "disagrees with the entry",
+        ),
         ([entry(), entry(signature="untrusted comment: é")], "item 1: signature is not ASCII"),
         ([entry(signature=["untrusted comment:"])], "signature is not ASCII text"),
         ([entry(signature="x" * (16 * 1024 + 1))], "signature longer than 16384 bytes"),
@@ -226,6 +233,7 @@ def manifest_with(**changes: object) -> dict[str, object]:
         "manifest-unknown-key",
         "manifest-other-hash",
         "manifest-other-clip",
+        "manifest-other-units-clip",
         "manifest-other-unit",
         "signature-not-ascii",
         "signature-not-text",
@@ -249,18 +257,18 @@ def test_a_malformed_listing_is_an_error_and_the_pass_goes_on(
     ward: Ward, outbox: Outbox, catalog: Catalog, caplog: pytest.LogCaptureFixture
 ) -> None:
     # cart-01 is a fake with cart-01's certificate answering junk; cart-02 is a real unit.
-    fake = FakeUnit(ward, http_reply([{"clip_id": "clip-0101"}]))
-    announced = seal_clip(outbox, ward, "clip-0201", 1000, device_id=OTHER)
-    seal_clip(outbox, ward, "clip-0202", 1000, device_id=OTHER)
+    fake = FakeUnit(ward, http_reply([{"clip_id": "cart-01-20250301T093000Z-0101"}]))
+    announced = seal_clip(outbox, ward, "cart-02-20250301T093000Z-0201", 1000, device_id=OTHER)
+    seal_clip(outbox, ward, "cart-02-20250301T093000Z-0202", 1000, device_id=OTHER)
     try:
         with clip_server(outbox, ward, unit_tls(ward, OTHER)) as other:
             set_status(catalog, UNIT, "online")
             set_status(catalog, OTHER, "online")
             announce(catalog, announced, f"https://{HOST}:{other.port}")
             junk = ClipAnnouncement(
-                manifest=manifest(clip_id="clip-0101", device_id=UNIT),
+                manifest=manifest(clip_id="cart-01-20250301T093000Z-0101", device_id=UNIT),
                 signature=MINISIGN,
-                url=f"https://{HOST}:{fake.port}/v1/clips/clip-0101.age",
+                url=f"https://{HOST}:{fake.port}/v1/clips/cart-01-20250301T093000Z-0101.age",
             )
             catalog.record_announcement(junk, received_at=T0)
             caplog.set_level(logging.WARNING, logger="painav.receiver.reconcile")
@@ -268,7 +276,7 @@ def test_a_malformed_listing_is_an_error_and_the_pass_goes_on(
     finally:
         fake.close()
     assert report == ReconcileReport(units_checked=2, listed=2, recorded_new=1, errors=1)
-    assert catalog.clip("clip-0202").state is ClipState.ANNOUNCED
+    assert catalog.clip("cart-02-20250301T093000Z-0202").state is ClipState.ANNOUNCED
     assert f"unit {UNIT}: GET /v1/clips: malformed clip list: item 0: missing" in caplog.text
 
 
@@ -278,17 +286,24 @@ def test_a_clip_that_cannot_be_announced_is_an_error_the_rest_are_recorded(
     # A listing the fetcher accepts, with clips no announcement could carry: of another site,
     # with a signature longer than an announcement's (1 KiB). The good one is recorded.
     listing = [
-        entry("clip-0101"),
-        entry("clip-0102", manifest=manifest_with(clip_id="clip-0102", site_id="ward9")),
-        entry("clip-0103", manifest=manifest_with(clip_id="clip-0103"), signature=MINISIGN * 8),
+        entry("cart-01-20250301T093000Z-0101"),
+        entry(
+            "cart-01-20250301T093000Z-0102",
+            manifest=manifest_with(clip_id="cart-01-20250301T093000Z-0102", site_id="ward9"),
+        ),
+        entry(
+            "cart-01-20250301T093000Z-0103",
+            manifest=manifest_with(clip_id="cart-01-20250301T093000Z-0103"),
+            signature=MINISIGN * 8,
+        ),
     ]
     fake = FakeUnit(ward, http_reply(listing))
     try:
         set_status(catalog, UNIT, "online")
         known = ClipAnnouncement(
-            manifest=manifest(clip_id="clip-0100", device_id=UNIT),
+            manifest=manifest(clip_id="cart-01-20250301T093000Z-0100", device_id=UNIT),
             signature=MINISIGN,
-            url=f"https://{HOST}:{fake.port}/v1/clips/clip-0100.age",
+            url=f"https://{HOST}:{fake.port}/v1/clips/cart-01-20250301T093000Z-0100.age",
         )
         catalog.record_announcement(known, received_at=T0)
         caplog.set_level(logging.WARNING, logger="painav.receiver.reconcile")
@@ -296,9 +311,14 @@ def test_a_clip_that_cannot_be_announced_is_an_error_the_rest_are_recorded(
     finally:
         fake.close()
     assert report == ReconcileReport(units_checked=1, listed=3, recorded_new=1, errors=2)
-    assert [c.clip_id for c in catalog.clips()] == ["clip-0100", "clip-0101"]
-    assert "clip clip-0102: names site ward9, not ward7" in caplog.text
-    assert "clip clip-0103: not an announcement: field 'signature'" in caplog.text
+    assert [c.clip_id for c in catalog.clips()] == [
+        "cart-01-20250301T093000Z-0100",
+        "cart-01-20250301T093000Z-0101",
+    ]
+    assert "clip cart-01-20250301T093000Z-0102: names site ward9, not ward7" in caplog.text
+    assert (
+        "clip cart-01-20250301T093000Z-0103: not an announcement: field 'signature'" in caplog.text
+    )
 
 
 def test_the_clip_server_of_a_clip_url() -> None:
@@ -326,8 +346,8 @@ def test_painav_receiver_reconcile(
             broker_port=8883,  # not used by this command
         )
     )
-    announced = seal_clip(outbox, ward, "clip-0001", 1000)
-    seal_clip(outbox, ward, "clip-0002", 1000)
+    announced = seal_clip(outbox, ward, "cart-01-20250301T093000Z-0001", 1000)
+    seal_clip(outbox, ward, "cart-01-20250301T093000Z-0002", 1000)
     with clip_server(outbox, ward, unit_tls(ward, UNIT)) as unit:
         set_status(catalog, UNIT, "online")
         announce(catalog, announced, f"https://{HOST}:{unit.port}")
@@ -337,7 +357,7 @@ def test_painav_receiver_reconcile(
         "reconcile: 1 units checked (0 skipped), 2 clips listed, 1 new, "
         "0 receipts to send again, 0 errors\n"
     )
-    assert catalog.clip("clip-0002").state is ClipState.ANNOUNCED
+    assert catalog.clip("cart-01-20250301T093000Z-0002").state is ClipState.ANNOUNCED
 
 
 def start_reconciling_receiver(site: Site, broker: Broker, work: Path) -> Receiver:

@@ -30,9 +30,9 @@ def test_a_recorded_verdict_reaches_its_unit_once(
     seen = Seen()
     link = make_link(site, broker.port, seen)
     try:
-        receipted(catalog, announce, "clip-1")
+        receipted(catalog, announce, "cart-03-20250301T093000Z-0001")
         catalog.record_qc(
-            "clip-1",
+            "cart-03-20250301T093000Z-0001",
             worker="x1",
             qc_pass="quick",
             verdict="repeat",
@@ -47,7 +47,7 @@ def test_a_recorded_verdict_reaches_its_unit_once(
         assert send_verdicts(catalog, link.publish_verdict, site_id=site.name) == 1
         verdict = QcVerdict.parse(cart.expect(topic(site.name, "cart-03", Kind.QC)).payload)
         assert (verdict.clip_id, verdict.verdict, verdict.reasons) == (
-            "clip-1",
+            "cart-03-20250301T093000Z-0001",
             "repeat",
             ("no_face",),
         )

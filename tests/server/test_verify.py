@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,12 +98,16 @@ class Clip:
             "clip_file": self.path,
             "data_key_recipient": ward.data_key,
             "manifest_recipients": self.recipients,
+            "participant": None,
+            "visit": None,
         }
         arguments.update(changes)
         return verify_clip_file(ward.registry(), **arguments)  # type: ignore[arg-type]
 
 
-def make_clip(ward: Ward, folder: Path, clip_id: str = "clip-0001", **options: int) -> Clip:
+def make_clip(
+    ward: Ward, folder: Path, clip_id: str = "cart-01-20250301T093000Z-0001", **options: int
+) -> Clip:
     path = folder / f"{clip_id}.age"
     write_clip(path, [ward.data_key], **options)
     return Clip(path, clip_id, sign(ward, path, clip_id), sha256_of(path), [ward.data_key])
@@ -215,27 +220,57 @@ def test_signatures_that_are_not_this_units(ward: Ward, tmp_path: Path) -> None:
     garbage = clip.verify(ward, signature_text="not a minisign signature\n")
     assert (garbage.ok, garbage.reason) == (False, Reason.BAD_SIGNATURE)
     # An altered trusted comment breaks the global signature.
-    altered = clip.signature.replace(f"clip:{clip.clip_id}", "clip:clip-0002")
-    verdict = clip.verify(ward, signature_text=altered, clip_id="clip-0002")
+    altered = clip.signature.replace(f"clip:{clip.clip_id}", "clip:cart-01-20250301T093000Z-0002")
+    verdict = clip.verify(ward, signature_text=altered, clip_id="cart-01-20250301T093000Z-0002")
     assert (verdict.ok, verdict.reason) == (False, Reason.BAD_SIGNATURE)
 
 
 def test_a_valid_signature_for_another_clip_or_unit(ward: Ward, tmp_path: Path) -> None:
     clip = make_clip(ward, tmp_path)
     # cart-01 really signed these bytes, but as another clip: announcing it as this one fails.
-    other_clip = sign(ward, clip.path, "clip-0002")
+    other_clip = sign(ward, clip.path, "cart-01-20250301T093000Z-0002")
     verdict = clip.verify(ward, signature_text=other_clip)
     assert (verdict.ok, verdict.reason) == (False, Reason.WRONG_BINDING)
-    assert "clip-0002" in verdict.detail
+    assert "cart-01-20250301T093000Z-0002" in verdict.detail
     # cart-01's key, but the comment says cart-02 made it.
     other_unit = sign(ward, clip.path, clip.clip_id, OTHER, key_of=UNIT)
     verdict = clip.verify(ward, signature_text=other_unit)
     assert (verdict.ok, verdict.reason) == (False, Reason.WRONG_BINDING)
 
 
+def test_a_manifest_relabelled_after_signing(ward: Ward, tmp_path: Path) -> None:
+    clip = make_clip(ward, tmp_path)
+    signed, _ = sign_clip(
+        ward.signing_key(UNIT), clip.path, clip.clip_id, UNIT, participant="PAIN-0042", visit="V1"
+    )
+    text = signed.to_text()
+    assert clip.verify(ward, signature_text=text, participant="PAIN-0042", visit="V1").ok
+    for participant, visit in [("PAIN-0043", "V1"), (None, "V1"), ("PAIN-0042", "V2")]:
+        verdict = clip.verify(ward, signature_text=text, participant=participant, visit=visit)
+        assert (verdict.ok, verdict.reason) == (False, Reason.RELABELLED)
+        assert "not the one the unit signed" in verdict.detail and "PAIN" not in verdict.detail
+    # Signed unarmed, announced as a participant's: relabelled too.
+    verdict = clip.verify(ward, participant="PAIN-0042")
+    assert (verdict.ok, verdict.reason) == (False, Reason.RELABELLED)
+
+
+def test_a_form_1_signature_of_a_unit_not_yet_upgraded_is_accepted_with_a_warning(
+    ward: Ward, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clip = make_clip(ward, tmp_path)
+    form_1 = f"painav-clip/1 clip:{clip.clip_id} device:{UNIT} sha256:{clip.sha256} timestamp:7"
+    legacy = ward.signing_key(UNIT).sign(clip.path.read_bytes(), form_1).to_text()
+    with caplog.at_level(logging.WARNING, logger="server.verify"):
+        verdict = clip.verify(ward, signature_text=legacy, participant="PAIN-0042", visit="V1")
+    assert verdict.ok and verdict.binding is not None and verdict.binding.version == 1
+    assert f"clip {clip.clip_id} from {UNIT}: signed in the painav-clip/1 form" in caplog.text
+    caplog.clear()
+    assert clip.verify(ward).ok and caplog.text == ""  # form 2: nothing to warn about
+
+
 def test_a_reannounced_different_hash(ward: Ward, tmp_path: Path) -> None:
     clip = make_clip(ward, tmp_path)
-    second = make_clip(ward, tmp_path, "clip-0002")
+    second = make_clip(ward, tmp_path, "cart-01-20250301T093000Z-0002")
     # The signature and file agree; the announcement names another clip's hash.
     verdict = clip.verify(ward, announced_sha256=second.sha256)
     assert (verdict.ok, verdict.reason) == (False, Reason.HASH_MISMATCH)
@@ -251,7 +286,7 @@ def test_a_signed_file_with_a_bad_header(ward: Ward, tmp_path: Path) -> None:
     assert (verdict.ok, verdict.reason) == (False, Reason.BAD_HEADER)
     assert "v2" in verdict.detail
 
-    clip = make_clip(ward, tmp_path, "clip-0002")
+    clip = make_clip(ward, tmp_path, "cart-01-20250301T093000Z-0002")
     with open(clip.path, "rb") as file:
         stanza = parse_header(file.readline).stanzas[0]
     short_share = Stanza("X25519", [b64encode(bytes(16))], stanza.body)
@@ -263,9 +298,15 @@ def test_a_signed_file_with_a_bad_header(ward: Ward, tmp_path: Path) -> None:
 
 def test_a_clip_whose_manifest_omits_the_data_key(ward: Ward, tmp_path: Path) -> None:
     stranger = str(X25519Identity.generate().recipient)
-    path = tmp_path / "clip-0001.age"
+    path = tmp_path / "cart-01-20250301T093000Z-0001.age"
     write_clip(path, [stranger])
-    clip = Clip(path, "clip-0001", sign(ward, path, "clip-0001"), sha256_of(path), [stranger])
+    clip = Clip(
+        path,
+        "cart-01-20250301T093000Z-0001",
+        sign(ward, path, "cart-01-20250301T093000Z-0001"),
+        sha256_of(path),
+        [stranger],
+    )
     verdict = clip.verify(ward)
     assert (verdict.ok, verdict.reason) == (False, Reason.NOT_FOR_DATA_KEY)
     assert ward.data_key in verdict.detail
@@ -273,10 +314,16 @@ def test_a_clip_whose_manifest_omits_the_data_key(ward: Ward, tmp_path: Path) ->
 
 def test_stanzas_that_disagree_with_the_manifest(ward: Ward, tmp_path: Path) -> None:
     escrow = str(X25519Identity.generate().recipient)
-    path = tmp_path / "clip-0001.age"
+    path = tmp_path / "cart-01-20250301T093000Z-0001.age"
     write_clip(path, [ward.data_key, escrow])
     # Two stanzas, a manifest listing one recipient: a hidden way in.
-    clip = Clip(path, "clip-0001", sign(ward, path, "clip-0001"), sha256_of(path), [ward.data_key])
+    clip = Clip(
+        path,
+        "cart-01-20250301T093000Z-0001",
+        sign(ward, path, "cart-01-20250301T093000Z-0001"),
+        sha256_of(path),
+        [ward.data_key],
+    )
     verdict = clip.verify(ward)
     assert (verdict.ok, verdict.reason) == (False, Reason.NOT_FOR_DATA_KEY)
     assert "2 X25519 stanzas" in verdict.detail
@@ -284,7 +331,7 @@ def test_stanzas_that_disagree_with_the_manifest(ward: Ward, tmp_path: Path) -> 
     assert clip.verify(ward).ok
 
     # A passphrase stanza beside the data key's: not X25519, refused whatever the manifest says.
-    clip = make_clip(ward, tmp_path, "clip-0002")
+    clip = make_clip(ward, tmp_path, "cart-01-20250301T093000Z-0002")
     with open(clip.path, "rb") as file:
         ours = parse_header(file.readline).stanzas
     replace_header(clip.path, [*ours, Stanza("scrypt", [b64encode(bytes(16)), "18"], bytes(32))])
@@ -299,9 +346,15 @@ def test_a_clip_for_another_key_posing_as_the_data_keys_is_not_detectable(
 ) -> None:
     """The documented limit: a stanza does not name its recipient, so only decryption tells."""
     stranger = X25519Identity.generate()
-    path = tmp_path / "clip-0001.age"
+    path = tmp_path / "cart-01-20250301T093000Z-0001.age"
     write_clip(path, [str(stranger.recipient)])
-    clip = Clip(path, "clip-0001", sign(ward, path, "clip-0001"), sha256_of(path), [ward.data_key])
+    clip = Clip(
+        path,
+        "cart-01-20250301T093000Z-0001",
+        sign(ward, path, "cart-01-20250301T093000Z-0001"),
+        sha256_of(path),
+        [ward.data_key],
+    )
     assert clip.verify(ward).ok  # the receiver, holding no private key, cannot tell
     with open(path, "rb") as file, pytest.raises(NoIdentityMatchError):
         EnvelopeReader(file, [ward.data_identity])  # the extraction host can, at decrypt time

@@ -103,7 +103,11 @@ def synthetic_clip(
             sent += block
         if not skip_frames(i):
             writer.video(VideoPacket(data, pts, key))
-    return Clip(path, identity, writer.finish("cart-01-20261129T120000Z-0001", "cart-01"))
+    return Clip(
+        path,
+        identity,
+        writer.finish("cart-01-20261129T120000Z-0001", "cart-01", participant=None, visit=None),
+    )
 
 
 def recorded_clip(path: Path, wav: Path, *, rate_hz: int, seconds: float) -> Clip:
@@ -123,7 +127,11 @@ def recorded_clip(path: Path, wav: Path, *, rate_hz: int, seconds: float) -> Cli
         time.sleep(0.2)  # the microphone delivers what it "heard" up to the last frame
     finally:
         mic.close()
-    return Clip(path, identity, writer.finish("cart-01-20261129T120000Z-0002", "cart-01"))
+    return Clip(
+        path,
+        identity,
+        writer.finish("cart-01-20261129T120000Z-0002", "cart-01", participant=None, visit=None),
+    )
 
 
 def wav_samples(path: Path) -> np.ndarray:

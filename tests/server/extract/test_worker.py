@@ -135,10 +135,14 @@ def test_a_valid_age_file_with_broken_media_fails_at_once_with_its_reason(
     catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
     now = datetime.now(UTC)
     enrolled(catalog)
-    catalog.record_announcement(announce("clip-1", sha256=digest), received_at=now)
+    catalog.record_announcement(
+        announce("cart-03-20250301T093000Z-0001", sha256=digest), received_at=now
+    )
     assert catalog.claim_next(worker="rx", now=now, lease_s=60) is not None
-    catalog.mark_stored("clip-1", store_key=store_key, stored_at=now, worker="rx")
-    catalog.mark_receipted("clip-1", at=now)
+    catalog.mark_stored(
+        "cart-03-20250301T093000Z-0001", store_key=store_key, stored_at=now, worker="rx"
+    )
+    catalog.mark_receipted("cart-03-20250301T093000Z-0001", at=now)
     config = extract_config("ward7", tmp_path, tmp_path / "worker", key)
     worker = ExtractionWorker(
         config, worker_id="x1@test", identities=load_identities(key), catalog=catalog
@@ -146,7 +150,7 @@ def test_a_valid_age_file_with_broken_media_fails_at_once_with_its_reason(
     try:
         outcome = worker.extract_one()
         assert outcome is not None and outcome.result == "failed"
-        clip = catalog.clip("clip-1")
+        clip = catalog.clip("cart-03-20250301T093000Z-0001")
         assert clip.state is ClipState.FAILED
         assert clip.extraction_error is not None
         assert clip.extraction_error.startswith("MediaError: ")

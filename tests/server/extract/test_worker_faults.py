@@ -64,7 +64,7 @@ def stock(
             made.path.unlink()
             digest = hashlib.sha256(spool.read_bytes()).hexdigest()
             store_key = store.put(digest, spool, "untrusted comment: test\n", move=True)
-            clip_id = f"clip-{n}"
+            clip_id = f"cart-03-20250301T093000Z-{n:04x}"
             now = datetime.now(UTC)
             enrolled(catalog)
             catalog.record_announcement(announce(clip_id, sha256=digest), received_at=now)
