@@ -57,6 +57,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     decrypt.add_argument("--sig", type=Path, help="signature file (default: FILE.minisig)")
     decrypt.add_argument("--force", action="store_true", help="overwrite an existing output")
+    decrypt.add_argument(
+        "--audit",
+        type=Path,
+        metavar="EXTRACT_TOML",
+        help="write the decrypt to the catalog's audit log first (needs --registry or --pubkey)",
+    )
     decrypt.set_defaults(handler="painav.clipcmd:decrypt")
 
     from . import devicecmd, extractcmd, provisioncmd, receivercmd, researchcmd

@@ -95,8 +95,13 @@ def decrypt(args: argparse.Namespace) -> int:
     that players show its length and can seek, which the live-written clip does not allow; a
     plaintext that is not Matroska is written as decrypted. To stdout (``-o -``): the
     plaintext exactly as decrypted."""
-    if args.pubkey or args.registry:
-        _check_signature(args, None, None)
+    binding = _check_signature(args, None, None) if args.pubkey or args.registry else None
+    if args.audit is not None:
+        if binding is None:
+            print("painav: error: --audit needs --registry or --pubkey: the audit log names the "
+                  "clip its signature vouches for", file=sys.stderr)  # fmt: skip
+            return 2
+        _audit(args.audit, binding.clip_id)  # no audit, no decrypt
     identities = _load_identities(args.identity)
     to_stdout = args.output == "-"
     out_path = Path(args.output)
@@ -140,6 +145,19 @@ def decrypt(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _audit(extract_config: Path, clip_id: str) -> None:
+    """Write to the catalog's audit log that this account decrypts *clip_id* by hand."""
+    import getpass
+
+    from protocol.extract_config import ExtractConfig
+    from protocol.tomlconfig import load_toml
+    from server.catalog import Catalog
+
+    actor = f"os:{getpass.getuser()}"[:64]
+    with Catalog(load_toml(extract_config, ExtractConfig).catalog.url, actor=actor) as catalog:
+        catalog.audit_decrypt(clip_id, worker=actor, purpose="manual")
 
 
 def _remux(clip: Path, stream: _Hashed, out: BinaryIO) -> str | None:

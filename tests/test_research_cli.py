@@ -161,3 +161,51 @@ def test_import_from_the_command_line_reports_every_bad_row(
         "painav: bad.csv: row 9: field 'nrs_date': '22-11-2026' is not a date (%Y-%m-%d)",
         "painav: error: nothing imported: 2 problem(s)",
     ]
+
+
+def test_a_decrypt_by_hand_is_audited_first(config: Path, tmp_path: Path) -> None:
+    import hashlib
+
+    from protocol.envelope import EnvelopeWriter
+    from protocol.messages import ClipAnnouncement
+    from protocol.signing import SigningKey, sign_clip
+    from protocol.x25519 import X25519Identity
+    from provisioning.extraction import extract_config
+    from provisioning.site import load_site
+    from tests.protocol.message_examples import manifest
+
+    identity, key = X25519Identity.generate(), SigningKey.generate()
+    clip = tmp_path / "clip.age"
+    with clip.open("wb") as f, EnvelopeWriter(f, [identity.recipient]) as sealed:
+        sealed.write(b"media" * 1000)
+    clip_id = "cart-01-20261127T101500Z-ab12"
+    signature, _ = sign_clip(key, clip, clip_id, "cart-01", participant=None, visit=None)
+    clip.with_name("clip.age.minisig").write_text(signature.to_text())
+    key.public_key.save(tmp_path / "unit.pub")
+    (tmp_path / "data-key.txt").write_text(f"{identity}\n")
+    site = load_site(tmp_path / "site")
+    extract = tmp_path / "extract.toml"
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    paths = {"store_dir": tmp_path / "store", "features_dir": tmp_path / "f"}
+    extract.write_text(extract_config(site, catalog_url=url, data_key=tmp_path / "k", **paths))
+    args = ["clip", "decrypt", str(clip), "-i", str(tmp_path / "data-key.txt"), "-o",
+            str(tmp_path / "out.bin"), "--audit", str(extract)]  # fmt: skip
+    assert main(args) == 2  # the audit names the clip its signature vouches for
+    assert main([*args, "--pubkey", str(tmp_path / "unit.pub")]) == 1  # not in the catalog
+    assert not (tmp_path / "out.bin").exists()
+    with Catalog(url) as catalog:
+        digest = hashlib.sha256(clip.read_bytes()).hexdigest()
+        m = manifest(clip_id=clip_id, device_id="cart-01", sha256=digest,
+                     size_bytes=clip.stat().st_size)  # fmt: skip
+        ann = ClipAnnouncement(manifest=m, signature=signature.to_text(),
+                               url=f"https://10.0.0.9:8443/v1/clips/{clip_id}.age")  # fmt: skip
+        now = m.started_at
+        catalog.record_announcement(ann, received_at=now)
+        assert catalog.claim_next(worker="rx", now=now, lease_s=60) is not None
+        catalog.mark_stored(clip_id, store_key="k", stored_at=now, worker="rx")
+    assert main([*args, "--pubkey", str(tmp_path / "unit.pub")]) == 0
+    assert (tmp_path / "out.bin").read_bytes() == b"media" * 1000
+    with Catalog(url) as catalog:
+        [entry] = [e for e in catalog.audit.entries() if e.action == "decrypt"]
+    assert entry.clip_id == clip_id and entry.detail["purpose"] == "manual"
+    assert entry.actor.startswith("os:")
