@@ -33,6 +33,26 @@ def config(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def extract(config: Path, tmp_path: Path) -> Path:
+    """The extraction worker's config beside *config*, on the same catalog."""
+    from provisioning.extraction import extract_config
+    from provisioning.site import load_site
+
+    site = load_site(tmp_path / "site")
+    path = tmp_path / "extract.toml"
+    path.write_text(
+        extract_config(
+            site,
+            catalog_url=f"sqlite:///{tmp_path / 'catalog.db'}",
+            store_dir=tmp_path / "store",
+            features_dir=tmp_path / "features",
+            data_key=site.paths.data_key,
+        )
+    )
+    return path
+
+
 def test_enrol_open_a_visit_and_show(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     common = ["--config", str(config)]
     assert main(["research", "enrol", "PAIN-0042", "--group", "pain", "--language", "nl",
@@ -80,22 +100,8 @@ def test_an_identifier_as_pseudonym_is_one_line_and_nothing_changes(config: Path
 
 
 def test_withdraw_from_the_command_line(
-    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    config: Path, extract: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from provisioning.extraction import extract_config
-    from provisioning.site import load_site
-
-    site = load_site(tmp_path / "site")
-    extract = tmp_path / "extract.toml"
-    extract.write_text(
-        extract_config(
-            site,
-            catalog_url=f"sqlite:///{tmp_path / 'catalog.db'}",
-            store_dir=tmp_path / "store",
-            features_dir=tmp_path / "features",
-            data_key=site.paths.data_key,
-        )
-    )
     assert main(["research", "enrol", "PAIN-0042", "--group", "pain", "--language", "nl",
                  "--consent-form", "v2", "--config", str(config)]) == 0  # fmt: skip
     assert main(["research", "withdraw", "PAIN-0042", "--extract-config", str(extract)]) == 0
@@ -105,22 +111,8 @@ def test_withdraw_from_the_command_line(
 
 
 def test_export_from_the_command_line(
-    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    config: Path, extract: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from provisioning.extraction import extract_config
-    from provisioning.site import load_site
-
-    site = load_site(tmp_path / "site")
-    extract = tmp_path / "extract.toml"
-    extract.write_text(
-        extract_config(
-            site,
-            catalog_url=f"sqlite:///{tmp_path / 'catalog.db'}",
-            store_dir=tmp_path / "store",
-            features_dir=tmp_path / "features",
-            data_key=site.paths.data_key,
-        )
-    )
     assert main(["research", "enrol", "CTRL-0001", "--group", "control", "--language", "en",
                  "--consent-form", "v1", "--config", str(config)]) == 0  # fmt: skip
     out = tmp_path / "dataset"
@@ -163,15 +155,13 @@ def test_import_from_the_command_line_reports_every_bad_row(
     ]
 
 
-def test_a_decrypt_by_hand_is_audited_first(config: Path, tmp_path: Path) -> None:
+def test_a_decrypt_by_hand_is_audited_first(extract: Path, tmp_path: Path) -> None:
     import hashlib
 
     from protocol.envelope import EnvelopeWriter
     from protocol.messages import ClipAnnouncement
     from protocol.signing import SigningKey, sign_clip
     from protocol.x25519 import X25519Identity
-    from provisioning.extraction import extract_config
-    from provisioning.site import load_site
     from tests.protocol.message_examples import manifest
 
     identity, key = X25519Identity.generate(), SigningKey.generate()
@@ -183,11 +173,7 @@ def test_a_decrypt_by_hand_is_audited_first(config: Path, tmp_path: Path) -> Non
     clip.with_name("clip.age.minisig").write_text(signature.to_text())
     key.public_key.save(tmp_path / "unit.pub")
     (tmp_path / "data-key.txt").write_text(f"{identity}\n")
-    site = load_site(tmp_path / "site")
-    extract = tmp_path / "extract.toml"
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
-    paths = {"store_dir": tmp_path / "store", "features_dir": tmp_path / "f"}
-    extract.write_text(extract_config(site, catalog_url=url, data_key=tmp_path / "k", **paths))
     args = ["clip", "decrypt", str(clip), "-i", str(tmp_path / "data-key.txt"), "-o",
             str(tmp_path / "out.bin"), "--audit", str(extract)]  # fmt: skip
     assert main(args) == 2  # the audit names the clip its signature vouches for
