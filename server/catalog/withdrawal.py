@@ -154,6 +154,18 @@ class WithdrawalMixin:
                 return None
             return TombstoneRecord(row.pseudonym, row.withdrawn_at, row.erased_at, row.erased)
 
+    def note_discarded(self, clip_id: str, device_id: str, sha256: str) -> None:
+        """Record (and audit) that an announced clip of a withdrawn participant was receipted
+        and discarded, never stored. Again for the same clip: nothing new."""
+        with self._session(write=True) as s:
+            if s.get(ErasedClip, clip_id) is not None:
+                return
+            s.add(ErasedClip(clip_id=clip_id, device_id=device_id, sha256=sha256,
+                             erased_at=self._clock()))  # fmt: skip
+            s.flush()
+            self.audit.append(s, "discarded_on_arrival", clip_id=clip_id, actor=self._actor,
+                              detail={"device_id": device_id, "sha256": sha256})  # fmt: skip
+
     def discarded_on_arrival(self, clip_id: str, participant: str | None) -> bool:
         """Whether an announced clip is to be receipted and discarded, never stored: it was
         erased, or it names a participant who has withdrawn."""
