@@ -1,5 +1,5 @@
-"""The unit's MQTT v5 link to the hospital broker: announcements out; arm commands, receipts and
-QC verdicts in.
+"""The unit's MQTT v5 link to the hospital broker: announcements out; arm commands, receipts,
+QC verdicts and the site root's CRL in.
 
 A thin layer over :class:`link.MqttLink` that speaks painav's types only: messages go out as
 :mod:`protocol.messages` models and come back as parsed :class:`ArmCommand`, :class:`Receipt`
@@ -28,7 +28,7 @@ from typing import Final
 from link import LinkError, MqttLink, Published, Received, client_context, guarded
 from protocol.errors import MessageError
 from protocol.message_codec import MessageModel
-from protocol.messages import ArmCommand, QcVerdict, Receipt, Status, parse_message
+from protocol.messages import ArmCommand, CrlMessage, QcVerdict, Receipt, Status, parse_message
 from protocol.topics import ROUTES, Kind, topic
 
 __all__ = ["Announcer", "AnnouncerError", "Published"]
@@ -49,7 +49,8 @@ class Announcer:
     Calls *on_connect* after every (re)connect, once the broker has confirmed the subscriptions,
     so the caller replays its outbox; *on_arm* with each arm command on ``cmd/arm`` (None when
     the retained command is cleared); *on_receipt* with each receipt; *on_verdict* with each
-    quality-control verdict on ``qc``; *on_bad_message* with the topic and a one-line reason for
+    quality-control verdict on ``qc``; *on_crl* with the root CRL (DER) retained on ``crl``;
+    *on_bad_message* with the topic and a one-line reason for
     anything else that arrives; *on_settled* whenever the broker has acknowledged (or refused) a
     publish. The last will is the retained offline status.
     """
@@ -73,6 +74,7 @@ class Announcer:
         on_verdict: Callable[[QcVerdict], None],
         on_bad_message: Callable[[str, str], None],
         on_settled: Callable[[], None] | None = None,
+        on_crl: Callable[[bytes], None] = lambda _: None,
     ) -> None:
         try:
             self._topics = {kind: topic(site_id, device_id, kind) for kind in Kind}
@@ -80,7 +82,7 @@ class Announcer:
             raise AnnouncerError(str(exc)) from None
         self._site, self._device = site_id, device_id
         self._on_arm, self._on_receipt, self._on_bad_message = on_arm, on_receipt, on_bad_message
-        self._on_verdict = on_verdict
+        self._on_verdict, self._on_crl = on_verdict, on_crl
         try:
             self._link = MqttLink(
                 client_id=device_id,
@@ -96,6 +98,7 @@ class Announcer:
                     self._topics[Kind.ARM],
                     self._topics[Kind.RECEIPTS],
                     self._topics[Kind.QC],
+                    self._topics[Kind.CRL],
                 ),
                 on_connect=on_connect,
                 on_message=self._dispatch,
@@ -172,6 +175,8 @@ class Announcer:
             guarded(log, "on_receipt", self._on_receipt, parsed_message)
         elif isinstance(parsed_message, QcVerdict):
             guarded(log, "on_verdict", self._on_verdict, parsed_message)
+        elif isinstance(parsed_message, CrlMessage):
+            guarded(log, "on_crl", self._on_crl, parsed_message.crl_der())
         else:
             self._bad(where, f"a {parsed.kind.value} message is not for the unit")
 

@@ -12,6 +12,7 @@ import socketserver
 import ssl
 import sys
 import threading
+from collections.abc import Callable
 from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -292,9 +293,11 @@ class ClipServer:
         receiver_id: str,
         max_connections: int = 8,
         timeout_s: float = 30.0,
+        revoked: Callable[[x509.Certificate], bool] = lambda _: False,
     ) -> None:
         self.outbox = outbox
         self.receiver_id = receiver_id
+        self._revoked = revoked  # the site root's CRL as the unit holds it (daemon.crlstore)
         self.timeout_s = timeout_s
         self._address = (host, port)
         self._max = max_connections
@@ -391,4 +394,6 @@ class ClipServer:
             usages = x509.ExtendedKeyUsage([])
         if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
             return cn, f"certificate of {cn!r} is not for TLS clients"
+        if self._revoked(cert):
+            return cn, f"certificate {cert.serial_number:x} of {cn!r} is revoked"
         return cn, None

@@ -18,6 +18,7 @@ __all__ = [
     "BadMessage",
     "CaptureFailed",
     "Connected",
+    "CrlReceived",
     "LongPressed",
     "Pressed",
     "PublishSettled",
@@ -85,6 +86,13 @@ class VerdictReceived:
 
 
 @dataclass(frozen=True)
+class CrlReceived:
+    """The hospital's retained copy of the site root's CRL arrived (DER, not yet checked)."""
+
+    crl_der: bytes
+
+
+@dataclass(frozen=True)
 class Connected:
     """The MQTT link (re)connected: replay what the hospital may not have."""
 
@@ -112,6 +120,7 @@ UnitEvent = (
     | ArmReceived
     | ReceiptReceived
     | VerdictReceived
+    | CrlReceived
     | Connected
     | PublishSettled
     | BadMessage

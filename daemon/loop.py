@@ -23,21 +23,23 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from protocol.errors import ProtocolError
+from protocol.hospital_signature import CrlError, HospitalTrust, verify_signed
 from protocol.messages import (
     ArmCommand,
     Event,
     QcVerdict,
     Receipt,
 )
-from protocol.minisign import PublicKey
 from protocol.signing import verify_receipt
 
 from .capture import Capture, Capturer, SealError
+from .crlstore import CrlStore, Offered
 from .events import (
     ArmReceived,
     BadMessage,
     CaptureFailed,
     Connected,
+    CrlReceived,
     LongPressed,
     Pressed,
     PublishSettled,
@@ -118,7 +120,8 @@ class UnitLoop:
     capturer: Capturer
     link: Link
     light: Light
-    receipt_key: PublicKey
+    trust: HospitalTrust  # whose receipts and arm commands count: receivers the root certifies
+    crls: CrlStore  # the root CRL in force (trust reads it too)
     sealer: Executor
     clock_synced: Callable[[], bool]
     clip_url: Callable[[str], str]  # where the hospital fetches a clip, by its id
@@ -132,6 +135,7 @@ class UnitLoop:
         self._last_error: str | None = None
         self._first_frame_ms: float | None = None
         self._last_verdict: QcVerdict | None = None
+        self._arm_issued_at: datetime | None = None  # of the arm command in force
         self.uplink = Uplink(
             device_id=self.settings.device_id,
             software_version=self.settings.software_version,
@@ -229,10 +233,13 @@ class UnitLoop:
                 self._last_error = detail
                 self._execute(self.recorder.capture_failed(detail))
             case ArmReceived(command):
-                self._execute(self.recorder.arm(_assignment(command), wall))
-                self._status()
+                if self._arm_accepted(command):
+                    self._execute(self.recorder.arm(_assignment(command), wall))
+                    self._status()
             case ReceiptReceived(receipt):
                 self._receipt(receipt)
+            case CrlReceived(crl_der):
+                self._crl(crl_der)
             case VerdictReceived(verdict):
                 self._verdict(verdict)
             case Connected():
@@ -366,7 +373,7 @@ class UnitLoop:
             entry = self.outbox.get(clip_id)
             if entry.sha256 is None:
                 raise ProtocolError(f"receipt for clip {clip_id}, which is not sealed")
-            verify_receipt(self.receipt_key, receipt, sha256=entry.sha256)
+            verify_receipt(self.trust, receipt, sha256=entry.sha256, now=self.clock.now())
             self.outbox.delete_receipted(clip_id, receipt.sha256)
         except Exception as exc:
             log.warning(
@@ -380,6 +387,57 @@ class UnitLoop:
             extra=log_fields(clip_id=clip_id, state="deleted"),
         )
         self.uplink.report(Report("deleted", "receipted", clip_id))
+
+    def _arm_accepted(self, command: ArmCommand | None) -> bool:
+        """Whether to act on *command*: signed by a receiver the site root certifies and has not
+        revoked, for this unit, and not issued before the command in force. None (the retained
+        command was cleared) disarms: that takes nothing from a participant's clips."""
+        if command is None:
+            return True
+        try:
+            verify_signed(
+                self.trust,
+                command.signer,
+                command.signature_bytes(),
+                command.signed_bytes(),
+                self.clock.now(),
+            )
+            if command.device_id != self.settings.device_id:
+                raise ProtocolError(f"signed for unit {command.device_id!r}")
+            held = self._arm_issued_at
+            if held is not None and command.issued_at < held:
+                raise ProtocolError(
+                    f"issued {command.issued_at:%Y-%m-%d %H:%M:%S}, before the command in force"
+                )
+        except ProtocolError as exc:
+            log.warning(
+                "refused an arm command: %s",
+                exc,
+                extra=log_fields(device_id=self.settings.device_id),
+            )
+            self.uplink.report(Report("refused", "arm_rejected", None, str(exc)[:200]))
+            return False
+        self._arm_issued_at = command.issued_at
+        return True
+
+    def _crl(self, crl_der: bytes) -> None:
+        """Keep the hospital's root CRL if the site root signed it and it is newer."""
+        try:
+            outcome = self.crls.offer(crl_der)
+        except (CrlError, OSError) as exc:
+            log.warning(
+                "refused a CRL: %s", exc, extra=log_fields(device_id=self.settings.device_id)
+            )
+            self.uplink.report(Report("refused", "crl_rejected", None, str(exc)[:200]))
+            return
+        if outcome is Offered.KEPT:
+            crl = self.crls.current()
+            count = len(list(crl)) if crl is not None else 0
+            log.info(
+                "root CRL updated: %d certificate(s) revoked",
+                count,
+                extra=log_fields(device_id=self.settings.device_id),
+            )
 
     def _verdict(self, verdict: QcVerdict) -> None:
         # Kept for `device status` whatever clip it names; the recorder decides whether the

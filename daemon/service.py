@@ -19,8 +19,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from protocol.clipserver import clip_url
-from protocol.minisign import PublicKey, SigningKey
+from protocol.hospital_signature import HospitalTrust
+from protocol.minisign import SigningKey
 from protocol.x25519 import X25519Recipient
 
 from .announcer import Announcer
@@ -29,10 +32,12 @@ from .clipserver import ClipServer
 from .clock import ClockSignal
 from .config import DeviceConfig
 from .control import ControlServer
+from .crlstore import CrlStore
 from .events import (
     ArmReceived,
     BadMessage,
     Connected,
+    CrlReceived,
     LongPressed,
     Pressed,
     PublishSettled,
@@ -96,6 +101,14 @@ class Service:
             quota_bytes=cfg.outbox.quota_bytes,
             min_free_bytes=cfg.outbox.min_free_bytes,
         )
+        # The site root's CRL: receipts, arm commands and clip-server clients are checked by it.
+        roots = x509.load_pem_x509_certificates(cfg.keys.ca_chain.read_bytes())
+        self.crls = CrlStore(
+            roots, cfg.keys.crl_state or cfg.outbox.dir.parent / "crl.pem", cfg.keys.crl
+        )
+        trust = HospitalTrust(
+            roots=tuple(roots), receiver_id=cfg.clip_server.receiver_id, crl=self.crls.current
+        )
         self.announcer = Announcer(
             site_id=cfg.unit.site_id,
             device_id=self.device_id,
@@ -113,6 +126,7 @@ class Service:
             on_verdict=lambda verdict: self.loop.post(VerdictReceived(verdict)),
             on_bad_message=lambda topic, error: self.loop.post(BadMessage(topic, error)),
             on_settled=lambda: self.loop.post(PublishSettled()),
+            on_crl=lambda crl: self.loop.post(CrlReceived(crl)),
         )
         self.clip_server = ClipServer(
             self.outbox,
@@ -122,6 +136,7 @@ class Service:
             key_file=cfg.keys.tls_key,
             ca_file=cfg.keys.ca_chain,
             receiver_id=cfg.clip_server.receiver_id,
+            revoked=self.crls.revoked,
         )
         software = software_version()
         self.loop = UnitLoop(
@@ -156,7 +171,8 @@ class Service:
             ),
             link=self.announcer,
             light=hw.light,
-            receipt_key=PublicKey.from_file(cfg.keys.receipt_pub),
+            trust=trust,
+            crls=self.crls,
             sealer=ThreadPoolExecutor(1, thread_name_prefix="seal"),
             clock_synced=clock,
             clip_url=self._clip_url,

@@ -124,8 +124,16 @@ def _run(stack: ExitStack, work: Path, args: argparse.Namespace) -> int:
 
     _say(f"5. a researcher arms {devices[0]} for participant {PARTICIPANT}")
     now = datetime.now(UTC)
-    arm = ArmCommand(
-        participant=PARTICIPANT, visit="demo", issued_at=now, expires_at=now + timedelta(hours=1)
+    # Signed with the receiver's own certified key: a unit refuses an unsigned arm command.
+    arm = ArmCommand.signed(
+        participant=PARTICIPANT,
+        visit="demo",
+        issued_at=now,
+        expires_at=now + timedelta(hours=1),
+        site_id=site.name,
+        device_id=devices[0],
+        signer=service.signer.certificate,
+        sign=service.signer.sign,
     )
     service.link.publish(arm, device_id=devices[0]).wait(5)
     _wait(lambda: units[0].status()["participant"] == PARTICIPANT, "the arm command", 15)

@@ -87,6 +87,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     radd.add_argument("name", help="e.g. 2, giving receiver-2")
     radd.set_defaults(handler="painav.provisioncmd:receiver_add")
+    rrevoke = receiver.add_parser(
+        "revoke",
+        parents=[common, broker_dir, receiver_registry],
+        help="revoke a receiver (a stolen or retired host): its certificates go into the CRL",
+    )
+    rrevoke.add_argument("id", help="the receiver's id, e.g. receiver-2")
+    rrevoke.set_defaults(handler="painav.provisioncmd:receiver_revoke")
     rconfig = receiver.add_parser(
         "config", parents=[common], help="print a receiver.toml for one of the site's receivers"
     )
@@ -99,7 +106,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--spool", type=Path, required=True, help="partial downloads (same file system)"
     )
     rconfig.add_argument(
-        "--credentials", type=Path, help="where its TLS files and receipt key will be"
+        "--credentials", type=Path, help="where its TLS files and signing key will be"
     )
     rconfig.add_argument(
         "--registry",
@@ -201,6 +208,17 @@ def receiver_add(args: argparse.Namespace) -> int:
 
     site = _site(args)
     add_receiver(site, args.name, report=print)
+    _sync_broker(site, args.broker_dir)
+    return 0
+
+
+def receiver_revoke(args: argparse.Namespace) -> int:
+    from provisioning.receivers import revoke_receiver
+
+    site = _site(args)
+    _check_registry_target(args.receiver_registry)
+    revoke_receiver(site, args.id, report=print)
+    _install_registry(site, args.receiver_registry)
     _sync_broker(site, args.broker_dir)
     return 0
 

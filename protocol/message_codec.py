@@ -22,6 +22,7 @@ from .topics import Kind, Topic, parse_topic
 __all__ = [
     "MAX_PAYLOAD_BYTES",
     "SCHEMA_VERSION",
+    "SCHEMA_VERSIONS",
     "MessageModel",
     "Part",
     "describe",
@@ -30,7 +31,17 @@ __all__ = [
 ]
 
 SCHEMA_VERSION: Final = 1
-"""The version of every message schema this build reads and writes."""
+"""The version of every message schema this build reads and writes, but those of
+:data:`SCHEMA_VERSIONS`."""
+
+SCHEMA_VERSIONS: Final = MappingProxyType(
+    {
+        # Signed by the receiver's own certified key, not the site's one shared key (issue 11).
+        Kind.RECEIPTS: 2,
+        Kind.ARM: 2,
+    }
+)
+"""Kinds whose schema has moved past :data:`SCHEMA_VERSION`: the one version read and written."""
 
 MAX_PAYLOAD_BYTES: Final = MappingProxyType(
     {
@@ -43,6 +54,8 @@ MAX_PAYLOAD_BYTES: Final = MappingProxyType(
         Kind.ARM: 4 * 1024,
         Kind.RECEIPTS: 4 * 1024,
         Kind.QC: 4 * 1024,
+        # A root CRL: a few hundred bytes plus ~40 per revoked receiver certificate.
+        Kind.CRL: 32 * 1024,
     }
 )
 """The largest payload, in bytes, accepted (and written) for each kind."""
@@ -55,7 +68,7 @@ _SHOW_CHARS: Final = 40
 
 def schema_id(kind: Kind) -> str:
     """The schema id this build writes for *kind*, e.g. ``painav.status/1``."""
-    return f"painav.{kind.slug}/{SCHEMA_VERSION}"
+    return f"painav.{kind.slug}/{SCHEMA_VERSIONS.get(kind, SCHEMA_VERSION)}"
 
 
 def dump_json(data: object) -> bytes:

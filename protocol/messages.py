@@ -20,10 +20,12 @@ from typing import Final
 from .clip_manifest import AudioTrack, ClipManifest, VideoTrack
 from .errors import MessageError
 from .hospital_messages import (
+    ARM_SIGNING_CONTEXT,
     MAX_ARM_DURATION,
     MAX_QC_REASONS,
     RECEIPT_SIGNING_CONTEXT,
     ArmCommand,
+    CrlMessage,
     QcVerdict,
     Receipt,
 )
@@ -32,6 +34,7 @@ from .topics import Kind, Topic, parse_topic
 from .unit_messages import ClipAnnouncement, Event, Status, Telemetry
 
 __all__ = [
+    "ARM_SIGNING_CONTEXT",
     "MAX_ARM_DURATION",
     "MAX_PAYLOAD_BYTES",
     "MAX_QC_REASONS",
@@ -42,6 +45,7 @@ __all__ = [
     "AudioTrack",
     "ClipAnnouncement",
     "ClipManifest",
+    "CrlMessage",
     "Event",
     "Message",
     "QcVerdict",
@@ -53,7 +57,9 @@ __all__ = [
     "parse_message",
 ]
 
-Message = Status | ClipAnnouncement | Event | Telemetry | ArmCommand | Receipt | QcVerdict
+Message = (
+    Status | ClipAnnouncement | Event | Telemetry | ArmCommand | Receipt | QcVerdict | CrlMessage
+)
 """Any painav MQTT message."""
 
 MESSAGE_TYPES: Final[MappingProxyType[Kind, type[Message]]] = MappingProxyType(
@@ -65,6 +71,7 @@ MESSAGE_TYPES: Final[MappingProxyType[Kind, type[Message]]] = MappingProxyType(
         Kind.ARM: ArmCommand,
         Kind.RECEIPTS: Receipt,
         Kind.QC: QcVerdict,
+        Kind.CRL: CrlMessage,
     }
 )
 """The model for each kind."""

@@ -50,7 +50,13 @@ class TlsSection(_Section):
     cert: Path
     key: Path
     ca: Path
-    receipt_key: Path  # the receiver's Ed25519 receipt-signing key (minisign format)
+    # The receiver's own Ed25519 key for receipts and arm commands, and its certificate from the
+    # site root (painav's signing usage): units trust every receiver the root certifies.
+    signing_key: Path
+    signing_cert: Path
+    # The site root's CRL, which the receiver publishes (retained) to every unit, re-read when
+    # it changes: how a revoked receiver's certificates reach units already deployed.
+    crl: Path | None = None
 
 
 class StoreSection(_Section):

@@ -61,6 +61,7 @@ class Kind(StrEnum):
     ARM = "cmd/arm"
     RECEIPTS = "receipts"
     QC = "qc"
+    CRL = "crl"
 
     @property
     def slug(self) -> str:
@@ -100,6 +101,8 @@ ROUTES: Final = MappingProxyType(
         # last, and hand a stale one to every later connection). A late verdict is still shown in
         # `painav device status`; the unit's light ignores one older than its display time.
         Kind.QC: Route(Direction.HOSPITAL_TO_UNIT, retained=False, qos=1),
+        # Retained: a unit that connects later (or restarts) gets the site root's newest CRL.
+        Kind.CRL: Route(Direction.HOSPITAL_TO_UNIT, retained=True, qos=1),
     }
 )
 """Per kind: direction, retained or not, QoS. Every kind has exactly one route."""

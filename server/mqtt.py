@@ -21,6 +21,7 @@ from protocol.errors import MessageError
 from protocol.messages import (
     ArmCommand,
     ClipAnnouncement,
+    CrlMessage,
     Event,
     QcVerdict,
     Receipt,
@@ -262,6 +263,16 @@ class ReceiverLink:
         route = ROUTES[Kind.QC]
         where = topic(self._site, device_id, Kind.QC)
         return self._link.publish(where, verdict.to_payload(), qos=route.qos, retain=route.retained)
+
+    def publish_crl(self, device_id: str, message: CrlMessage) -> Published:
+        """Send the site root's CRL to *device_id*, retained on its ``crl`` topic (QoS 1), so
+        the unit gets it whenever it next connects. Never blocks on the network. MessageError
+        for a bad device id; TypeError for anything but a :class:`CrlMessage`."""
+        if not isinstance(message, CrlMessage):
+            raise TypeError(f"publish_crl(): not a CrlMessage but a {type(message).__name__}")
+        route = ROUTES[Kind.CRL]
+        where = topic(self._site, device_id, Kind.CRL)
+        return self._link.publish(where, message.to_payload(), qos=route.qos, retain=route.retained)
 
     # --- paho's network thread ------------------------------------------------------------
 

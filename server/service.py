@@ -24,13 +24,14 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 
+from protocol.hospital_signature import HospitalSigner
 from protocol.messages import ClipAnnouncement, Event, Status, Telemetry
-from protocol.minisign import SigningKey
 from protocol.signing import sign_receipt
 
 from .catalog import Catalog, CatalogDatabaseError, CatalogUnavailableError, ClipState
 from .catalog.records import ClipRecord
 from .config import ReceiverConfig
+from .crlpublish import CrlPublisher
 from .fetch import FetchClient
 from .mqtt import Incoming, ReceiverLink, Redeliver
 from .puller import Puller, PullSettings
@@ -57,7 +58,8 @@ class ReceiverService:
         site, tls = config.site, config.tls
         self.catalog = Catalog(config.catalog.url)
         self.store = LocalStore(config.store.dir)
-        self.receipt_key = SigningKey.from_file(tls.receipt_key)
+        # Its own certified key: units trust the receivers the site root certifies.
+        self.signer = HospitalSigner.from_files(tls.signing_key, tls.signing_cert)
         self.link = ReceiverLink(
             site_id=site.site_id,
             receiver_id=site.receiver_id,
@@ -73,6 +75,9 @@ class ReceiverService:
             on_connect=self._connected,
         )
         self._connects = 0  # connections to the broker so far; each is followed by a pass
+        self.crl_publisher = (
+            CrlPublisher(tls.crl, site.registry, self.link.publish_crl) if tls.crl else None
+        )
         self._receipts = ThreadPoolExecutor(1, thread_name_prefix="receipts")
         self._verdicts = ThreadPoolExecutor(1, thread_name_prefix="verdicts")
         self._sending: Future[int] | None = None
@@ -114,6 +119,8 @@ class ReceiverService:
                     # The audit chain's head in the journal: a rewrite of the whole table shows.
                     log.info("audit head: %s", self.catalog.audit.head())
                 self._send_verdicts()
+                if self.crl_publisher is not None and self.link.connected:
+                    self.crl_publisher.poll(self._connects)
                 if now >= next_reconcile:
                     self.reconcile()
                     # Counted from the end of a pass, so a slow pass never runs back to back.
@@ -189,12 +196,11 @@ class ReceiverService:
 
     def _send_receipt(self, clip: ClipRecord) -> None:
         receipt = sign_receipt(
-            self.receipt_key,
+            self.signer,
             site_id=clip.site_id,
             device_id=clip.device_id,
             clip_id=clip.clip_id,
             sha256=clip.sha256,
-            receiver_id=self.config.site.receiver_id,
             stored_at=clip.stored_at or datetime.now(UTC),
         )
         handle = self.link.publish(receipt)
