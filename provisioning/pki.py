@@ -231,7 +231,9 @@ def make_crl(
         .issuer_name(ca.cert.subject)
         .last_update(now - timedelta(minutes=5))
         .next_update(now + timedelta(days=days))
-        .add_extension(x509.CRLNumber(int(now.timestamp())), critical=False)
+        # Microseconds: strictly increasing even for two CRLs in one second, as units keep a
+        # CRL only if its number is higher than the one they hold (lastUpdate has whole seconds).
+        .add_extension(x509.CRLNumber(int(now.timestamp() * 1_000_000)), critical=False)
     )
     for serial, when in sorted(revoked.items()):
         builder = builder.add_revoked_certificate(

@@ -23,6 +23,7 @@ from protocol.messages import (
     AudioTrack,
     ClipAnnouncement,
     ClipManifest,
+    CrlMessage,
     Event,
     Message,
     QcVerdict,
@@ -37,6 +38,11 @@ SITE = "ward7"
 DEVICE = "cart-03"
 T0 = datetime(2025, 3, 1, 9, 30, 0, tzinfo=UTC)
 RECIPIENT = bech32.encode("age", bytes(range(32)))
+# Stands in for a receiver's signing certificate: the model checks its form, not its content
+# (the unit checks the certificate itself: tests/protocol/test_hospital_signature.py).
+SIGNER = base64.b64encode(bytes(range(256)) * 2).decode()
+SIGNATURE = base64.b64encode(bytes(range(64))).decode()
+CRL = base64.b64encode(b"0\x82" + bytes(300)).decode()
 MINISIGN = (
     "untrusted comment: signature from painav unit cart-03\n"
     "RUQf0FZ1aW4uI2s5hQ==\n"
@@ -100,6 +106,10 @@ def examples() -> dict[Kind, Message]:
             issued_at=T0,
             expires_at=T0 + timedelta(hours=4),
             issued_by="rn-0007",
+            site_id=SITE,
+            device_id=DEVICE,
+            signer=SIGNER,
+            signature=SIGNATURE,
         ),
         Kind.RECEIPTS: Receipt(
             site_id=SITE,
@@ -108,7 +118,8 @@ def examples() -> dict[Kind, Message]:
             sha256="ab" * 32,
             stored_at=T0 + timedelta(seconds=5),
             receiver_id="receiver-1",
-            signature=base64.b64encode(bytes(range(64))).decode(),
+            signer=SIGNER,
+            signature=SIGNATURE,
         ),
         Kind.QC: QcVerdict(
             clip_id="cart-03-20250301T093000Z-a1b2",
@@ -117,6 +128,7 @@ def examples() -> dict[Kind, Message]:
             pass_="quick",
             issued_at=T0 + timedelta(seconds=20),
         ),
+        Kind.CRL: CrlMessage(crl=CRL),
     }
 
 
@@ -236,12 +248,22 @@ def telemetries(draw: st.DrawFn) -> Telemetry:
     )
 
 
+signatures = st.binary(min_size=64, max_size=64).map(lambda raw: base64.b64encode(raw).decode())
+signers = st.binary(min_size=3, max_size=2040).map(lambda raw: base64.b64encode(raw).decode())
+
+
 @st.composite
 def arm_commands(draw: st.DrawFn) -> ArmCommand:
     issued_at = draw(timestamps)
     issued_by = draw(st.none() | ids)
+    unit = {
+        "site_id": draw(ids),
+        "device_id": draw(ids),
+        "signer": draw(signers),
+        "signature": draw(signatures),
+    }
     if draw(st.booleans()):
-        return ArmCommand(participant=None, issued_at=issued_at, issued_by=issued_by)
+        return ArmCommand(participant=None, issued_at=issued_at, issued_by=issued_by, **unit)
     valid_for = draw(st.timedeltas(timedelta(microseconds=1), MAX_ARM_DURATION))
     return ArmCommand(
         participant=draw(pseudonyms),
@@ -249,6 +271,7 @@ def arm_commands(draw: st.DrawFn) -> ArmCommand:
         issued_at=issued_at,
         expires_at=issued_at + valid_for,
         issued_by=issued_by,
+        **unit,
     )
 
 
@@ -260,7 +283,12 @@ receipts = st.builds(
     sha256=sha256s,
     stored_at=timestamps,
     receiver_id=ids,
-    signature=st.binary(min_size=64, max_size=64).map(lambda raw: base64.b64encode(raw).decode()),
+    signer=signers,
+    signature=signatures,
+)
+
+crl_messages = st.builds(
+    CrlMessage, crl=st.binary(min_size=3, max_size=4000).map(lambda b: base64.b64encode(b).decode())
 )
 
 
@@ -287,5 +315,6 @@ STRATEGIES: dict[Kind, st.SearchStrategy[Message]] = {
     Kind.ARM: arm_commands(),
     Kind.RECEIPTS: receipts,
     Kind.QC: qc_verdicts(),
+    Kind.CRL: crl_messages,
 }
 """A strategy of valid messages for every kind."""

@@ -134,6 +134,7 @@ def test_asyncapi_document_shape() -> None:
         "receiveCmdArm",
         "receiveReceipts",
         "receiveQc",
+        "receiveCrl",
     }
 
 
