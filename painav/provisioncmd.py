@@ -113,6 +113,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=Path,
         help="where it reads registry.json (default: the site folder's, root-only)",
     )
+    rconfig.add_argument(
+        "--crl",
+        type=Path,
+        help="where it reads the site root's CRL, which it publishes to the units and IT "
+        "replaces after a revocation (default: crl.pem beside its credentials)",
+    )
     rconfig.set_defaults(handler="painav.provisioncmd:receiver_config")
 
     extract = sub.add_parser("extract", help="the extraction worker's config").add_subparsers(
@@ -238,6 +244,7 @@ def receiver_config(args: argparse.Namespace) -> int:
         credentials_dir=args.credentials,
         receiver_id=args.id,
         registry=args.registry,
+        crl=args.crl,
     )
     print(text, end="")
     return 0

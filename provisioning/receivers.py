@@ -159,11 +159,14 @@ def receiver_config(
     concurrency: int = 4,
     receiver_id: str | None = None,
     registry: Path | None = None,
+    crl: Path | None = None,
 ) -> str:
     """``receiver.toml`` for *site*'s receiver *receiver_id* (default: the first one).
     *credentials_dir* is where the receiver's TLS files and signing key are (default: its folder
     in the site; under systemd, its credentials directory); *registry* is where the receiver
-    reads the site's ``registry.json`` (default: in the site folder, which is root-only)."""
+    reads the site's ``registry.json`` (default: in the site folder, which is root-only); *crl*
+    is where it reads the site root's CRL, to publish to the units (default: ``crl.pem`` in
+    *credentials_dir*)."""
     receiver_id = receiver_id or site.receiver_id
     creds = credentials_dir or receiver_dir(site, receiver_id)
     config = build(
@@ -184,7 +187,7 @@ def receiver_config(
                 ca=creds / "ca.pem",
                 signing_key=creds / "signing.key",
                 signing_cert=creds / "signing.crt",
-                crl=creds / RECEIVER_CRL,
+                crl=crl or creds / RECEIVER_CRL,
             ),
             store=StoreSection(dir=store_dir, spool=spool_dir),
             catalog=CatalogSection(url=catalog_url),

@@ -224,25 +224,21 @@ class ReceiverLink:
         self._bad.flush()
 
     def publish(self, message: ArmCommand | Receipt, *, device_id: str | None = None) -> Published:
-        """Send *message* to one unit of the site: a receipt to the unit it names, an arm
-        command (retained) to *device_id*; QoS 1.
+        """Send *message* to the unit it names (and is signed for): a receipt, or an arm command
+        (retained); QoS 1.
 
         Never blocks on the network. While disconnected the handle is failed at once: nothing is
-        queued for later. TypeError without a device for an arm command or for another type;
-        MessageError for a receipt of another site or unit, a bad device id, or a message that
-        cannot be encoded.
+        queued for later. TypeError for another type; MessageError for a message of another
+        site, or of another unit than *device_id* (if given), or one that cannot be encoded.
         """
-        if isinstance(message, Receipt):
-            if message.site_id != self._site:
-                raise MessageError(f"receipt for site {message.site_id!r}, not {self._site!r}")
-            if device_id is not None and device_id != message.device_id:
-                raise MessageError(f"receipt for unit {message.device_id!r}, not {device_id!r}")
-            device_id = message.device_id
-        elif isinstance(message, ArmCommand):
-            if device_id is None:
-                raise TypeError("publish(): an arm command needs device_id")
-        else:
+        if not isinstance(message, Receipt | ArmCommand):
             raise TypeError(f"publish(): cannot send a {type(message).__name__} to a unit")
+        what = "receipt" if isinstance(message, Receipt) else "arm command"
+        if message.site_id != self._site:
+            raise MessageError(f"{what} for site {message.site_id!r}, not {self._site!r}")
+        if device_id is not None and device_id != message.device_id:
+            raise MessageError(f"{what} for unit {message.device_id!r}, not {device_id!r}")
+        device_id = message.device_id
         route = ROUTES[message.KIND]
         where = topic(self._site, device_id, message.KIND)
         payload = message.to_payload()

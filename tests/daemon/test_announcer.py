@@ -7,6 +7,7 @@ shutting its TCP socket, which is what a pulled cable or a crash looks like to t
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import signal
@@ -20,15 +21,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from daemon.announcer import Announcer, AnnouncerError
 from protocol.errors import MessageError
-from protocol.messages import ArmCommand, ClipAnnouncement, QcVerdict, Receipt, Status, Telemetry
+from protocol.messages import (
+    ArmCommand,
+    ClipAnnouncement,
+    CrlMessage,
+    QcVerdict,
+    Receipt,
+    Status,
+    Telemetry,
+)
 from protocol.topics import Kind, topic
+from provisioning.crl import root_crl
 from provisioning.devices import add_device
 from provisioning.site import Site, init_site
 from server.mqtt import ReceiverLink
-from tests.protocol.message_examples import MINISIGN, examples, manifest
+from tests.protocol.message_examples import MINISIGN, SIGNATURE, SIGNER, examples, manifest
 from tests.support.mosquitto import (
     HOST,
     SITE,
@@ -43,10 +54,16 @@ UNIT = "cart-01"
 CLIP_ID = "cart-01-20250301T093000Z-a1b2"
 NOW = datetime.now(UTC).replace(microsecond=0)
 ONLINE = Status(state="online", since=NOW, software_version="0.1.0", armed=False)
+# The announcer passes arm commands on; the loop checks their signatures (test_loop.py).
+_UNIT = {"site_id": SITE, "device_id": UNIT, "signer": SIGNER, "signature": SIGNATURE}
 ARM = ArmCommand(
-    participant="PAIN-0042", visit="baseline", issued_at=NOW, expires_at=NOW + timedelta(hours=4)
+    participant="PAIN-0042",
+    visit="baseline",
+    issued_at=NOW,
+    expires_at=NOW + timedelta(hours=4),
+    **_UNIT,  # type: ignore[arg-type]
 )
-DISARM = ArmCommand(participant=None, issued_at=NOW)
+DISARM = ArmCommand(participant=None, issued_at=NOW, **_UNIT)  # type: ignore[arg-type]
 RECEIPT = examples()[Kind.RECEIPTS].model_copy(update={"device_id": UNIT, "clip_id": CLIP_ID})
 assert isinstance(RECEIPT, Receipt)
 VERDICT = QcVerdict(
@@ -68,6 +85,7 @@ class Seen:
     arms: list[ArmCommand | None] = field(default_factory=list)
     receipts: list[Receipt] = field(default_factory=list)
     verdicts: list[QcVerdict] = field(default_factory=list)
+    crls: list[bytes] = field(default_factory=list)
     bad: list[tuple[str, str]] = field(default_factory=list)
     _changed: threading.Condition = field(default_factory=threading.Condition)
 
@@ -106,6 +124,7 @@ def make_announcer(site: Site, port: int, seen: Seen, **changes: Any) -> Announc
         "on_receipt": lambda receipt: seen.record("receipts", receipt),
         "on_verdict": lambda verdict: seen.record("verdicts", verdict),
         "on_bad_message": lambda where, error: seen.record("bad", (where, error)),
+        "on_crl": lambda crl: seen.record("crls", crl),
     }
     options.update(changes)
     return Announcer(**options)
@@ -329,6 +348,39 @@ def test_retained_arm_is_delivered_at_connect_and_its_clearing_too(
     seen.wait_for(lambda: seen.arms[-1:] == [DISARM], "the disarm command")
     receiver.publish(t(Kind.ARM), b"", retain=True)
     seen.wait_for(lambda: len(seen.arms) == 3 and seen.arms[-1] is None, "the cleared command")
+    assert seen.bad == []
+
+
+def test_the_retained_root_crl_is_delivered_at_connect(
+    broker: Broker, start_unit: StartUnit
+) -> None:
+    """The receiver's sending side (ReceiverLink.publish_crl), retained before the unit comes."""
+    site = broker.site
+    connected = threading.Event()
+    link = ReceiverLink(
+        site_id=SITE,
+        receiver_id=site.receiver_id,
+        host=HOST,
+        port=broker.port,
+        cert_file=site.paths.receiver_dir / "tls.crt",
+        key_file=site.paths.receiver_dir / "tls.key",
+        ca_file=site.paths.receiver_dir / "ca.pem",
+        keepalive_s=5,
+        session_expiry_s=60,
+        reconnect_max_s=1.0,
+        on_message=lambda incoming: None,
+        on_connect=connected.set,
+    )
+    der = root_crl(site).public_bytes(Encoding.DER)
+    message = CrlMessage(crl=base64.b64encode(der).decode())
+    link.start()
+    try:
+        assert connected.wait(WAIT_S)
+        assert link.publish_crl(UNIT, message).wait(WAIT_S)
+    finally:
+        link.stop()
+    _, seen = start_unit()
+    seen.wait_for(lambda: seen.crls == [der], "the retained CRL")
     assert seen.bad == []
 
 

@@ -31,9 +31,9 @@ from daemon.hardware.sim_mic import SimulatedMicrophone
 from daemon.loop import LoopSettings, UnitLoop
 from daemon.outbox import Outbox
 from daemon.recorder import Recorder, RecorderSettings
+from protocol.hospital_signature import HospitalSigner, HospitalTrust
 from protocol.message_codec import MessageModel
 from protocol.messages import ArmCommand, ClipAnnouncement, Event, QcVerdict, Status
-from protocol.hospital_signature import HospitalSigner, HospitalTrust
 from protocol.minisign import SigningKey
 from protocol.signing import sign_receipt
 from protocol.x25519 import X25519Identity

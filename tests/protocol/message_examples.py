@@ -256,14 +256,18 @@ signers = st.binary(min_size=3, max_size=2040).map(lambda raw: base64.b64encode(
 def arm_commands(draw: st.DrawFn) -> ArmCommand:
     issued_at = draw(timestamps)
     issued_by = draw(st.none() | ids)
-    unit = {
-        "site_id": draw(ids),
-        "device_id": draw(ids),
-        "signer": draw(signers),
-        "signature": draw(signatures),
-    }
+    site_id, device_id = draw(ids), draw(ids)
+    signer, signature = draw(signers), draw(signatures)
     if draw(st.booleans()):
-        return ArmCommand(participant=None, issued_at=issued_at, issued_by=issued_by, **unit)
+        return ArmCommand(
+            participant=None,
+            issued_at=issued_at,
+            issued_by=issued_by,
+            site_id=site_id,
+            device_id=device_id,
+            signer=signer,
+            signature=signature,
+        )
     valid_for = draw(st.timedeltas(timedelta(microseconds=1), MAX_ARM_DURATION))
     return ArmCommand(
         participant=draw(pseudonyms),
@@ -271,7 +275,10 @@ def arm_commands(draw: st.DrawFn) -> ArmCommand:
         issued_at=issued_at,
         expires_at=issued_at + valid_for,
         issued_by=issued_by,
-        **unit,
+        site_id=site_id,
+        device_id=device_id,
+        signer=signer,
+        signature=signature,
     )
 
 

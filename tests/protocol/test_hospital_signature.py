@@ -75,7 +75,7 @@ def test_a_revoked_receiver_is_refused_once_the_unit_holds_the_crl() -> None:
     trust = site.trust()
     assert verify_signed(trust, stolen.certificate, stolen.sign(b"m"), b"m", NOW)
     site.held = site.crl(stolen.cert)
-    with pytest.raises(RevokedSignerError, match="receiver-2.*revoked"):
+    with pytest.raises(RevokedSignerError, match=r"receiver-2.*revoked"):
         verify_signed(trust, stolen.certificate, stolen.sign(b"m"), b"m", NOW)
     assert verify_signed(trust, kept.certificate, kept.sign(b"m"), b"m", NOW) == "receiver-3"
 

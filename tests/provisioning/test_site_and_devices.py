@@ -15,11 +15,11 @@ from cryptography import x509
 
 from painav.cli import main
 from protocol.envelope import EnvelopeReader, EnvelopeWriter
+from protocol.hospital_signature import HospitalSigner, HospitalTrust
 from protocol.registry import Registry
 from protocol.signing import SigningKey
 from protocol.x25519 import X25519Identity
 from provisioning import pki
-from protocol.hospital_signature import HospitalSigner, HospitalTrust
 from provisioning.broker import _current_acl, acl_text
 from provisioning.crl import CRL_DAYS, refresh_crl
 from provisioning.devices import BUNDLE_FILES, add_device, list_devices, revoke_device

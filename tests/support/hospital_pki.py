@@ -23,7 +23,9 @@ class MiniSite:
     )
     held: x509.CertificateRevocationList | None = None
 
-    def signer(self, receiver_id: str = "receiver", *, root: pki.Authority | None = None) -> HospitalSigner:
+    def signer(
+        self, receiver_id: str = "receiver", *, root: pki.Authority | None = None
+    ) -> HospitalSigner:
         issued = pki.issue_signing(root or self.root, receiver_id, SITE, days=30)
         return HospitalSigner(issued.key, issued.cert)
 
@@ -32,4 +34,6 @@ class MiniSite:
         return pki.make_crl(self.root, {c.serial_number: now for c in revoked}, days=30)
 
     def trust(self, receiver_id: str = "receiver") -> HospitalTrust:
-        return HospitalTrust(roots=(self.root.cert,), receiver_id=receiver_id, crl=lambda: self.held)
+        return HospitalTrust(
+            roots=(self.root.cert,), receiver_id=receiver_id, crl=lambda: self.held
+        )
