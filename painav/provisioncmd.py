@@ -94,6 +94,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     rrevoke.add_argument("id", help="the receiver's id, e.g. receiver-2")
     rrevoke.set_defaults(handler="painav.provisioncmd:receiver_revoke")
+    rrotate = receiver.add_parser(
+        "rotate-signing-key",
+        parents=[common, broker_dir],
+        help="issue a receiver a new key for signing receipts and arm commands, revoking its "
+        "old one (also: the first such key, for a receiver of an older site)",
+    )
+    rrotate.add_argument("id", help="the receiver's id, e.g. receiver or receiver-2")
+    rrotate.set_defaults(handler="painav.provisioncmd:receiver_rotate")
     rconfig = receiver.add_parser(
         "config", parents=[common], help="print a receiver.toml for one of the site's receivers"
     )
@@ -225,6 +233,15 @@ def receiver_revoke(args: argparse.Namespace) -> int:
     _check_registry_target(args.receiver_registry)
     revoke_receiver(site, args.id, report=print)
     _install_registry(site, args.receiver_registry)
+    _sync_broker(site, args.broker_dir)
+    return 0
+
+
+def receiver_rotate(args: argparse.Namespace) -> int:
+    from provisioning.receivers import rotate_signing
+
+    site = _site(args)
+    rotate_signing(site, args.id, report=print)
     _sync_broker(site, args.broker_dir)
     return 0
 

@@ -38,12 +38,13 @@ from .crl import (
     read_revoked_receivers,
     receiver_folders,
     revoke_receiver_id,
+    revoke_serial,
     write_crls,
 )
 from .errors import SiteError
 from .site import SERVICE_DAYS, Report, Site, locked
 
-__all__ = ["add_receiver", "receiver_config", "receiver_dir", "revoke_receiver"]
+__all__ = ["add_receiver", "receiver_config", "receiver_dir", "revoke_receiver", "rotate_signing"]
 
 
 def receiver_dir(site: Site, receiver_id: str) -> Path:
@@ -106,6 +107,36 @@ def add_receiver(site: Site, name: str, *, report: Report = lambda _: None) -> s
     return receiver_id
 
 
+def rotate_signing(site: Site, receiver_id: str, *, report: Report = lambda _: None) -> Path:
+    """Give receiver *receiver_id* a new signing key and certificate (``signing.key``,
+    ``signing.crt`` in its folder) and revoke the old certificate, if it had one: a key that may
+    have leaked, or a receiver of a site made before receivers signed with keys of their own.
+    Units need no new bundle; they refuse the old key once they hold the new CRL. Returns the
+    folder."""
+    with locked(site.dir):
+        if receiver_id in read_revoked_receivers(site):
+            raise SiteError(f"receiver {receiver_id!r} was revoked; add a new receiver instead")
+        if receiver_id not in site.registry().receiver_ids():
+            known = ", ".join(site.registry().receiver_ids())
+            raise SiteError(f"no receiver {receiver_id!r} in site {site.name} (receivers: {known})")
+        folder = receiver_dir(site, receiver_id)
+        old = folder / "signing.crt"
+        previous = pki.read_certs(old)[0] if old.exists() else None
+        signing = pki.issue_signing(site.root(), receiver_id, site.name, days=SERVICE_DAYS)
+        pki.write_private_key(folder / "signing.key", signing.key, overwrite=True)
+        pki.write_cert(old, signing.cert)
+        report(f"receiver {receiver_id}: new signing certificate {signing.cert.serial_number:x}")
+        if previous is not None:
+            revoke_serial(site, "root", previous.serial_number)
+            report(f"old signing certificate {previous.serial_number:x} revoked")
+        write_crls(site, report)
+    report(
+        f"next: install {folder}/signing.key and signing.crt on the receiver's host and restart "
+        "it; copy the new crl.pem to every receiver, which publishes it to the units."
+    )
+    return folder
+
+
 def revoke_receiver(site: Site, receiver_id: str, *, report: Report = lambda _: None) -> None:
     """Revoke receiver *receiver_id*: its TLS and signing certificates go into the site root's
     CRL, it leaves the registry's receivers (the first receiver's id stays there: it is the
@@ -141,9 +172,9 @@ def revoke_receiver(site: Site, receiver_id: str, *, report: Report = lambda _: 
     remaining = ", ".join(str(f / RECEIVER_CRL) for f in receiver_folders(site)) or "none left"
     report(
         "next: copy each remaining receiver's crl.pem to its host's credentials folder "
-        f"({remaining}); each receiver publishes it to every unit within a minute. Install "
-        "the broker's CRL and ACL (--broker-dir) and reload the broker. Units provisioned from "
-        f"now on get it in their bundle. Destroy {folder}/ and the receiver host's keys."
+        f"({remaining}); each receiver publishes it to every unit within seconds. Units "
+        f"provisioned from now on have it in their bundle. Destroy {folder}/ and the keys on "
+        "the receiver's host."
     )
 
 
