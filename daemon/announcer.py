@@ -28,7 +28,15 @@ from typing import Final
 from link import LinkError, MqttLink, Published, Received, client_context, guarded
 from protocol.errors import MessageError
 from protocol.message_codec import MessageModel
-from protocol.messages import ArmCommand, CrlMessage, QcVerdict, Receipt, Status, parse_message
+from protocol.messages import (
+    LEGACY_RECEIPT_SCHEMA,
+    ArmCommand,
+    CrlMessage,
+    QcVerdict,
+    Receipt,
+    Status,
+    parse_message,
+)
 from protocol.topics import ROUTES, Kind, topic
 
 __all__ = ["Announcer", "AnnouncerError", "Published"]
@@ -36,6 +44,8 @@ __all__ = ["Announcer", "AnnouncerError", "Published"]
 log = logging.getLogger(__name__)
 
 _STOP_ACK_S: Final = 2.0
+# How painav's receivers write a legacy receipt (canonical JSON: no space after the colon).
+_LEGACY_RECEIPT: Final = f'"schema":"{LEGACY_RECEIPT_SCHEMA}"'.encode()
 
 
 class AnnouncerError(LinkError):
@@ -161,6 +171,11 @@ class Announcer:
         if where == self._topics[Kind.ARM] and not payload:
             # An empty payload clears the retained command: nothing is in force any more.
             guarded(log, "on_arm", self._on_arm, None)
+            return
+        if where == self._topics[Kind.RECEIPTS] and _LEGACY_RECEIPT in payload:
+            # Sent beside every receipts/2 while units of the previous version remain: not an
+            # error worth an event each time (and deleting still takes a receipts/2).
+            log.debug("ignored a %s receipt on %s", LEGACY_RECEIPT_SCHEMA, where)
             return
         try:
             parsed, parsed_message = parse_message(where, payload)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, ClassVar, Final, Literal, Self, TypeVar
 
@@ -37,11 +38,13 @@ _M = TypeVar("_M", bound=MessageModel)
 
 __all__ = [
     "ARM_SIGNING_CONTEXT",
+    "LEGACY_RECEIPT_SCHEMA",
     "MAX_ARM_DURATION",
     "MAX_QC_REASONS",
     "RECEIPT_SIGNING_CONTEXT",
     "ArmCommand",
     "CrlMessage",
+    "LegacyReceipt",
     "QcVerdict",
     "Receipt",
 ]
@@ -54,6 +57,12 @@ MAX_QC_REASONS: Final = 8
 
 RECEIPT_SIGNING_CONTEXT: Final = b"painav-receipt/2\n"
 """Prefix of the bytes a receipt signature covers, so the key signs nothing else by accident."""
+
+LEGACY_RECEIPT_SCHEMA: Final = "painav.receipts/1"
+"""Receipts of the previous version, signed with the one key every receiver shared: sent beside
+``receipts/2`` only while units of that version remain (:class:`LegacyReceipt`)."""
+
+_LEGACY_RECEIPT_CONTEXT: Final = b"painav-receipt/1\n"
 
 ARM_SIGNING_CONTEXT: Final = b"painav-cmd-arm/2\n"
 """Prefix of the bytes an arm command's signature covers."""
@@ -264,6 +273,28 @@ class Receipt(MessageModel):
     def topic_mismatch(self, topic: Topic) -> str | None:
         """A receipt may only be sent on the topic of the unit it names."""
         return _unit_mismatch(self.site_id, self.device_id, topic)
+
+
+@dataclass(frozen=True)
+class LegacyReceipt:
+    """A ``receipts/1`` payload, for units of the previous version during an upgrade: the same
+    statement as *receipt*, without ``signer``, signed by *sign* (the site's old shared receipt
+    key) over ``painav-receipt/1`` and a newline, then its canonical JSON without
+    ``signature``. Units of this version ignore it."""
+
+    site_id: str
+    device_id: str
+    payload: bytes
+
+    @classmethod
+    def of(cls, receipt: Receipt, sign: Callable[[bytes], bytes]) -> LegacyReceipt:
+        body = receipt.model_dump(mode="json", by_alias=True, exclude={"signature", "signer"})
+        body["schema"] = LEGACY_RECEIPT_SCHEMA
+        raw = sign(_LEGACY_RECEIPT_CONTEXT + dump_json(body))
+        if not isinstance(raw, bytes) or len(raw) != 64:
+            raise MessageError("receipts message: sign() must return a 64-byte Ed25519 signature")
+        payload = dump_json({**body, "signature": base64.b64encode(raw).decode()})
+        return cls(receipt.site_id, receipt.device_id, payload)
 
 
 class QcVerdict(MessageModel):

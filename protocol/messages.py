@@ -21,11 +21,13 @@ from .clip_manifest import AudioTrack, ClipManifest, VideoTrack
 from .errors import MessageError
 from .hospital_messages import (
     ARM_SIGNING_CONTEXT,
+    LEGACY_RECEIPT_SCHEMA,
     MAX_ARM_DURATION,
     MAX_QC_REASONS,
     RECEIPT_SIGNING_CONTEXT,
     ArmCommand,
     CrlMessage,
+    LegacyReceipt,
     QcVerdict,
     Receipt,
 )
@@ -35,6 +37,7 @@ from .unit_messages import ClipAnnouncement, Event, Status, Telemetry
 
 __all__ = [
     "ARM_SIGNING_CONTEXT",
+    "LEGACY_RECEIPT_SCHEMA",
     "MAX_ARM_DURATION",
     "MAX_PAYLOAD_BYTES",
     "MAX_QC_REASONS",
@@ -47,6 +50,7 @@ __all__ = [
     "ClipManifest",
     "CrlMessage",
     "Event",
+    "LegacyReceipt",
     "Message",
     "QcVerdict",
     "Receipt",

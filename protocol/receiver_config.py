@@ -57,6 +57,10 @@ class TlsSection(_Section):
     # The site root's CRL, which the receiver publishes (retained) to every unit, re-read when
     # it changes: how a revoked receiver's certificates reach units already deployed.
     crl: Path | None = None
+    # Upgrading a site of the previous version only: the receipt key every receiver shared.
+    # While it is named, receipts also go out in the old form (receipts/1) for units not yet
+    # upgraded. Remove it once every unit runs this version, then destroy the key.
+    receipt_key: Path | None = None
 
 
 class StoreSection(_Section):

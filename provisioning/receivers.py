@@ -219,6 +219,13 @@ def receiver_config(
                 signing_key=creds / "signing.key",
                 signing_cert=creds / "signing.crt",
                 crl=crl or creds / RECEIVER_CRL,
+                # A site made by the previous version: its receivers also send receipts/1,
+                # signed with the shared key, until IT removes this line (README, upgrading).
+                receipt_key=(
+                    creds / "receipt.key"
+                    if (receiver_dir(site, receiver_id) / "receipt.key").exists()
+                    else None
+                ),
             ),
             store=StoreSection(dir=store_dir, spool=spool_dir),
             catalog=CatalogSection(url=catalog_url),

@@ -23,6 +23,7 @@ from protocol.messages import (
     ClipAnnouncement,
     CrlMessage,
     Event,
+    LegacyReceipt,
     QcVerdict,
     Receipt,
     Status,
@@ -223,7 +224,9 @@ class ReceiverLink:
         self._link.stop()
         self._bad.flush()
 
-    def publish(self, message: ArmCommand | Receipt, *, device_id: str | None = None) -> Published:
+    def publish(
+        self, message: ArmCommand | Receipt | LegacyReceipt, *, device_id: str | None = None
+    ) -> Published:
         """Send *message* to the unit it names (and is signed for): a receipt, or an arm command
         (retained); QoS 1.
 
@@ -231,17 +234,19 @@ class ReceiverLink:
         queued for later. TypeError for another type; MessageError for a message of another
         site, or of another unit than *device_id* (if given), or one that cannot be encoded.
         """
-        if not isinstance(message, Receipt | ArmCommand):
+        if not isinstance(message, Receipt | ArmCommand | LegacyReceipt):
             raise TypeError(f"publish(): cannot send a {type(message).__name__} to a unit")
-        what = "receipt" if isinstance(message, Receipt) else "arm command"
+        what = "arm command" if isinstance(message, ArmCommand) else "receipt"
         if message.site_id != self._site:
             raise MessageError(f"{what} for site {message.site_id!r}, not {self._site!r}")
         if device_id is not None and device_id != message.device_id:
             raise MessageError(f"{what} for unit {message.device_id!r}, not {device_id!r}")
         device_id = message.device_id
-        route = ROUTES[message.KIND]
-        where = topic(self._site, device_id, message.KIND)
-        payload = message.to_payload()
+        if isinstance(message, LegacyReceipt):  # for units of the previous version
+            route, kind, payload = ROUTES[Kind.RECEIPTS], Kind.RECEIPTS, message.payload
+        else:
+            route, kind, payload = ROUTES[message.KIND], message.KIND, message.to_payload()
+        where = topic(self._site, device_id, kind)
         return self._link.publish(where, payload, qos=route.qos, retain=route.retained)
 
     def publish_verdict(self, device_id: str, verdict: QcVerdict) -> Published:

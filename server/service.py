@@ -25,7 +25,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from protocol.hospital_signature import HospitalSigner
-from protocol.messages import ClipAnnouncement, Event, Status, Telemetry
+from protocol.messages import ClipAnnouncement, Event, LegacyReceipt, Status, Telemetry
+from protocol.minisign import SigningKey
 from protocol.signing import sign_receipt
 
 from .catalog import Catalog, CatalogDatabaseError, CatalogUnavailableError, ClipState
@@ -60,6 +61,8 @@ class ReceiverService:
         self.store = LocalStore(config.store.dir)
         # Its own certified key: units trust the receivers the site root certifies.
         self.signer = HospitalSigner.from_files(tls.signing_key, tls.signing_cert)
+        # While units of the previous version remain: their receipt form, with the shared key.
+        self.legacy_receipt_key = SigningKey.from_file(tls.receipt_key) if tls.receipt_key else None
         self.link = ReceiverLink(
             site_id=site.site_id,
             receiver_id=site.receiver_id,
@@ -204,6 +207,9 @@ class ReceiverService:
             stored_at=clip.stored_at or datetime.now(UTC),
         )
         handle = self.link.publish(receipt)
+        if self.legacy_receipt_key is not None:
+            # Best effort, like the unit's re-announcement: an old unit asks again if it is lost.
+            self.link.publish(LegacyReceipt.of(receipt, self.legacy_receipt_key.sign_raw))
         if not handle.wait(_RECEIPT_ACK_S):
             # Not lost: the unit announces the clip again until it has a receipt, and the
             # receipt is re-sent then.

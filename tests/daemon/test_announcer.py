@@ -29,6 +29,7 @@ from protocol.messages import (
     ArmCommand,
     ClipAnnouncement,
     CrlMessage,
+    LegacyReceipt,
     QcVerdict,
     Receipt,
     Status,
@@ -386,8 +387,12 @@ def test_the_retained_root_crl_is_delivered_at_connect(
 
 def test_a_receipt_reaches_on_receipt(start_unit: StartUnit, receiver: Client) -> None:
     _, seen = start_unit()
+    # The previous version's form, sent beside each receipt during an upgrade: ignored quietly.
+    legacy = LegacyReceipt.of(RECEIPT, lambda data: bytes(64))
+    receiver.publish(t(Kind.RECEIPTS), legacy.payload)
     receiver.publish(t(Kind.RECEIPTS), RECEIPT.to_payload())
     seen.wait_for(lambda: seen.receipts == [RECEIPT], "the receipt")
+    assert seen.bad == []
 
 
 def test_malformed_messages_are_reported_and_the_unit_keeps_working(

@@ -23,6 +23,7 @@ from protocol.messages import (
     ArmCommand,
     ClipAnnouncement,
     Event,
+    LegacyReceipt,
     Message,
     QcVerdict,
     Receipt,
@@ -128,6 +129,27 @@ def test_receipt_signed_bytes_are_fixed() -> None:
         b'"receiver_id":"receiver-1","schema":"painav.receipts/2","sha256":"' + b"ab" * 32 + b'",'
         b'"signer":"' + SIGNER.encode() + b'","site_id":"ward7","stored_at":"2025-03-01T09:30:05Z"}'
     )
+
+
+def test_a_legacy_receipt_is_what_units_of_the_previous_version_verify() -> None:
+    receipt = examples()[Kind.RECEIPTS]
+    assert isinstance(receipt, Receipt)
+    key = Ed25519PrivateKey.generate()  # the site's old shared receipt key
+    legacy = LegacyReceipt.of(receipt, key.sign)
+    # The bytes a receipts/1 signature covered (this vector is the previous version's own test).
+    v1_body = (
+        b'{"clip_id":"cart-03-20250301T093000Z-a1b2","device_id":"cart-03",'
+        b'"receiver_id":"receiver-1","schema":"painav.receipts/1","sha256":"' + b"ab" * 32 + b'",'
+        b'"site_id":"ward7","stored_at":"2025-03-01T09:30:05Z"}'
+    )
+    sent = json.loads(legacy.payload)
+    key.public_key().verify(
+        base64.b64decode(sent.pop("signature")), b"painav-receipt/1\n" + v1_body
+    )
+    assert json.dumps(sent, sort_keys=True, separators=(",", ":")).encode() == v1_body
+    assert (legacy.site_id, legacy.device_id) == (SITE, DEVICE)
+    # This version does not read it as a receipt.
+    assert "unknown schema version 'painav.receipts/1'" in refused(Kind.RECEIPTS, legacy.payload)
 
 
 def test_arm_command_signed_bytes_bind_the_unit_and_the_time() -> None:
