@@ -100,15 +100,16 @@ def test_a_revoked_receiver_can_no_longer_pull_nor_delete_and_the_others_keep_wo
         clip_a, _, url_a = record_clip(unit, hospital)
         assert fetch_as(site, SECOND, url_a) == 200
 
-        # IT revokes it: CRLs for the broker and for the remaining receivers' folders.
-        lines: list[str] = []
-        revoke_receiver(site, SECOND, report=lines.append)
+        # The first receiver runs, publishing the root CRL it holds (nothing revoked yet).
+        receiver.start()
+        wait_for(lambda: "root CRL published to 1 unit(s)" in receiver.log(), "a CRL round")
+        # IT revokes receiver-2: CRLs for the broker and the remaining receivers' folders. The
+        # running receiver sees its crl.pem change and publishes it: the unit takes it.
+        revoke_receiver(site, SECOND)
         sync_revocation(site, broker.out)
         broker.reload()
-        # The first receiver publishes the root CRL it holds to every unit.
-        receiver.start()
         wait_for(lambda: "root CRL updated: 2 certificate(s) revoked" in unit.log(), "new CRL")
-        assert "root CRL published to 1 unit(s)" in receiver.log()
+        assert receiver.log().count("root CRL published to 1 unit(s)") == 2
         # A receiver that was not revoked keeps working: it pulls clip B, the unit deletes it.
         clip_b, _, _ = record_clip(unit, hospital)
         assert hospital.wait_event("deleted", timeout_s=60).clip_id == clip_b

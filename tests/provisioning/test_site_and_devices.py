@@ -277,6 +277,29 @@ def test_revoking_a_receiver_lists_both_its_certificates_and_takes_it_out(
     assert (bundle / "certs" / "crl.pem").read_bytes() == third.read_bytes()
 
 
+def test_a_site_of_the_previous_version_keeps_sending_old_receipts_until_it_is_told(
+    site: Site, tmp_path: Path
+) -> None:
+    from provisioning.crl import root_crl
+    from provisioning.receivers import receiver_config, rotate_signing
+    from server.config import load_config
+
+    paths = {"catalog_url": "sqlite:///c.db", "store_dir": tmp_path, "spool_dir": tmp_path}
+    config = tmp_path / "receiver.toml"
+    config.write_text(receiver_config(site, **paths))
+    assert load_config(config).tls.receipt_key is None  # a new site has no shared key
+    # A site made by the previous version: the shared key, no signing certificate yet.
+    first = site.paths.receiver_dir
+    (first / "signing.key").unlink()
+    (first / "signing.crt").unlink()
+    SigningKey.generate().save(first / "receipt.key")
+    rotate_signing(site, "receiver")  # its first signing certificate; nothing to revoke
+    assert list(root_crl(site)) == []
+    config.write_text(receiver_config(site, **paths))
+    tls = load_config(config).tls
+    assert tls.receipt_key == first / "receipt.key" and tls.signing_cert == first / "signing.crt"
+
+
 def test_unknown_unit_cannot_be_revoked(site: Site) -> None:
     with pytest.raises(DeviceError, match="no unit 'cart-09'"):
         revoke_device(site, "cart-09")
