@@ -20,10 +20,11 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Protocol
 
 from protocol.errors import ProtocolError
-from protocol.hospital_signature import CrlError, HospitalTrust, verify_signed
+from protocol.hospital_signature import CrlError, HospitalTrust
 from protocol.messages import (
     ArmCommand,
     Event,
@@ -32,6 +33,7 @@ from protocol.messages import (
 )
 from protocol.signing import verify_receipt
 
+from .armgate import ArmGate, ArmRefused
 from .capture import Capture, Capturer, SealError
 from .crlstore import CrlStore, Offered
 from .events import (
@@ -89,6 +91,9 @@ class LoopSettings:
     reserve_bytes: int
     telemetry_interval_s: float
     software_version: str
+    # Where the issue time of the arm command in force is kept, so that after a restart an older
+    # signed command (replayed on the broker) still cannot replace it. None: in memory only.
+    arm_state: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -135,7 +140,7 @@ class UnitLoop:
         self._last_error: str | None = None
         self._first_frame_ms: float | None = None
         self._last_verdict: QcVerdict | None = None
-        self._arm_issued_at: datetime | None = None  # of the arm command in force
+        self._arm_gate = ArmGate(self.trust, self.settings.device_id, self.settings.arm_state)
         self.uplink = Uplink(
             device_id=self.settings.device_id,
             software_version=self.settings.software_version,
@@ -389,27 +394,13 @@ class UnitLoop:
         self.uplink.report(Report("deleted", "receipted", clip_id))
 
     def _arm_accepted(self, command: ArmCommand | None) -> bool:
-        """Whether to act on *command*: signed by a receiver the site root certifies and has not
-        revoked, for this unit, and not issued before the command in force. None (the retained
-        command was cleared) disarms: that takes nothing from a participant's clips."""
+        """Whether to act on *command* (:mod:`daemon.armgate`); a refusal is logged and
+        reported. None (the retained command was cleared) disarms."""
         if command is None:
             return True
         try:
-            verify_signed(
-                self.trust,
-                command.signer,
-                command.signature_bytes(),
-                command.signed_bytes(),
-                self.clock.now(),
-            )
-            if command.device_id != self.settings.device_id:
-                raise ProtocolError(f"signed for unit {command.device_id!r}")
-            held = self._arm_issued_at
-            if held is not None and command.issued_at < held:
-                raise ProtocolError(
-                    f"issued {command.issued_at:%Y-%m-%d %H:%M:%S}, before the command in force"
-                )
-        except ProtocolError as exc:
+            self._arm_gate.admit(command, self.clock.now())
+        except ArmRefused as exc:
             log.warning(
                 "refused an arm command: %s",
                 exc,
@@ -417,7 +408,6 @@ class UnitLoop:
             )
             self.uplink.report(Report("refused", "arm_rejected", None, str(exc)[:200]))
             return False
-        self._arm_issued_at = command.issued_at
         return True
 
     def _crl(self, crl_der: bytes) -> None:

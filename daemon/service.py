@@ -103,9 +103,8 @@ class Service:
         )
         # The site root's CRL: receipts, arm commands and clip-server clients are checked by it.
         roots = x509.load_pem_x509_certificates(cfg.keys.ca_chain.read_bytes())
-        self.crls = CrlStore(
-            roots, cfg.keys.crl_state or cfg.outbox.dir.parent / "crl.pem", cfg.keys.crl
-        )
+        crl_state = cfg.keys.crl_state or cfg.outbox.dir.parent / "crl.pem"
+        self.crls = CrlStore(roots, crl_state, cfg.keys.crl)
         trust = HospitalTrust(
             roots=tuple(roots), receiver_id=cfg.clip_server.receiver_id, crl=self.crls.current
         )
@@ -146,6 +145,7 @@ class Service:
                 reserve_bytes=cfg.recorder.reserve_bytes,
                 telemetry_interval_s=cfg.mqtt.telemetry_interval_s,
                 software_version=software,
+                arm_state=crl_state.with_name("arm-issued-at"),
             ),
             recorder=Recorder(
                 RecorderSettings(

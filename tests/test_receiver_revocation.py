@@ -210,6 +210,15 @@ def test_only_an_arm_command_a_receiver_signed_for_this_unit_arms_it(
         refused = hospital.wait_event("refused")
         assert refused.reason == "arm_rejected" and "before the command in force" in refused.detail
         assert unit.status()["participant"] == "PAIN-0042"
+        # Nor after a restart, with the older command now the retained one on the broker.
+        assert unit.stop() == 0, unit.log()
+        unit.start()
+        refused = hospital.wait_event("refused")
+        assert refused.reason == "arm_rejected" and "before the command in force" in refused.detail
+        assert unit.status()["participant"] is None  # disarmed by the restart, not relabelled
+        hospital.client.publish(arm_topic, good.to_payload(), retain=True)
+        hospital.wait_event("armed")
+        assert unit.status()["participant"] == "PAIN-0042"
         # A revoked receiver's signature no longer counts either (once the unit has the CRL).
         revoke_receiver(site, SECOND)
         crl = root_crl(site).public_bytes(Encoding.DER)

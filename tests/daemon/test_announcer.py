@@ -388,6 +388,7 @@ def test_the_retained_root_crl_is_delivered_at_connect(
 def test_a_receipt_reaches_on_receipt(start_unit: StartUnit, receiver: Client) -> None:
     _, seen = start_unit()
     # The previous version's form, sent beside each receipt during an upgrade: ignored quietly.
+    assert isinstance(RECEIPT, Receipt)
     legacy = LegacyReceipt.of(RECEIPT, lambda data: bytes(64))
     receiver.publish(t(Kind.RECEIPTS), legacy.payload)
     receiver.publish(t(Kind.RECEIPTS), RECEIPT.to_payload())

@@ -284,9 +284,13 @@ def test_a_site_of_the_previous_version_keeps_sending_old_receipts_until_it_is_t
     from provisioning.receivers import receiver_config, rotate_signing
     from server.config import load_config
 
-    paths = {"catalog_url": "sqlite:///c.db", "store_dir": tmp_path, "spool_dir": tmp_path}
+    def config_text() -> str:
+        return receiver_config(
+            site, catalog_url="sqlite:///c.db", store_dir=tmp_path, spool_dir=tmp_path
+        )
+
     config = tmp_path / "receiver.toml"
-    config.write_text(receiver_config(site, **paths))
+    config.write_text(config_text())
     assert load_config(config).tls.receipt_key is None  # a new site has no shared key
     # A site made by the previous version: the shared key, no signing certificate yet.
     first = site.paths.receiver_dir
@@ -295,7 +299,7 @@ def test_a_site_of_the_previous_version_keeps_sending_old_receipts_until_it_is_t
     SigningKey.generate().save(first / "receipt.key")
     rotate_signing(site, "receiver")  # its first signing certificate; nothing to revoke
     assert list(root_crl(site)) == []
-    config.write_text(receiver_config(site, **paths))
+    config.write_text(config_text())
     tls = load_config(config).tls
     assert tls.receipt_key == first / "receipt.key" and tls.signing_cert == first / "signing.crt"
 
