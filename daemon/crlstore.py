@@ -78,13 +78,6 @@ class CrlStore:
         with self._lock:
             return self._crl
 
-    def revoked(self, cert: x509.Certificate) -> bool:
-        """Whether the CRL in force lists *cert* (a certificate its issuer issued)."""
-        crl = self.current()
-        if crl is None or cert.issuer != crl.issuer:
-            return False
-        return crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
-
     def offer(self, data: bytes) -> Offered:
         """Keep *data* (a CRL, DER or PEM) if a site root signed it and it is newer than the one
         held; CrlError (one line) if it is not a CRL or no site root signed it."""

@@ -135,7 +135,7 @@ class Service:
             key_file=cfg.keys.tls_key,
             ca_file=cfg.keys.ca_chain,
             receiver_id=cfg.clip_server.receiver_id,
-            revoked=self.crls.revoked,
+            revoked=trust.revoked,
         )
         software = software_version()
         self.loop = UnitLoop(

@@ -115,11 +115,16 @@ class HospitalSigner:
         key_path, cert_path = Path(key_path), Path(cert_path)
         try:
             mode = stat.S_IMODE(key_path.stat().st_mode)
-            if mode & 0o077:
-                raise KeyFormatError(
-                    f"{key_path}: signing key is readable by others (mode {mode:04o}); "
-                    f"check who had access, then 'chmod 600 {key_path}'"
-                )
+        except OSError as exc:
+            raise KeyFormatError(
+                f"{key_path}: cannot read the signing key: {exc.strerror}"
+            ) from None
+        if mode & 0o077:
+            raise KeyFormatError(
+                f"{key_path}: signing key is readable by others (mode {mode:04o}); "
+                f"check who had access, then 'chmod 600 {key_path}'"
+            )
+        try:
             key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         except OSError as exc:
             raise KeyFormatError(

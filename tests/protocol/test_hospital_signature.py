@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from protocol.errors import BadSignatureError
+from protocol.errors import BadSignatureError, KeyFormatError
 from protocol.hospital_signature import (
     SIGNING_EKU,
     CrlError,
+    HospitalSigner,
     RevokedSignerError,
     SignerError,
     check_crl,
@@ -101,3 +103,28 @@ def test_crls_only_from_the_root_and_only_newer() -> None:
 def test_a_certificate_field_is_bounded() -> None:
     with pytest.raises(SignerError, match="over 2048"):
         decode_certificate(base64.b64encode(bytes(3000)).decode())
+
+
+def test_a_signing_key_file_is_refused_in_one_line_naming_it(tmp_path: Path) -> None:
+    site = MiniSite()
+    signer = site.signer("receiver-2")
+    key, cert = tmp_path / "signing.key", tmp_path / "signing.crt"
+    pki.write_private_key(key, signer.key)
+    pki.write_cert(cert, signer.cert)
+    assert HospitalSigner.from_files(key, cert).receiver_id == "receiver-2"
+    other = tmp_path / "other.crt"
+    pki.write_cert(other, site.signer("receiver-3").cert)
+    with pytest.raises(KeyFormatError, match="does not belong to the certificate"):
+        HospitalSigner.from_files(key, other)
+    with pytest.raises(KeyFormatError, match="not a PEM certificate"):
+        HospitalSigner.from_files(key, key)
+    with pytest.raises(KeyFormatError, match="cannot read the signing key"):
+        HospitalSigner.from_files(tmp_path / "gone.key", cert)
+    key.chmod(0o640)
+    with pytest.raises(KeyFormatError, match="readable by others"):
+        HospitalSigner.from_files(key, cert)
+    cert.chmod(0o600)
+    cert_as_key = tmp_path / "tls.key"
+    pki.write_private_key(cert_as_key, pki.new_key())
+    with pytest.raises(KeyFormatError, match="not an Ed25519 key"):
+        HospitalSigner.from_files(cert_as_key, cert)
