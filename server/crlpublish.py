@@ -16,11 +16,11 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from link import Published
 from protocol.messages import CrlMessage
 from protocol.registry import Registry, RegistryError
 
@@ -29,6 +29,12 @@ __all__ = ["CrlPublisher"]
 log = logging.getLogger("painav.receiver")
 
 _ACK_S = 10.0
+
+
+class Acknowledgement(Protocol):
+    """What a publish returns (:class:`link.Published`): wait for the broker's answer."""
+
+    def wait(self, timeout_s: float) -> bool: ...
 
 
 class CrlPublisher:
@@ -41,7 +47,7 @@ class CrlPublisher:
         self,
         crl_path: Path,
         registry_path: Path,
-        publish: Callable[[str, CrlMessage], Published],
+        publish: Callable[[str, CrlMessage], Acknowledgement],
     ) -> None:
         self._path, self._registry = crl_path, registry_path
         self._publish = publish
