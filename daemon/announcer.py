@@ -1,5 +1,5 @@
-"""The unit's MQTT v5 link to the hospital broker: announcements out; arm commands, receipts and
-QC verdicts in.
+"""The unit's MQTT v5 link to the hospital broker: announcements out; arm commands, receipts,
+QC verdicts and the site root's CRL in.
 
 A thin layer over :class:`link.MqttLink` that speaks painav's types only: messages go out as
 :mod:`protocol.messages` models and come back as parsed :class:`ArmCommand`, :class:`Receipt`
@@ -28,7 +28,16 @@ from typing import Final
 from link import LinkError, MqttLink, Published, Received, client_context, guarded
 from protocol.errors import MessageError
 from protocol.message_codec import MessageModel
-from protocol.messages import ArmCommand, EventAck, QcVerdict, Receipt, Status, parse_message
+from protocol.messages import (
+    LEGACY_RECEIPT_SCHEMA,
+    ArmCommand,
+    CrlMessage,
+    EventAck,
+    QcVerdict,
+    Receipt,
+    Status,
+    parse_message,
+)
 from protocol.topics import ROUTES, Kind, topic
 
 __all__ = ["Announcer", "AnnouncerError", "Published"]
@@ -36,6 +45,8 @@ __all__ = ["Announcer", "AnnouncerError", "Published"]
 log = logging.getLogger(__name__)
 
 _STOP_ACK_S: Final = 2.0
+# How painav's receivers write a legacy receipt (canonical JSON: no space after the colon).
+_LEGACY_RECEIPT: Final = f'"schema":"{LEGACY_RECEIPT_SCHEMA}"'.encode()
 
 
 class AnnouncerError(LinkError):
@@ -50,7 +61,8 @@ class Announcer:
     so the caller replays its outbox; *on_arm* with each arm command on ``cmd/arm`` (None when
     the retained command is cleared); *on_receipt* with each receipt; *on_verdict* with each
     quality-control verdict on ``qc``; *on_event_ack* with each acknowledgement of its events on
-    ``event-acks``; *on_bad_message* with the topic and a one-line reason for
+    ``event-acks``; *on_crl* with the root CRL (DER) retained on ``crl``;
+    *on_bad_message* with the topic and a one-line reason for
     anything else that arrives; *on_settled* whenever the broker has acknowledged (or refused) a
     publish. The last will is the retained offline status.
     """
@@ -75,6 +87,7 @@ class Announcer:
         on_bad_message: Callable[[str, str], None],
         on_settled: Callable[[], None] | None = None,
         on_event_ack: Callable[[EventAck], None] | None = None,
+        on_crl: Callable[[bytes], None] = lambda _: None,
     ) -> None:
         try:
             self._topics = {kind: topic(site_id, device_id, kind) for kind in Kind}
@@ -83,6 +96,7 @@ class Announcer:
         self._site, self._device = site_id, device_id
         self._on_arm, self._on_receipt, self._on_bad_message = on_arm, on_receipt, on_bad_message
         self._on_verdict, self._on_event_ack = on_verdict, on_event_ack
+        self._on_crl = on_crl
         try:
             self._link = MqttLink(
                 client_id=device_id,
@@ -99,6 +113,7 @@ class Announcer:
                     self._topics[Kind.RECEIPTS],
                     self._topics[Kind.QC],
                     self._topics[Kind.EVENT_ACKS],
+                    self._topics[Kind.CRL],
                 ),
                 on_connect=on_connect,
                 on_message=self._dispatch,
@@ -162,6 +177,11 @@ class Announcer:
             # An empty payload clears the retained command: nothing is in force any more.
             guarded(log, "on_arm", self._on_arm, None)
             return
+        if where == self._topics[Kind.RECEIPTS] and _LEGACY_RECEIPT in payload:
+            # Sent beside every receipts/2 while units of the previous version remain: not an
+            # error worth an event each time (and deleting still takes a receipts/2).
+            log.debug("ignored a %s receipt on %s", LEGACY_RECEIPT_SCHEMA, where)
+            return
         try:
             parsed, parsed_message = parse_message(where, payload)
         except MessageError as exc:
@@ -177,6 +197,8 @@ class Announcer:
             guarded(log, "on_verdict", self._on_verdict, parsed_message)
         elif isinstance(parsed_message, EventAck) and self._on_event_ack is not None:
             guarded(log, "on_event_ack", self._on_event_ack, parsed_message)
+        elif isinstance(parsed_message, CrlMessage):
+            guarded(log, "on_crl", self._on_crl, parsed_message.crl_der())
         else:
             self._bad(where, f"a {parsed.kind.value} message is not for the unit")
 

@@ -12,6 +12,7 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -308,6 +309,7 @@ class ClipServer:
         max_handshakes: int = 32,
         max_handshakes_per_address: int = 8,
         handshake_timeout_s: float = 5.0,
+        revoked: Callable[[x509.Certificate], bool] = lambda _: False,
     ) -> None:
         if not timeout_s > 0:
             raise ValueError("timeout_s must be positive")
@@ -319,6 +321,7 @@ class ClipServer:
         )
         self.outbox = outbox
         self.receiver_id = receiver_id
+        self._revoked = revoked  # the site root's CRL as the unit holds it (daemon.crlstore)
         self.timeout_s = timeout_s
         self._address = (host, port)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -449,6 +452,8 @@ class ClipServer:
             usages = x509.ExtendedKeyUsage([])
         if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
             return cn, f"certificate of {cn!r} is not for TLS clients"
+        if self._revoked(cert):
+            return cn, f"certificate {cert.serial_number:x} of {cn!r} is revoked"
         return cn, None
 
 

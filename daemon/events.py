@@ -18,6 +18,7 @@ __all__ = [
     "BadMessage",
     "CaptureFailed",
     "Connected",
+    "CrlReceived",
     "EventAcked",
     "LongPressed",
     "Pressed",
@@ -93,6 +94,13 @@ class EventAcked:
 
 
 @dataclass(frozen=True)
+class CrlReceived:
+    """The hospital's retained copy of the site root's CRL arrived (DER, not yet checked)."""
+
+    crl_der: bytes
+
+
+@dataclass(frozen=True)
 class Connected:
     """The MQTT link (re)connected: replay what the hospital may not have."""
 
@@ -121,6 +129,7 @@ UnitEvent = (
     | ReceiptReceived
     | VerdictReceived
     | EventAcked
+    | CrlReceived
     | Connected
     | PublishSettled
     | BadMessage

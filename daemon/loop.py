@@ -20,25 +20,29 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Protocol
 
 from protocol.errors import ProtocolError
+from protocol.hospital_signature import CrlError, HospitalTrust
 from protocol.messages import (
     ArmCommand,
     Event,
     QcVerdict,
     Receipt,
 )
-from protocol.minisign import PublicKey
 from protocol.signing import verify_receipt
 
+from .armgate import ArmGate, ArmRefused
 from .capture import Capture, Capturer, SealError
+from .crlstore import CrlStore, Offered
 from .event_journal import EventJournal
 from .events import (
     ArmReceived,
     BadMessage,
     CaptureFailed,
     Connected,
+    CrlReceived,
     EventAcked,
     LongPressed,
     Pressed,
@@ -89,6 +93,9 @@ class LoopSettings:
     reserve_bytes: int
     telemetry_interval_s: float
     software_version: str
+    # Where the issue time of the arm command in force is kept, so that after a restart an older
+    # signed command (replayed on the broker) still cannot replace it. None: in memory only.
+    arm_state: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -120,7 +127,8 @@ class UnitLoop:
     capturer: Capturer
     link: Link
     light: Light
-    receipt_key: PublicKey
+    trust: HospitalTrust  # whose receipts and arm commands count: receivers the root certifies
+    crls: CrlStore  # the root CRL in force (trust reads it too)
     sealer: Executor
     clock_synced: Callable[[], bool]
     clip_url: Callable[[str], str]  # where the hospital fetches a clip, by its id
@@ -134,6 +142,7 @@ class UnitLoop:
         self._last_error: str | None = None
         self._first_frame_ms: float | None = None
         self._last_verdict: QcVerdict | None = None
+        self._arm_gate = ArmGate(self.trust, self.settings.device_id, self.settings.arm_state)
         self.uplink = Uplink(
             device_id=self.settings.device_id,
             software_version=self.settings.software_version,
@@ -235,10 +244,13 @@ class UnitLoop:
                 self._last_error = detail
                 self._execute(self.recorder.capture_failed(detail))
             case ArmReceived(command):
-                self._execute(self.recorder.arm(_assignment(command), wall))
-                self._status()
+                if self._arm_accepted(command):
+                    self._execute(self.recorder.arm(_assignment(command), wall))
+                    self._status()
             case ReceiptReceived(receipt):
                 self._receipt(receipt)
+            case CrlReceived(crl_der):
+                self._crl(crl_der)
             case VerdictReceived(verdict):
                 self._verdict(verdict)
             case EventAcked(ack):
@@ -374,7 +386,7 @@ class UnitLoop:
             entry = self.outbox.get(clip_id)
             if entry.sha256 is None:
                 raise ProtocolError(f"receipt for clip {clip_id}, which is not sealed")
-            verify_receipt(self.receipt_key, receipt, sha256=entry.sha256)
+            verify_receipt(self.trust, receipt, sha256=entry.sha256, now=self.clock.now())
             self.outbox.delete_receipted(clip_id, receipt.sha256)
         except Exception as exc:
             log.warning(
@@ -388,6 +400,42 @@ class UnitLoop:
             extra=log_fields(clip_id=clip_id, state="deleted"),
         )
         self.uplink.report(Report("deleted", "receipted", clip_id))
+
+    def _arm_accepted(self, command: ArmCommand | None) -> bool:
+        """Whether to act on *command* (:mod:`daemon.armgate`); a refusal is logged and
+        reported. None (the retained command was cleared) disarms."""
+        if command is None:
+            return True
+        try:
+            self._arm_gate.admit(command, self.clock.now())
+        except ArmRefused as exc:
+            log.warning(
+                "refused an arm command: %s",
+                exc,
+                extra=log_fields(device_id=self.settings.device_id),
+            )
+            self.uplink.report(Report("refused", "arm_rejected", None, str(exc)[:200]))
+            return False
+        return True
+
+    def _crl(self, crl_der: bytes) -> None:
+        """Keep the hospital's root CRL if the site root signed it and it is newer."""
+        try:
+            outcome = self.crls.offer(crl_der)
+        except (CrlError, OSError) as exc:
+            log.warning(
+                "refused a CRL: %s", exc, extra=log_fields(device_id=self.settings.device_id)
+            )
+            self.uplink.report(Report("refused", "crl_rejected", None, str(exc)[:200]))
+            return
+        if outcome is Offered.KEPT:
+            crl = self.crls.current()
+            count = len(list(crl)) if crl is not None else 0
+            log.info(
+                "root CRL updated: %d certificate(s) revoked",
+                count,
+                extra=log_fields(device_id=self.settings.device_id),
+            )
 
     def _verdict(self, verdict: QcVerdict) -> None:
         # Kept for `device status` whatever clip it names; the recorder decides whether the

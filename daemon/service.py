@@ -19,8 +19,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from protocol.clipserver import clip_url
-from protocol.minisign import PublicKey, SigningKey
+from protocol.hospital_signature import HospitalTrust
+from protocol.minisign import SigningKey
 from protocol.x25519 import X25519Recipient
 
 from .announcer import Announcer
@@ -29,10 +32,12 @@ from .clipserver import ClipServer
 from .clock import ClockSignal
 from .config import DeviceConfig
 from .control import ControlServer
+from .crlstore import CrlStore
 from .events import (
     ArmReceived,
     BadMessage,
     Connected,
+    CrlReceived,
     EventAcked,
     LongPressed,
     Pressed,
@@ -97,6 +102,13 @@ class Service:
             quota_bytes=cfg.outbox.quota_bytes,
             min_free_bytes=cfg.outbox.min_free_bytes,
         )
+        # The site root's CRL: receipts, arm commands and clip-server clients are checked by it.
+        roots = x509.load_pem_x509_certificates(cfg.keys.ca_chain.read_bytes())
+        crl_state = cfg.keys.crl_state or cfg.outbox.dir.parent / "crl.pem"
+        self.crls = CrlStore(roots, crl_state, cfg.keys.crl)
+        trust = HospitalTrust(
+            roots=tuple(roots), receiver_id=cfg.clip_server.receiver_id, crl=self.crls.current
+        )
         self.announcer = Announcer(
             site_id=cfg.unit.site_id,
             device_id=self.device_id,
@@ -115,6 +127,7 @@ class Service:
             on_event_ack=lambda ack: self.loop.post(EventAcked(ack)),
             on_bad_message=lambda topic, error: self.loop.post(BadMessage(topic, error)),
             on_settled=lambda: self.loop.post(PublishSettled()),
+            on_crl=lambda crl: self.loop.post(CrlReceived(crl)),
         )
         self.clip_server = ClipServer(
             self.outbox,
@@ -125,6 +138,7 @@ class Service:
             ca_file=cfg.keys.ca_chain,
             receiver_id=cfg.clip_server.receiver_id,
             handshake_timeout_s=cfg.clip_server.handshake_timeout_s,
+            revoked=trust.revoked,
         )
         software = software_version()
         self.loop = UnitLoop(
@@ -134,6 +148,7 @@ class Service:
                 reserve_bytes=cfg.recorder.reserve_bytes,
                 telemetry_interval_s=cfg.mqtt.telemetry_interval_s,
                 software_version=software,
+                arm_state=crl_state.with_name("arm-issued-at"),
             ),
             recorder=Recorder(
                 RecorderSettings(
@@ -159,7 +174,8 @@ class Service:
             ),
             link=self.announcer,
             light=hw.light,
-            receipt_key=PublicKey.from_file(cfg.keys.receipt_pub),
+            trust=trust,
+            crls=self.crls,
             sealer=ThreadPoolExecutor(1, thread_name_prefix="seal"),
             clock_synced=clock,
             clip_url=self._clip_url,

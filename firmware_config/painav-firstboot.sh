@@ -25,8 +25,8 @@
 #
 # Bundle layout (from `painav provision`; mapping: keys/* -> /var/lib/painav/keys/, the rest
 # -> /etc/painav/):
-#   device.toml  recipients.txt  certs/tls.crt  certs/ca-chain.pem
-#   keys/signing.key  keys/tls.key  keys/receipt.pub
+#   device.toml  recipients.txt  certs/tls.crt  certs/ca-chain.pem  certs/crl.pem
+#   keys/signing.key  keys/tls.key
 #
 # `painav-firstboot.sh --check-bundle painav-bundle.tar` runs only the bundle checks, on IT's
 # workstation, before the bundle goes onto a card.
@@ -43,7 +43,7 @@ DATA=/var/lib/painav
 DATA_LABEL=PAINAV-DATA
 ETC=/etc/painav
 VENV=/opt/painav/.venv
-BUNDLE_FILES="certs/ca-chain.pem certs/tls.crt device.toml keys/receipt.pub keys/signing.key keys/tls.key recipients.txt"
+BUNDLE_FILES="certs/ca-chain.pem certs/crl.pem certs/tls.crt device.toml keys/signing.key keys/tls.key recipients.txt"
 
 log() { echo "painav-firstboot: $*"; }
 die() { echo "painav-firstboot: error: $*" >&2; exit 1; }
@@ -140,16 +140,18 @@ log "bundle unpacked to RAM and shredded from the boot partition"
 chown painav:painav "$DATA"
 chmod 0700 "$DATA"
 install -d -m 0700 -o painav -g painav "$DATA/keys"
-for f in signing.key tls.key receipt.pub; do
+for f in signing.key tls.key; do
     install -m 0400 -o painav -g painav "$stage/keys/$f" "$DATA/keys/$f"
 done
 # Root-owned and read-only to the painav group: a compromised daemon cannot change whom it
-# encrypts to, which CA it trusts or which receiver's receipts it accepts.
+# encrypts to or which CA it trusts (and so whose receipts and arm commands it accepts). The
+# daemon keeps newer root CRLs it is sent in $DATA/crl.pem; this one is its floor.
 install -d -m 0750 -o root -g painav "$ETC" "$ETC/certs"
 install -m 0640 -o root -g painav "$stage/device.toml" "$ETC/device.toml"
 install -m 0640 -o root -g painav "$stage/recipients.txt" "$ETC/recipients.txt"
 install -m 0640 -o root -g painav "$stage/certs/tls.crt" "$ETC/certs/tls.crt"
 install -m 0640 -o root -g painav "$stage/certs/ca-chain.pem" "$ETC/certs/ca-chain.pem"
+install -m 0640 -o root -g painav "$stage/certs/crl.pem" "$ETC/certs/crl.pem"
 rm -rf "$stage"
 log "keys installed in $DATA/keys, configuration in $ETC"
 

@@ -146,11 +146,16 @@ def _run(stack: ExitStack, work: Path, args: argparse.Namespace) -> int:
             pseudonym, service.catalog.open_visit(pseudonym, on=today).number
         )
         now = datetime.now(UTC)
-        arm = ArmCommand(
+        # Signed with the receiver's own certified key: a unit refuses an unsigned command.
+        arm = ArmCommand.signed(
             participant=pseudonym,
             visit=visit.label,
             issued_at=now,
             expires_at=now + timedelta(hours=1),
+            site_id=site.name,
+            device_id=device_id,
+            signer=service.signer.certificate,
+            sign=service.signer.sign,
         )
         service.link.publish(arm, device_id=device_id).wait(5)
         _say(f"   {pseudonym} ({group}) enrolled, visit {visit.label} open; {device_id} armed")

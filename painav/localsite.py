@@ -96,7 +96,8 @@ def unit_config(
             tls_key=bundle / "keys" / "tls.key",
             tls_cert=bundle / "certs" / "tls.crt",
             ca_chain=bundle / "certs" / "ca-chain.pem",
-            receipt_pub=bundle / "keys" / "receipt.pub",
+            crl=bundle / "certs" / "crl.pem",
+            crl_state=work / "crl.pem",
             recipients=bundle / "recipients.txt",
         ),
         outbox=OutboxSection(

@@ -87,6 +87,21 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     radd.add_argument("name", help="e.g. 2, giving receiver-2")
     radd.set_defaults(handler="painav.provisioncmd:receiver_add")
+    rrevoke = receiver.add_parser(
+        "revoke",
+        parents=[common, broker_dir, receiver_registry],
+        help="revoke a receiver (a stolen or retired host): its certificates go into the CRL",
+    )
+    rrevoke.add_argument("id", help="the receiver's id, e.g. receiver-2")
+    rrevoke.set_defaults(handler="painav.provisioncmd:receiver_revoke")
+    rrotate = receiver.add_parser(
+        "rotate-signing-key",
+        parents=[common, broker_dir],
+        help="issue a receiver a new key for signing receipts and arm commands, revoking its "
+        "old one (also: the first such key, for a receiver of an older site)",
+    )
+    rrotate.add_argument("id", help="the receiver's id, e.g. receiver or receiver-2")
+    rrotate.set_defaults(handler="painav.provisioncmd:receiver_rotate")
     rconfig = receiver.add_parser(
         "config", parents=[common], help="print a receiver.toml for one of the site's receivers"
     )
@@ -99,12 +114,18 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--spool", type=Path, required=True, help="partial downloads (same file system)"
     )
     rconfig.add_argument(
-        "--credentials", type=Path, help="where its TLS files and receipt key will be"
+        "--credentials", type=Path, help="where its TLS files and signing key will be"
     )
     rconfig.add_argument(
         "--registry",
         type=Path,
         help="where it reads registry.json (default: the site folder's, root-only)",
+    )
+    rconfig.add_argument(
+        "--crl",
+        type=Path,
+        help="where it reads the site root's CRL, which it publishes to the units and IT "
+        "replaces after a revocation (default: crl.pem beside its credentials)",
     )
     rconfig.set_defaults(handler="painav.provisioncmd:receiver_config")
 
@@ -205,6 +226,26 @@ def receiver_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def receiver_revoke(args: argparse.Namespace) -> int:
+    from provisioning.receivers import revoke_receiver
+
+    site = _site(args)
+    _check_registry_target(args.receiver_registry)
+    revoke_receiver(site, args.id, report=print)
+    _install_registry(site, args.receiver_registry)
+    _sync_broker(site, args.broker_dir)
+    return 0
+
+
+def receiver_rotate(args: argparse.Namespace) -> int:
+    from provisioning.receivers import rotate_signing
+
+    site = _site(args)
+    rotate_signing(site, args.id, report=print)
+    _sync_broker(site, args.broker_dir)
+    return 0
+
+
 def receiver_config(args: argparse.Namespace) -> int:
     from provisioning.errors import SiteError
     from provisioning.receivers import receiver_config
@@ -220,6 +261,7 @@ def receiver_config(args: argparse.Namespace) -> int:
         credentials_dir=args.credentials,
         receiver_id=args.id,
         registry=args.registry,
+        crl=args.crl,
     )
     print(text, end="")
     return 0

@@ -71,8 +71,16 @@ class KeysSection(_Section):
     tls_key: Path
     tls_cert: Path
     ca_chain: Path
-    receipt_pub: Path
     recipients: Path
+    # No longer read: receipts/1 were signed with one key every receiver shared. Receipts and
+    # arm commands now carry their receiver's certificate, checked against ca_chain and the CRL.
+    # Kept optional so that a device.toml of the previous version still loads.
+    receipt_pub: Path | None = None
+    # The site root's CRL from the bundle: the revoked receivers when the unit was provisioned.
+    crl: Path | None = None
+    # Where the unit keeps the newest root CRL it has (from the bundle or the hospital's
+    # retained crl topic), replaced atomically; default: crl.pem beside the outbox folder.
+    crl_state: Path | None = None
 
 
 class OutboxSection(_Section):

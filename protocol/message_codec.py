@@ -30,7 +30,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION: Final = 1
-"""The version of every message schema this build reads and writes."""
+"""The version of a message schema that has not changed since the first; a kind whose contract
+changed says in its model which versions it reads and which it writes (:class:`MessageModel`)."""
 
 MAX_PAYLOAD_BYTES: Final = MappingProxyType(
     {
@@ -45,6 +46,8 @@ MAX_PAYLOAD_BYTES: Final = MappingProxyType(
         Kind.QC: 4 * 1024,
         # Up to MAX_ACKED_EVENTS ids of at most 64 characters each, and the envelope.
         Kind.EVENT_ACKS: 8 * 1024,
+        # A root CRL: a few hundred bytes plus ~40 per revoked receiver certificate.
+        Kind.CRL: 32 * 1024,
     }
 )
 """The largest payload, in bytes, accepted (and written) for each kind."""

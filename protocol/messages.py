@@ -20,12 +20,16 @@ from typing import Final
 from .clip_manifest import AudioTrack, ClipManifest, VideoTrack
 from .errors import MessageError
 from .hospital_messages import (
+    ARM_SIGNING_CONTEXT,
+    LEGACY_RECEIPT_SCHEMA,
     MAX_ACKED_EVENTS,
     MAX_ARM_DURATION,
     MAX_QC_REASONS,
     RECEIPT_SIGNING_CONTEXT,
     ArmCommand,
+    CrlMessage,
     EventAck,
+    LegacyReceipt,
     QcVerdict,
     Receipt,
 )
@@ -34,8 +38,10 @@ from .topics import Kind, Topic, parse_topic
 from .unit_messages import EVENTS_V1, EVENTS_V2, ClipAnnouncement, Event, EventId, Status, Telemetry
 
 __all__ = [
+    "ARM_SIGNING_CONTEXT",
     "EVENTS_V1",
     "EVENTS_V2",
+    "LEGACY_RECEIPT_SCHEMA",
     "MAX_ACKED_EVENTS",
     "MAX_ARM_DURATION",
     "MAX_PAYLOAD_BYTES",
@@ -47,9 +53,11 @@ __all__ = [
     "AudioTrack",
     "ClipAnnouncement",
     "ClipManifest",
+    "CrlMessage",
     "Event",
     "EventAck",
     "EventId",
+    "LegacyReceipt",
     "Message",
     "QcVerdict",
     "Receipt",
@@ -61,7 +69,15 @@ __all__ = [
 ]
 
 Message = (
-    Status | ClipAnnouncement | Event | Telemetry | ArmCommand | Receipt | QcVerdict | EventAck
+    Status
+    | ClipAnnouncement
+    | Event
+    | Telemetry
+    | ArmCommand
+    | Receipt
+    | QcVerdict
+    | EventAck
+    | CrlMessage
 )
 """Any painav MQTT message."""
 
@@ -75,6 +91,7 @@ MESSAGE_TYPES: Final[MappingProxyType[Kind, type[Message]]] = MappingProxyType(
         Kind.RECEIPTS: Receipt,
         Kind.QC: QcVerdict,
         Kind.EVENT_ACKS: EventAck,
+        Kind.CRL: CrlMessage,
     }
 )
 """The model for each kind."""

@@ -74,7 +74,17 @@ class TlsSection(_Section):
     cert: Path
     key: Path
     ca: Path
-    receipt_key: Path  # the receiver's Ed25519 receipt-signing key (minisign format)
+    # The receiver's own Ed25519 key for receipts and arm commands, and its certificate from the
+    # site root (painav's signing usage): units trust every receiver the root certifies.
+    signing_key: Path
+    signing_cert: Path
+    # The site root's CRL, which the receiver publishes (retained) to every unit, re-read when
+    # it changes: how a revoked receiver's certificates reach units already deployed.
+    crl: Path | None = None
+    # Upgrading a site of the previous version only: the receipt key every receiver shared.
+    # While it is named, receipts also go out in the old form (receipts/1) for units not yet
+    # upgraded. Remove it once every unit runs this version, then destroy the key.
+    receipt_key: Path | None = None
 
 
 class StoreSection(_Section):

@@ -3,8 +3,9 @@
 A clip's signature is a minisign signature over the ciphertext whose trusted comment binds the
 clip id, the unit, the ciphertext's SHA-256 and the participant and visit the unit was armed
 with, so a valid signature cannot be moved to another clip or unit, nor the clip relabelled
-with another pseudonym. A receipt is signed by the receiver's key, and only a receipt that
-verifies and names the clip's SHA-256 lets the unit delete the clip.
+with another pseudonym. A receipt is signed by a receiver's own key, certified by the site root
+(:mod:`.hospital_signature`), and only a receipt that verifies and names the clip's SHA-256 lets
+the unit delete the clip.
 """
 
 from __future__ import annotations
@@ -19,8 +20,14 @@ from datetime import datetime
 from typing import BinaryIO, Final
 
 from .atomic import StrPath
-from .errors import BadSignatureError, BindingError, RelabelledError, SignatureFormatError
+from .errors import (
+    BindingError,
+    RelabelledError,
+    SignatureError,
+    SignatureFormatError,
+)
 from .hospital_messages import Receipt
+from .hospital_signature import HospitalSigner, HospitalTrust, verify_signed
 from .message_fields import PSEUDONYM_PATTERN, VISIT_PATTERN
 from .minisign import DEFAULT_UNTRUSTED_COMMENT, PublicKey, Signature, SigningKey
 
@@ -300,36 +307,46 @@ def verify_clip_digests(
 
 
 def sign_receipt(
-    key: SigningKey,
+    signer: HospitalSigner,
     *,
     site_id: str,
     device_id: str,
     clip_id: str,
     sha256: str,
-    receiver_id: str,
     stored_at: datetime,
 ) -> Receipt:
-    """The receiver's receipt for a stored clip, signed with its receipt key."""
+    """The receiver's receipt for a stored clip (``receipts/2``), signed with its own
+    certified signing key; the receipt names the receiver its certificate names."""
     return Receipt.signed(
         site_id=site_id,
         device_id=device_id,
         clip_id=clip_id,
         sha256=sha256,
         stored_at=stored_at,
-        receiver_id=receiver_id,
-        sign=key.sign_raw,
+        receiver_id=signer.receiver_id,
+        signer=signer.certificate,
+        sign=signer.sign,
     )
 
 
-def verify_receipt(public_key: PublicKey, receipt: Receipt, *, sha256: str) -> None:
-    """Check that *receipt* was signed by the receiver's key and names *sha256*, the hash of
-    the clip the unit holds; raise :class:`BadSignatureError` or :class:`BindingError`."""
+def verify_receipt(trust: HospitalTrust, receipt: Receipt, *, sha256: str, now: datetime) -> str:
+    """Check that *receipt* was signed by a receiver the site root certifies (and has not
+    revoked) and names *sha256*, the hash of the clip the unit holds; return that receiver's
+    id. Raises :class:`SignerError`, :class:`BadSignatureError` or :class:`BindingError`."""
     try:
-        public_key.verify_raw(receipt.signature_bytes(), receipt.signed_bytes())
-    except BadSignatureError:
-        raise BadSignatureError(f"receipt for clip {receipt.clip_id}: forged or altered") from None
+        signed_by = verify_signed(
+            trust, receipt.signer, receipt.signature_bytes(), receipt.signed_bytes(), now
+        )
+    except SignatureError as exc:
+        raise type(exc)(f"receipt for clip {receipt.clip_id}: {exc}") from None
+    if receipt.receiver_id != signed_by:
+        raise BindingError(
+            f"receipt for clip {receipt.clip_id} names receiver {receipt.receiver_id!r}, "
+            f"signed by {signed_by!r}"
+        )
     if receipt.sha256 != sha256:
         raise BindingError(
             f"receipt for clip {receipt.clip_id} names SHA-256 {receipt.sha256}, "
             f"the clip has {sha256}"
         )
+    return signed_by

@@ -62,6 +62,7 @@ class Kind(StrEnum):
     RECEIPTS = "receipts"
     QC = "qc"
     EVENT_ACKS = "event-acks"
+    CRL = "crl"
 
     @property
     def slug(self) -> str:
@@ -104,6 +105,8 @@ ROUTES: Final = MappingProxyType(
         # The receiver recorded these events: the unit may forget them. Not retained (each ack
         # is about its own events); an ack the unit misses only makes it publish them again.
         Kind.EVENT_ACKS: Route(Direction.HOSPITAL_TO_UNIT, retained=False, qos=1),
+        # Retained: a unit that connects later (or restarts) gets the site root's newest CRL.
+        Kind.CRL: Route(Direction.HOSPITAL_TO_UNIT, retained=True, qos=1),
     }
 )
 """Per kind: direction, retained or not, QoS. Every kind has exactly one route."""

@@ -77,6 +77,7 @@ from protocol.atomic import write_atomic
 from protocol.message_codec import MAX_PAYLOAD_BYTES
 from protocol.topics import ID_PATTERN, PREFIX, ROUTES, Direction, Kind
 
+from .crl import read_revoked_receivers
 from .errors import ProvisioningError
 from .site import Report, Site, locked
 
@@ -330,7 +331,10 @@ def _current_acl(site: Site) -> tuple[str, list[str]]:
     """The ACL for the registry as it is now, and the revoked unit ids it names."""
     registry = site.registry()
     revoked = [d for d, entry in registry.devices.items() if entry.status == "revoked"]
-    return acl_text(site, revoked, registry.receiver_ids()), revoked
+    # A revoked receiver loses its receiver lines and, like a revoked unit, all access.
+    gone = read_revoked_receivers(site)
+    receivers = [r for r in registry.receiver_ids() if r not in gone]
+    return acl_text(site, [*revoked, *gone], receivers), revoked
 
 
 def _broker_account(user: str) -> tuple[int, int] | None:

@@ -1,9 +1,10 @@
 """Units: enrolment (keys, certificate, bundle, registry entry), revocation and listing.
 
 A unit's bundle is everything it needs and nothing more: its own keys and certificate, the site
-root to check the broker and the receiver, the public keys it encrypts clips to, the receiver's
-receipt key, and its config file. IT copies the tar to the unit's boot partition, where the
-first-boot step installs and then removes it (``firmware_config/``).
+root to check the broker and the receivers (and their signed receipts and arm commands), the
+root's CRL as it is now, the public keys it encrypts clips to, and its config file. IT copies
+the tar to the unit's boot partition, where the first-boot step installs and then removes it
+(``firmware_config/``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from protocol.topics import validate_device_id
 
 from . import pki
 from .config_files import commented_defaults, toml_text
-from .crl import revoke_serial, write_crls
+from .crl import revoke_serial, root_crl, write_crls
 from .errors import DeviceError
 from .site import Report, Site, locked
 
@@ -43,9 +44,9 @@ CLIP_SERVER_PORT = 8443
 # Exactly what firmware_config/painav-firstboot.sh expects to find; a test keeps them in step.
 BUNDLE_FILES = (
     "certs/ca-chain.pem",
+    "certs/crl.pem",
     "certs/tls.crt",
     "device.toml",
-    "keys/receipt.pub",
     "keys/signing.key",
     "keys/tls.key",
     "recipients.txt",
@@ -84,8 +85,9 @@ def device_config(site: Site, device_id: str) -> str:
             tls_key=Path("/var/lib/painav/keys/tls.key"),
             tls_cert=Path("/etc/painav/certs/tls.crt"),
             ca_chain=Path("/etc/painav/certs/ca-chain.pem"),
-            receipt_pub=Path("/var/lib/painav/keys/receipt.pub"),
             recipients=Path("/etc/painav/recipients.txt"),
+            crl=Path("/etc/painav/certs/crl.pem"),
+            crl_state=Path("/var/lib/painav/crl.pem"),
         ),
         outbox=OutboxSection(dir=Path("/var/lib/painav/outbox")),
     )
@@ -112,9 +114,10 @@ def _write_bundle(site: Site, device_id: str, signing: SigningKey, tls: pki.Issu
     os.chmod(staging, 0o700)
     pki.write_private_key(staging / "keys" / "tls.key", tls.key)
     signing.save(staging / "keys" / "signing.key")
-    shutil.copyfile(site.paths.receiver_dir / "receipt.pub", staging / "keys" / "receipt.pub")
     pki.write_cert(staging / "certs" / "tls.crt", tls.cert, site.device_ca().cert)
-    pki.write_cert(staging / "certs" / "ca-chain.pem", site.root().cert)
+    root = site.root().cert
+    pki.write_cert(staging / "certs" / "ca-chain.pem", root)
+    pki.write_cert(staging / "certs" / "crl.pem", root_crl(site))
     shutil.copyfile(site.paths.recipients, staging / "recipients.txt")
     (staging / "device.toml").write_text(device_config(site, device_id))
 

@@ -19,18 +19,22 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from protocol.atomic import write_atomic
+from protocol.hospital_signature import SIGNING_EKU
 
 from .errors import KeyFileError, SiteError
 
 __all__ = [
     "Authority",
     "Issued",
+    "IssuedSigning",
     "cert_sha256",
     "issue_ca",
     "issue_leaf",
+    "issue_signing",
     "load_authority",
     "make_crl",
     "new_key",
@@ -78,7 +82,7 @@ def _name(common_name: str, site: str) -> x509.Name:
 
 
 def _builder(
-    subject: x509.Name, issuer: x509.Name, key: PrivateKey, days: int
+    subject: x509.Name, issuer: x509.Name, key: PrivateKey | Ed25519PrivateKey, days: int
 ) -> x509.CertificateBuilder:
     now = datetime.now(UTC)
     return (
@@ -168,6 +172,45 @@ def issue_leaf(
     return Issued(builder.sign(ca.key, hashes.SHA256()), key)
 
 
+@dataclass(frozen=True)
+class IssuedSigning:
+    """A receiver's freshly issued signing certificate and its Ed25519 key."""
+
+    cert: x509.Certificate
+    key: Ed25519PrivateKey
+
+
+def issue_signing(ca: Authority, receiver_id: str, site: str, *, days: int) -> IssuedSigning:
+    """A receiver's certificate for signing hospital messages (receipts, arm commands): an
+    Ed25519 key, key usage digital signature only, painav's own extended key usage
+    (:data:`protocol.hospital_signature.SIGNING_EKU`) and not TLS, so neither certificate can
+    stand in for the other."""
+    key = Ed25519PrivateKey.generate()
+    builder = (
+        _builder(_name(receiver_id, site), ca.cert.subject, key, days)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([SIGNING_EKU]), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), False
+        )
+    )
+    return IssuedSigning(builder.sign(ca.key, hashes.SHA256()), key)
+
+
 def _general_names(hosts: Iterable[str]) -> list[x509.GeneralName]:
     out: list[x509.GeneralName] = []
     for host in hosts:
@@ -188,7 +231,9 @@ def make_crl(
         .issuer_name(ca.cert.subject)
         .last_update(now - timedelta(minutes=5))
         .next_update(now + timedelta(days=days))
-        .add_extension(x509.CRLNumber(int(now.timestamp())), critical=False)
+        # Microseconds: strictly increasing even for two CRLs in one second, as units keep a
+        # CRL only if its number is higher than the one they hold (lastUpdate has whole seconds).
+        .add_extension(x509.CRLNumber(int(now.timestamp() * 1_000_000)), critical=False)
     )
     for serial, when in sorted(revoked.items()):
         builder = builder.add_revoked_certificate(
@@ -211,7 +256,9 @@ def write_cert(path: Path, *items: x509.Certificate | x509.CertificateRevocation
     write_atomic(path, pem(*items), mode=0o644, overwrite=True)
 
 
-def write_private_key(path: Path, key: PrivateKey, *, overwrite: bool = False) -> None:
+def write_private_key(
+    path: Path, key: PrivateKey | Ed25519PrivateKey, *, overwrite: bool = False
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     data = key.private_bytes(
         serialization.Encoding.PEM,

@@ -1,12 +1,13 @@
-"""The site's receivers: their ``receiver.toml``, and receivers beyond the first, with a
-certificate each and the site's receipt key shared.
+"""The site's receivers: their ``receiver.toml``, receivers beyond the first, and revoking one.
 
 Several receivers split the units' clips between them (MQTT shared subscription, one catalog on
 PostgreSQL). Each needs a certificate of its own: the broker takes a client's certificate name
 as its client id, so two receivers with one certificate would push each other off. The added
 receivers are named ``<receiver_id>-<name>`` (``receiver-2``), which is how a unit's clip server
-recognises them without a new bundle; unit ids of that form are refused. They sign receipts
-with the site's one receipt key, the key every unit already trusts.
+recognises them without a new bundle; unit ids of that form are refused. Each signs receipts
+and arm commands with a key of its own, certified by the site root: units trust whichever
+receivers the root certifies and has not revoked, so revoking one (``provision receiver
+revoke``) needs a new CRL on the units, never a new bundle.
 
 The receivers' shared subscription uses the site's secret group name (:func:`subscription_group`,
 ``subscription-group`` in the site folder, 0600), which every ``receiver.toml`` carries: Mosquitto
@@ -45,10 +46,26 @@ from protocol.topics import validate_device_id
 
 from . import pki
 from .config_files import build, toml_text
+from .crl import (
+    RECEIVER_CRL,
+    read_revoked_receivers,
+    receiver_folders,
+    revoke_receiver_id,
+    revoke_serial,
+    write_crls,
+)
 from .errors import SiteError
 from .site import SERVICE_DAYS, Report, Site, locked
 
-__all__ = ["GROUP_FILE", "add_receiver", "receiver_config", "receiver_dir", "subscription_group"]
+__all__ = [
+    "GROUP_FILE",
+    "add_receiver",
+    "receiver_config",
+    "receiver_dir",
+    "revoke_receiver",
+    "rotate_signing",
+    "subscription_group",
+]
 
 GROUP_FILE = "subscription-group"
 """The site's secret subscription group, in the site folder."""
@@ -90,9 +107,10 @@ def receiver_dir(site: Site, receiver_id: str) -> Path:
 
 
 def add_receiver(site: Site, name: str, *, report: Report = lambda _: None) -> str:
-    """Add receiver ``<receiver_id>-<name>``: its TLS client certificate and key, the site root,
-    and a copy of the receipt key, in ``receivers/<id>/`` (keys 0600). Returns its id. Refuses
-    an id already taken by a receiver or a unit, and changes nothing then.
+    """Add receiver ``<receiver_id>-<name>``: its TLS client certificate and key, its signing
+    certificate and key, the site root and its CRL, in ``receivers/<id>/`` (keys 0600). Returns
+    its id. Refuses an id already taken by a receiver or a unit, or once revoked, and changes
+    nothing then.
 
     Then, on the broker host, run ``provision broker-config`` again (the ACL gains the
     receiver) and reload the broker.
@@ -108,11 +126,15 @@ def add_receiver(site: Site, name: str, *, report: Report = lambda _: None) -> s
             raise SiteError(f"receiver {receiver_id!r} exists already; nothing changed")
         if receiver_id in registry.devices:
             raise SiteError(f"{receiver_id!r} is a unit's id; choose another receiver name")
+        if receiver_id in read_revoked_receivers(site):
+            raise SiteError(f"receiver {receiver_id!r} was revoked; choose another receiver name")
         assert names_a_receiver(receiver_id, site.receiver_id)
         (site.dir / "receivers").mkdir(mode=0o700, exist_ok=True)
+        root = site.root()
         issued = pki.issue_leaf(
-            site.root(), receiver_id, site.name, days=SERVICE_DAYS, server=False, client=True
+            root, receiver_id, site.name, days=SERVICE_DAYS, server=False, client=True
         )
+        signing = pki.issue_signing(root, receiver_id, site.name, days=SERVICE_DAYS)
         folder = receiver_dir(site, receiver_id)
         # Made aside and renamed into place, then registered: an interrupted run leaves at most
         # a folder no registry entry names, which the next run replaces.
@@ -120,17 +142,91 @@ def add_receiver(site: Site, name: str, *, report: Report = lambda _: None) -> s
         first = site.paths.receiver_dir
         pki.write_private_key(staging / "tls.key", issued.key)
         pki.write_cert(staging / "tls.crt", issued.cert)
-        for file_name, mode in (("ca.pem", 0o644), ("receipt.pub", 0o644), ("receipt.key", 0o600)):
-            data = (first / file_name).read_bytes()
-            write_atomic(staging / file_name, data, mode=mode, overwrite=False)
+        pki.write_private_key(staging / "signing.key", signing.key)
+        pki.write_cert(staging / "signing.crt", signing.cert)
+        for file_name, mode in (("ca.pem", 0o644), (RECEIVER_CRL, 0o644)):
+            if (first / file_name).exists():
+                data = (first / file_name).read_bytes()
+                write_atomic(staging / file_name, data, mode=mode, overwrite=False)
         if folder.exists():
             shutil.rmtree(folder)
         staging.rename(folder)
         receivers = [*registry.receivers, receiver_id]
         update = {"receivers": receivers, "updated_at": datetime.now(UTC)}
         registry.model_copy(update=update).save(site.paths.registry)
-    report(f"receiver {receiver_id}: {folder}/ (TLS client certificate, key, receipt key)")
+    report(f"receiver {receiver_id}: {folder}/ (TLS client and signing certificates, keys)")
     return receiver_id
+
+
+def rotate_signing(site: Site, receiver_id: str, *, report: Report = lambda _: None) -> Path:
+    """Give receiver *receiver_id* a new signing key and certificate (``signing.key``,
+    ``signing.crt`` in its folder) and revoke the old certificate, if it had one: a key that may
+    have leaked, or a receiver of a site made before receivers signed with keys of their own.
+    Units need no new bundle; they refuse the old key once they hold the new CRL. Returns the
+    folder."""
+    with locked(site.dir):
+        if receiver_id in read_revoked_receivers(site):
+            raise SiteError(f"receiver {receiver_id!r} was revoked; add a new receiver instead")
+        if receiver_id not in site.registry().receiver_ids():
+            known = ", ".join(site.registry().receiver_ids())
+            raise SiteError(f"no receiver {receiver_id!r} in site {site.name} (receivers: {known})")
+        folder = receiver_dir(site, receiver_id)
+        old = folder / "signing.crt"
+        previous = pki.read_certs(old)[0] if old.exists() else None
+        signing = pki.issue_signing(site.root(), receiver_id, site.name, days=SERVICE_DAYS)
+        pki.write_private_key(folder / "signing.key", signing.key, overwrite=True)
+        pki.write_cert(old, signing.cert)
+        report(f"receiver {receiver_id}: new signing certificate {signing.cert.serial_number:x}")
+        if previous is not None:
+            revoke_serial(site, "root", previous.serial_number)
+            report(f"old signing certificate {previous.serial_number:x} revoked")
+        write_crls(site, report)
+    report(
+        f"next: install {folder}/signing.key and signing.crt on the receiver's host and restart "
+        "it; copy the new crl.pem to every receiver, which publishes it to the units."
+    )
+    return folder
+
+
+def revoke_receiver(site: Site, receiver_id: str, *, report: Report = lambda _: None) -> None:
+    """Revoke receiver *receiver_id*: its TLS and signing certificates go into the site root's
+    CRL, it leaves the registry's receivers (the first receiver's id stays there: it is the
+    prefix the others are named by), and new CRLs are written, for the broker and for every
+    remaining receiver's folder, whence receivers publish the root CRL to the units.
+    Refuses an id that is not a receiver of the site; a second revocation changes nothing."""
+    with locked(site.dir):
+        registry = site.registry()
+        if receiver_id in read_revoked_receivers(site):
+            report(f"receiver {receiver_id} was already revoked; nothing to do")
+            return
+        if receiver_id not in registry.receiver_ids():
+            known = ", ".join(registry.receiver_ids())
+            raise SiteError(f"no receiver {receiver_id!r} in site {site.name} (receivers: {known})")
+        folder = receiver_dir(site, receiver_id)
+        serials = []
+        for file_name in ("tls.crt", "signing.crt"):
+            path = folder / file_name
+            if path.exists():
+                serials += [cert.serial_number for cert in pki.read_certs(path)[:1]]
+        if not serials:
+            raise SiteError(
+                f"receiver {receiver_id!r}: no certificate in {folder}; nothing changed"
+            )
+        revoke_receiver_id(site, receiver_id, serials)
+        if receiver_id in registry.receivers:
+            receivers = [r for r in registry.receivers if r != receiver_id]
+            update = {"receivers": receivers, "updated_at": datetime.now(UTC)}
+            registry.model_copy(update=update).save(site.paths.registry)
+        shown = ", ".join(f"{s:x}" for s in serials)
+        report(f"receiver {receiver_id} revoked: certificates {shown} in the root CRL")
+        write_crls(site, report)
+    remaining = ", ".join(str(f / RECEIVER_CRL) for f in receiver_folders(site)) or "none left"
+    report(
+        "next: copy each remaining receiver's crl.pem to its host's credentials folder "
+        f"({remaining}); each receiver publishes it to every unit within seconds. Units "
+        f"provisioned from now on have it in their bundle. Destroy {folder}/ and the keys on "
+        "the receiver's host."
+    )
 
 
 def receiver_config(
@@ -147,11 +243,14 @@ def receiver_config(
     registry: Path | None = None,
     unit_networks: Sequence[str] | None = None,
     unit_ports: Sequence[int | str] | None = None,
+    crl: Path | None = None,
 ) -> str:
     """``receiver.toml`` for *site*'s receiver *receiver_id* (default: the first one).
-    *credentials_dir* is where the receiver's TLS files and receipt key are (default: its folder
+    *credentials_dir* is where the receiver's TLS files and signing key are (default: its folder
     in the site; under systemd, its credentials directory); *registry* is where the receiver
-    reads the site's ``registry.json`` (default: in the site folder, which is root-only).
+    reads the site's ``registry.json`` (default: in the site folder, which is root-only); *crl*
+    is where it reads the site root's CRL, to publish to the units (default: ``crl.pem`` in
+    *credentials_dir*).
 
     *unit_networks* and *unit_ports* are where units' clip servers may be (announced URLs
     elsewhere are refused): by default the private address ranges and port 8443; for a site
@@ -182,7 +281,16 @@ def receiver_config(
                 cert=creds / "tls.crt",
                 key=creds / "tls.key",
                 ca=creds / "ca.pem",
-                receipt_key=creds / "receipt.key",
+                signing_key=creds / "signing.key",
+                signing_cert=creds / "signing.crt",
+                crl=crl or creds / RECEIVER_CRL,
+                # A site made by the previous version: its receivers also send receipts/1,
+                # signed with the shared key, until IT removes this line (README, upgrading).
+                receipt_key=(
+                    creds / "receipt.key"
+                    if (receiver_dir(site, receiver_id) / "receipt.key").exists()
+                    else None
+                ),
             ),
             store=StoreSection(dir=store_dir, spool=spool_dir),
             catalog=CatalogSection(url=catalog_url),

@@ -1,7 +1,8 @@
 """A site's provisioning folder: its layout, ``site init``, and loading it back.
 
 One folder per site holds everything hospital IT provisions: the root CA and the device CA, the
-broker's and the receiver's credentials, the hospital data key (private part for the extraction
+broker's and the receiver's credentials (TLS, and the certified key it signs receipts and arm
+commands with), the hospital data key (private part for the extraction
 host only), the device registry and the unit bundles. Commands that change it take a lock.
 """
 
@@ -19,7 +20,6 @@ from pathlib import Path
 from protocol.atomic import write_atomic
 from protocol.errors import KeyFormatError, MessageError
 from protocol.registry import Registry
-from protocol.signing import SigningKey
 from protocol.topics import validate_site_id
 from protocol.x25519 import X25519Identity, X25519Recipient
 
@@ -113,10 +113,11 @@ def init_site(
         pki.write_private_key(rdir / "tls.key", receiver.key)
         pki.write_cert(rdir / "tls.crt", receiver.cert)
         pki.write_cert(rdir / "ca.pem", root.cert)
-        receipt_key = SigningKey.generate()
-        receipt_key.save(rdir / "receipt.key")
-        receipt_key.public_key.save(rdir / "receipt.pub")
-        report(f"receiver TLS client certificate and receipt key: {rdir}/")
+        # Its own signing key for receipts and arm commands; no key shared between receivers.
+        signing = pki.issue_signing(root, receiver_id, name, days=SERVICE_DAYS)
+        pki.write_private_key(rdir / "signing.key", signing.key)
+        pki.write_cert(rdir / "signing.crt", signing.cert)
+        report(f"receiver TLS client certificate and signing certificate: {rdir}/")
 
         data_key = X25519Identity.generate()
         paths.data_key.parent.mkdir(mode=0o700, exist_ok=True)
@@ -130,7 +131,12 @@ def init_site(
 
         now = datetime.now(UTC)
         Registry(site_id=name, receiver_id=receiver_id, updated_at=now).save(paths.registry)
-        write_atomic(paths.revoked, b'{"root": {}, "devices": {}}\n', mode=0o644, overwrite=False)
+        write_atomic(
+            paths.revoked,
+            b'{"root": {}, "devices": {}, "receivers": {}}\n',
+            mode=0o644,
+            overwrite=False,
+        )
         config = (
             f"# painav site, made by 'painav provision site init' on {now:%Y-%m-%d}\n"
             f"name = {_toml_str(name)}\n"

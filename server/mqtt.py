@@ -22,8 +22,10 @@ from protocol.errors import MessageError
 from protocol.messages import (
     ArmCommand,
     ClipAnnouncement,
+    CrlMessage,
     Event,
     EventAck,
+    LegacyReceipt,
     QcVerdict,
     Receipt,
     Status,
@@ -238,29 +240,29 @@ class ReceiverLink:
         self._link.stop()
         self._bad.flush()
 
-    def publish(self, message: ArmCommand | Receipt, *, device_id: str | None = None) -> Published:
-        """Send *message* to one unit of the site: a receipt to the unit it names, an arm
-        command (retained) to *device_id*; QoS 1.
+    def publish(
+        self, message: ArmCommand | Receipt | LegacyReceipt, *, device_id: str | None = None
+    ) -> Published:
+        """Send *message* to the unit it names (and is signed for): a receipt, or an arm command
+        (retained); QoS 1.
 
         Never blocks on the network. While disconnected the handle is failed at once: nothing is
-        queued for later. TypeError without a device for an arm command or for another type;
-        MessageError for a receipt of another site or unit, a bad device id, or a message that
-        cannot be encoded.
+        queued for later. TypeError for another type; MessageError for a message of another
+        site, or of another unit than *device_id* (if given), or one that cannot be encoded.
         """
-        if isinstance(message, Receipt):
-            if message.site_id != self._site:
-                raise MessageError(f"receipt for site {message.site_id!r}, not {self._site!r}")
-            if device_id is not None and device_id != message.device_id:
-                raise MessageError(f"receipt for unit {message.device_id!r}, not {device_id!r}")
-            device_id = message.device_id
-        elif isinstance(message, ArmCommand):
-            if device_id is None:
-                raise TypeError("publish(): an arm command needs device_id")
-        else:
+        if not isinstance(message, Receipt | ArmCommand | LegacyReceipt):
             raise TypeError(f"publish(): cannot send a {type(message).__name__} to a unit")
-        route = ROUTES[message.KIND]
-        where = topic(self._site, device_id, message.KIND)
-        payload = message.to_payload()
+        what = "arm command" if isinstance(message, ArmCommand) else "receipt"
+        if message.site_id != self._site:
+            raise MessageError(f"{what} for site {message.site_id!r}, not {self._site!r}")
+        if device_id is not None and device_id != message.device_id:
+            raise MessageError(f"{what} for unit {message.device_id!r}, not {device_id!r}")
+        device_id = message.device_id
+        if isinstance(message, LegacyReceipt):  # for units of the previous version
+            route, kind, payload = ROUTES[Kind.RECEIPTS], Kind.RECEIPTS, message.payload
+        else:
+            route, kind, payload = ROUTES[message.KIND], message.KIND, message.to_payload()
+        where = topic(self._site, device_id, kind)
         return self._link.publish(where, payload, qos=route.qos, retain=route.retained)
 
     def publish_verdict(self, device_id: str, verdict: QcVerdict) -> Published:
@@ -293,6 +295,16 @@ class ReceiverLink:
         route = ROUTES[Kind.EVENT_ACKS]
         where = topic(self._site, device_id, Kind.EVENT_ACKS)
         return self._link.publish(where, ack.to_payload(), qos=route.qos, retain=route.retained)
+
+    def publish_crl(self, device_id: str, message: CrlMessage) -> Published:
+        """Send the site root's CRL to *device_id*, retained on its ``crl`` topic (QoS 1), so
+        the unit gets it whenever it next connects. Never blocks on the network. MessageError
+        for a bad device id; TypeError for anything but a :class:`CrlMessage`."""
+        if not isinstance(message, CrlMessage):
+            raise TypeError(f"publish_crl(): not a CrlMessage but a {type(message).__name__}")
+        route = ROUTES[Kind.CRL]
+        where = topic(self._site, device_id, Kind.CRL)
+        return self._link.publish(where, message.to_payload(), qos=route.qos, retain=route.retained)
 
     # --- paho's network thread ------------------------------------------------------------
 

@@ -29,13 +29,15 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 
-from protocol.messages import ClipAnnouncement, Event, EventAck, Status, Telemetry
+from protocol.hospital_signature import HospitalSigner
+from protocol.messages import ClipAnnouncement, Event, EventAck, LegacyReceipt, Status, Telemetry
 from protocol.minisign import SigningKey
 from protocol.signing import sign_receipt
 
 from .catalog import Catalog, CatalogDatabaseError, CatalogUnavailableError, ClipState
 from .catalog.records import ClipRecord
 from .config import ReceiverConfig
+from .crlpublish import CrlPublisher
 from .fetch import FetchClient
 from .mqtt import Incoming, ReceiverLink, Redeliver
 from .puller import Puller, PullSettings
@@ -62,7 +64,10 @@ class ReceiverService:
         site, tls = config.site, config.tls
         self.catalog = Catalog(config.catalog.url)
         self.store = LocalStore(config.store.dir)
-        self.receipt_key = SigningKey.from_file(tls.receipt_key)
+        # Its own certified key: units trust the receivers the site root certifies.
+        self.signer = HospitalSigner.from_files(tls.signing_key, tls.signing_cert)
+        # While units of the previous version remain: their receipt form, with the shared key.
+        self.legacy_receipt_key = SigningKey.from_file(tls.receipt_key) if tls.receipt_key else None
         self.link = ReceiverLink(
             site_id=site.site_id,
             receiver_id=site.receiver_id,
@@ -78,6 +83,9 @@ class ReceiverService:
             on_connect=self._connected,
         )
         self._connects = 0  # connections to the broker so far; each is followed by a pass
+        self.crl_publisher = (
+            CrlPublisher(tls.crl, site.registry, self.link.publish_crl) if tls.crl else None
+        )
         self._receipts = ThreadPoolExecutor(1, thread_name_prefix="receipts")
         self._verdicts = ThreadPoolExecutor(1, thread_name_prefix="verdicts")
         self._sending: Future[int] | None = None
@@ -124,6 +132,8 @@ class ReceiverService:
                     # The audit chain's head in the journal: a rewrite of the whole table shows.
                     log.info("audit head: %s", self.catalog.audit.head())
                 self._send_verdicts()
+                if self.crl_publisher is not None and self.link.connected:
+                    self.crl_publisher.poll(self._connects)
                 if self._reconciling is not None and self._reconciling.done():
                     self._reconciling = None
                     # Counted from the end of a pass, so a slow pass never runs back to back
@@ -211,15 +221,17 @@ class ReceiverService:
 
     def _send_receipt(self, clip: ClipRecord) -> None:
         receipt = sign_receipt(
-            self.receipt_key,
+            self.signer,
             site_id=clip.site_id,
             device_id=clip.device_id,
             clip_id=clip.clip_id,
             sha256=clip.sha256,
-            receiver_id=self.config.site.receiver_id,
             stored_at=clip.stored_at or datetime.now(UTC),
         )
         handle = self.link.publish(receipt)
+        if self.legacy_receipt_key is not None:
+            # Best effort, like the unit's re-announcement: an old unit asks again if it is lost.
+            self.link.publish(LegacyReceipt.of(receipt, self.legacy_receipt_key.sign_raw))
         if not handle.wait(_RECEIPT_ACK_S):
             # Not lost: the unit announces the clip again until it has a receipt, and the
             # receipt is re-sent then.

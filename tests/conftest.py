@@ -110,7 +110,8 @@ _SPAWNING_TESTS: Final[dict[str, frozenset[str]]] = {
     ),
     "provisioning/test_site_and_devices.py": frozenset(
         {
-            "test_an_added_receiver_has_its_own_certificate_and_the_sites_receipt_key",
+            "test_an_added_receiver_has_its_own_certificates_and_no_shared_key",
+            "test_revoking_a_receiver_lists_both_its_certificates_and_takes_it_out",
             "test_bundle_holds_exactly_what_the_unit_needs",
             "test_re_adding_a_unit_issues_new_keys_and_revokes_the_old_cert",
             "test_revocation_updates_registry_and_crl",

@@ -722,7 +722,7 @@ BUNDLE = {
     "certs/ca-chain.pem": b"-----BEGIN CERTIFICATE-----\n",
     "keys/signing.key": b"untrusted comment: minisign secret key\n",
     "keys/tls.key": b"-----BEGIN PRIVATE KEY-----\n",
-    "keys/receipt.pub": b"untrusted comment: minisign public key\n",
+    "certs/crl.pem": b"-----BEGIN X509 CRL-----\n",
 }
 
 
@@ -840,7 +840,7 @@ def test_first_boot_script_shreds_the_bundle_and_sets_key_modes() -> None:
     script = FIRSTBOOT.read_text()
     assert re.search(r'shred --remove[^\n]*"\$BUNDLE"', script)
     assert re.search(r"mktemp -d /run/", script), "the bundle is unpacked into RAM"
-    for key in ("signing.key", "tls.key", "receipt.pub"):
+    for key in ("signing.key", "tls.key", "crl.pem"):
         assert key in script
     assert re.search(r'install -m 0400 -o painav -g painav "\$stage/keys/\$f"', script)
     assert "systemctl enable painav-device.service" in script

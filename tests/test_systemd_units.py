@@ -343,6 +343,8 @@ def test_the_receiver_config_for_systemd_names_only_what_its_unit_hands_over(
                 str(creds),
                 "--registry",
                 "/etc/painav/registry.json",
+                "--crl",
+                "/etc/painav/crl.pem",
             ]
         )
         == 0
@@ -351,6 +353,8 @@ def test_the_receiver_config_for_systemd_names_only_what_its_unit_hands_over(
     config = load_config(tmp_path / "receiver.toml")
     unit = parse_unit(UNITS / "painav-receiver.service")
     loaded = {v.split(":", 1)[0] for v in values(unit, "Service", "LoadCredential")}
-    for path in (config.tls.cert, config.tls.key, config.tls.ca, config.tls.receipt_key):
+    tls = config.tls
+    for path in (tls.cert, tls.key, tls.ca, tls.signing_key, tls.signing_cert):
         assert path.parent == creds and path.name in loaded, path
+    assert tls.crl == Path("/etc/painav/crl.pem")  # public, and re-read while running
     assert config.site.registry == Path("/etc/painav/registry.json")

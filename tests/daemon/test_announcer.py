@@ -7,6 +7,7 @@ shutting its TCP socket, which is what a pulled cable or a crash looks like to t
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import signal
@@ -20,24 +21,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from daemon.announcer import Announcer, AnnouncerError
 from protocol.errors import MessageError
 from protocol.messages import (
     ArmCommand,
     ClipAnnouncement,
+    CrlMessage,
     EventAck,
+    LegacyReceipt,
     QcVerdict,
     Receipt,
     Status,
     Telemetry,
 )
 from protocol.topics import Kind, topic
+from provisioning.crl import root_crl
 from provisioning.devices import add_device
 from provisioning.receivers import subscription_group
 from provisioning.site import Site, init_site
 from server.mqtt import ReceiverLink
-from tests.protocol.message_examples import MINISIGN, examples, manifest
+from tests.protocol.message_examples import MINISIGN, SIGNATURE, SIGNER, examples, manifest
 from tests.support.mosquitto import (
     HOST,
     SITE,
@@ -53,10 +58,16 @@ UNIT = "cart-01"
 CLIP_ID = "cart-01-20250301T093000Z-a1b2"
 NOW = datetime.now(UTC).replace(microsecond=0)
 ONLINE = Status(state="online", since=NOW, software_version="0.1.0", armed=False)
+# The announcer passes arm commands on; the loop checks their signatures (test_loop.py).
+_UNIT = {"site_id": SITE, "device_id": UNIT, "signer": SIGNER, "signature": SIGNATURE}
 ARM = ArmCommand(
-    participant="PAIN-0042", visit="baseline", issued_at=NOW, expires_at=NOW + timedelta(hours=4)
+    participant="PAIN-0042",
+    visit="baseline",
+    issued_at=NOW,
+    expires_at=NOW + timedelta(hours=4),
+    **_UNIT,  # type: ignore[arg-type]
 )
-DISARM = ArmCommand(participant=None, issued_at=NOW)
+DISARM = ArmCommand(participant=None, issued_at=NOW, **_UNIT)  # type: ignore[arg-type]
 RECEIPT = examples()[Kind.RECEIPTS].model_copy(update={"device_id": UNIT, "clip_id": CLIP_ID})
 assert isinstance(RECEIPT, Receipt)
 VERDICT = QcVerdict(
@@ -79,6 +90,7 @@ class Seen:
     receipts: list[Receipt] = field(default_factory=list)
     verdicts: list[QcVerdict] = field(default_factory=list)
     event_acks: list[EventAck] = field(default_factory=list)
+    crls: list[bytes] = field(default_factory=list)
     bad: list[tuple[str, str]] = field(default_factory=list)
     _changed: threading.Condition = field(default_factory=threading.Condition)
 
@@ -118,6 +130,7 @@ def make_announcer(site: Site, port: int, seen: Seen, **changes: Any) -> Announc
         "on_verdict": lambda verdict: seen.record("verdicts", verdict),
         "on_event_ack": lambda ack: seen.record("event_acks", ack),
         "on_bad_message": lambda where, error: seen.record("bad", (where, error)),
+        "on_crl": lambda crl: seen.record("crls", crl),
     }
     options.update(changes)
     return Announcer(**options)
@@ -344,10 +357,49 @@ def test_retained_arm_is_delivered_at_connect_and_its_clearing_too(
     assert seen.bad == []
 
 
+def test_the_retained_root_crl_is_delivered_at_connect(
+    broker: Broker, start_unit: StartUnit
+) -> None:
+    """The receiver's sending side (ReceiverLink.publish_crl), retained before the unit comes."""
+    site = broker.site
+    connected = threading.Event()
+    link = ReceiverLink(
+        site_id=SITE,
+        receiver_id=site.receiver_id,
+        host=HOST,
+        port=broker.port,
+        cert_file=site.paths.receiver_dir / "tls.crt",
+        key_file=site.paths.receiver_dir / "tls.key",
+        ca_file=site.paths.receiver_dir / "ca.pem",
+        group=subscription_group(site),
+        keepalive_s=5,
+        session_expiry_s=60,
+        reconnect_max_s=1.0,
+        on_message=lambda incoming: None,
+        on_connect=connected.set,
+    )
+    der = root_crl(site).public_bytes(Encoding.DER)
+    message = CrlMessage(crl=base64.b64encode(der).decode())
+    link.start()
+    try:
+        assert connected.wait(WAIT_S)
+        assert link.publish_crl(UNIT, message).wait(WAIT_S)
+    finally:
+        link.stop()
+    _, seen = start_unit()
+    seen.wait_for(lambda: seen.crls == [der], "the retained CRL")
+    assert seen.bad == []
+
+
 def test_a_receipt_reaches_on_receipt(start_unit: StartUnit, receiver: Client) -> None:
     _, seen = start_unit()
+    # The previous version's form, sent beside each receipt during an upgrade: ignored quietly.
+    assert isinstance(RECEIPT, Receipt)
+    legacy = LegacyReceipt.of(RECEIPT, lambda data: bytes(64))
+    receiver.publish(t(Kind.RECEIPTS), legacy.payload)
     receiver.publish(t(Kind.RECEIPTS), RECEIPT.to_payload())
     seen.wait_for(lambda: seen.receipts == [RECEIPT], "the receipt")
+    assert seen.bad == []
 
 
 def test_malformed_messages_are_reported_and_the_unit_keeps_working(

@@ -15,10 +15,12 @@ from typing import Any, Literal
 import pytest
 
 from daemon.capture import Capturer
+from daemon.crlstore import CrlStore
 from daemon.event_journal import EventJournal
 from daemon.events import (
     ArmReceived,
     Connected,
+    CrlReceived,
     EventAcked,
     Pressed,
     ReceiptReceived,
@@ -31,13 +33,16 @@ from daemon.hardware.sim_mic import SimulatedMicrophone
 from daemon.loop import LoopSettings, UnitLoop
 from daemon.outbox import Outbox
 from daemon.recorder import Recorder, RecorderSettings
+from protocol.hospital_signature import HospitalSigner, HospitalTrust
 from protocol.message_codec import MessageModel
 from protocol.messages import ArmCommand, ClipAnnouncement, Event, EventAck, QcVerdict, Status
 from protocol.minisign import SigningKey
 from protocol.signing import sign_receipt
 from protocol.x25519 import X25519Identity
+from tests.support.hospital_pki import MiniSite
 
-T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+# Now, give or take: the receivers' certificates the tests make are valid from an hour ago.
+T0 = datetime.now(UTC).replace(second=0, microsecond=0)
 DEVICE = "cart-01"
 
 
@@ -100,7 +105,8 @@ class Unit:
     clock: FakeClock
     light: SimulatedLight
     outbox: Outbox
-    receipt_key: SigningKey
+    site: MiniSite
+    signer: HospitalSigner  # the first receiver's
     synced: list[bool]
 
     def settle(self, turns: int = 5) -> None:
@@ -114,7 +120,8 @@ def make_unit(tmp_path: Path) -> Iterator[Callable[..., Unit]]:
 
     def make(*, outbox_dir: Path | None = None, require_clock_sync: bool = True) -> Unit:
         clock, link, light = FakeClock(), FakeLink(), SimulatedLight()
-        receipt_key = SigningKey.generate()
+        site = MiniSite()
+        crls = CrlStore([site.root.cert], tmp_path / f"crl-{len(made)}.pem")
         outbox = Outbox(outbox_dir or tmp_path / "outbox", quota_bytes=1 << 30, min_free_bytes=0)
         camera = SimulatedCamera(width=160, height=120, frame_rate_hz=15, bitrate_bps=200_000)
         microphone = SimulatedMicrophone()
@@ -147,13 +154,14 @@ def make_unit(tmp_path: Path) -> Iterator[Callable[..., Unit]]:
             ),
             link=link,
             light=light,
-            receipt_key=receipt_key.public_key,
+            trust=HospitalTrust(roots=(site.root.cert,), receiver_id="receiver", crl=crls.current),
+            crls=crls,
             sealer=InlineExecutor(),
             clock_synced=lambda: synced[0],
             clip_url=lambda clip_id: f"https://10.0.0.7:8443/v1/clips/{clip_id}.age",
             clock=clock,
         )
-        unit = Unit(loop, link, clock, light, outbox, receipt_key, synced)
+        unit = Unit(loop, link, clock, light, outbox, site, site.signer("receiver"), synced)
         made.append(unit)
         loop.start_up()
         return unit
@@ -179,16 +187,39 @@ def record(unit: Unit, seconds: float = 0.6) -> ClipAnnouncement:
     return announcement
 
 
-def receipt_for(unit: Unit, announcement: ClipAnnouncement, key: SigningKey | None = None) -> Any:
+def receipt_for(
+    unit: Unit, announcement: ClipAnnouncement, signer: HospitalSigner | None = None
+) -> Any:
     manifest = announcement.manifest
     return sign_receipt(
-        key or unit.receipt_key,
+        signer or unit.signer,
         site_id="ward7",
         device_id=DEVICE,
         clip_id=manifest.clip_id,
         sha256=manifest.sha256,
-        receiver_id="receiver",
         stored_at=unit.clock.now(),
+    )
+
+
+def arm(
+    unit: Unit,
+    *,
+    participant: str | None = "PAIN-0042",
+    issued_at: datetime | None = None,
+    device_id: str = DEVICE,
+    signer: HospitalSigner | None = None,
+) -> ArmCommand:
+    issued = issued_at or unit.clock.now()
+    signer = signer or unit.signer
+    return ArmCommand.signed(
+        participant=participant,
+        visit="v1" if participant else None,
+        issued_at=issued,
+        expires_at=issued + timedelta(hours=1) if participant else None,
+        site_id="ward7",
+        device_id=device_id,
+        signer=signer.certificate,
+        sign=signer.sign,
     )
 
 
@@ -219,11 +250,61 @@ def test_press_seal_announce_ack_receipt(make_unit: Callable[..., Unit]) -> None
 def test_a_receipt_signed_by_another_key_deletes_nothing(make_unit: Callable[..., Unit]) -> None:
     unit = make_unit()
     announcement = record(unit)
-    unit.loop.post(ReceiptReceived(receipt_for(unit, announcement, SigningKey.generate())))
+    stranger = MiniSite().signer("receiver")  # a self-made root's certificate
+    unit.loop.post(ReceiptReceived(receipt_for(unit, announcement, stranger)))
     unit.settle()
     (refused,) = [e for e in unit.link.of(Event) if e.kind == "refused"]
     assert refused.reason == "receipt_rejected"
+    assert "not issued by the site root" in refused.detail
     assert unit.loop.snapshot.queue == (announcement.manifest.clip_id,)
+
+
+def test_receipts_of_a_revoked_receiver_delete_nothing_once_the_crl_arrives(
+    make_unit: Callable[..., Unit],
+) -> None:
+    unit = make_unit()
+    first = record(unit)
+    second_receiver = unit.site.signer("receiver-2")
+    unit.loop.post(CrlReceived(der(unit.site.crl(second_receiver.cert))))
+    unit.settle()
+    unit.loop.post(ReceiptReceived(receipt_for(unit, first, second_receiver)))
+    unit.settle()
+    (refused,) = [e for e in unit.link.of(Event) if e.kind == "refused"]
+    assert refused.reason == "receipt_rejected" and "revoked" in refused.detail
+    assert unit.loop.snapshot.queue == (first.manifest.clip_id,)
+    # The first receiver, not revoked, still deletes it.
+    unit.loop.post(ReceiptReceived(receipt_for(unit, first)))
+    unit.settle()
+    assert unit.loop.snapshot.queue == ()
+
+
+def der(crl: Any) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    data: bytes = crl.public_bytes(Encoding.DER)
+    return data
+
+
+def test_a_crl_is_kept_only_if_the_site_root_signed_it_and_it_is_newer(
+    make_unit: Callable[..., Unit], tmp_path: Path
+) -> None:
+    unit = make_unit()
+    revoked = unit.site.signer("receiver-2")
+    older, newer = unit.site.crl(), unit.site.crl(revoked.cert)
+    unit.loop.post(CrlReceived(der(newer)))
+    unit.loop.post(CrlReceived(der(older)))  # a stale retained copy from another receiver
+    unit.loop.post(CrlReceived(der(MiniSite().crl())))  # not the site's root
+    unit.loop.post(CrlReceived(b"not a crl"))
+    unit.settle(8)
+    assert unit.loop.crls.current() == newer
+    assert [e.reason for e in unit.link.of(Event) if e.kind == "refused"] == [
+        "crl_rejected",
+        "crl_rejected",
+    ]
+    # Kept durably: a restarted unit starts from it.
+    again = CrlStore([unit.site.root.cert], tmp_path / "crl-0.pem")
+    assert again.current() == newer
+    assert newer.get_revoked_certificate_by_serial_number(revoked.cert.serial_number)
 
 
 def test_a_press_without_clock_sync_is_refused_and_shown(make_unit: Callable[..., Unit]) -> None:
@@ -333,14 +414,41 @@ def test_events_are_kept_across_restarts_and_sent_until_acknowledged(
     assert unit.loop.uplink.journal.unacked() == []
 
 
+def test_arm_commands_the_unit_refuses(make_unit: Callable[..., Unit]) -> None:
+    unit = make_unit()
+    good = arm(unit)
+    unsigned = good.model_copy(update={"participant": "PAIN-6666"})  # relabelled by the broker
+    for command in (
+        unsigned,
+        arm(unit, signer=MiniSite().signer("receiver")),  # a self-made certificate
+        arm(unit, device_id="cart-02"),  # signed for another unit
+        arm(unit, signer=unit.site.signer("cart-01")),  # certified, but not a receiver
+    ):
+        unit.loop.post(ArmReceived(command))
+        unit.settle()
+        assert unit.loop.snapshot.participant is None
+    reasons = [e.reason for e in unit.link.of(Event) if e.kind == "refused"]
+    assert reasons == ["arm_rejected"] * 4
+    unit.loop.post(ArmReceived(good))
+    unit.settle()
+    assert unit.loop.snapshot.participant == "PAIN-0042"
+    # An older signed command (replayed by whoever controls the broker) does not replace it.
+    older = arm(unit, participant="PAIN-0001", issued_at=unit.clock.now() - timedelta(minutes=5))
+    unit.loop.post(ArmReceived(older))
+    unit.settle()
+    assert unit.loop.snapshot.participant == "PAIN-0042"
+    # The same command again (retained, re-sent at each connect) is fine; a newer one replaces.
+    unit.loop.post(ArmReceived(good))
+    unit.clock.mono += 1
+    unit.loop.post(ArmReceived(arm(unit, participant=None)))
+    unit.settle()
+    assert unit.loop.snapshot.participant is None
+    assert [e.reason for e in unit.link.of(Event) if e.kind == "refused"][4:] == ["arm_rejected"]
+
+
 def test_arming_tags_the_next_clip(make_unit: Callable[..., Unit]) -> None:
     unit = make_unit()
-    command = ArmCommand(
-        participant="PAIN-0042",
-        visit="v1",
-        issued_at=unit.clock.now(),
-        expires_at=unit.clock.now() + timedelta(hours=1),
-    )
+    command = arm(unit)
     unit.loop.post(ArmReceived(command))
     unit.settle()
     assert unit.loop.snapshot.participant == "PAIN-0042"

@@ -108,8 +108,15 @@ def test_arming_tags_clips_and_bad_commands_are_refused(
         from datetime import UTC, datetime, timedelta
 
         now = datetime.now(UTC)
-        command = ArmCommand(
-            participant="PAIN-0042", visit="v1", issued_at=now, expires_at=now + timedelta(hours=1)
+        command = ArmCommand.signed(
+            participant="PAIN-0042",
+            visit="v1",
+            issued_at=now,
+            expires_at=now + timedelta(hours=1),
+            site_id=site.name,
+            device_id="cart-01",
+            signer=hospital.signer.certificate,
+            sign=hospital.signer.sign,
         )
         hospital.client.publish(arm_topic, command.to_payload(), retain=True)
         hospital.wait_event("armed")

@@ -3,13 +3,15 @@ delivered clip or a reported failure."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import subprocess
 import time
 from pathlib import Path
 
-from protocol.minisign import SigningKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from tests.support.mosquitto import Broker, receiver_identity
 from tests.support.unit import Hospital, Unit, make_unit
 
@@ -109,7 +111,8 @@ def test_forged_and_mismatched_receipts_delete_nothing(
     try:
         unit.press()
         m = hospital.wait_clip().manifest
-        hospital.send_receipt("cart-01", m.clip_id, m.sha256, key=SigningKey.generate())
+        forged = dataclasses.replace(hospital.signer, key=Ed25519PrivateKey.generate())
+        hospital.send_receipt("cart-01", m.clip_id, m.sha256, signer=forged)
         assert "forged" in hospital.wait_event("refused").detail
         hospital.send_receipt("cart-01", m.clip_id, "0" * 64)
         assert "SHA-256" in hospital.wait_event("refused").detail

@@ -67,8 +67,9 @@ def production_config(site: Site, broker: Broker, work: Path, clock_file: Path) 
         "tls_key": bundle / "keys/tls.key",
         "tls_cert": bundle / "certs/tls.crt",
         "ca_chain": bundle / "certs/ca-chain.pem",
-        "receipt_pub": bundle / "keys/receipt.pub",
         "recipients": bundle / "recipients.txt",
+        "crl": bundle / "certs/crl.pem",
+        "crl_state": work / "crl.pem",
     }
     config["outbox"]["dir"] = work / "outbox"
     config["recorder"] = {"clock_sync_file": clock_file}

@@ -26,6 +26,7 @@ from protocol.messages import (
     AudioTrack,
     ClipAnnouncement,
     ClipManifest,
+    CrlMessage,
     Event,
     EventAck,
     Message,
@@ -42,6 +43,11 @@ SITE = "ward7"
 DEVICE = "cart-03"
 T0 = datetime(2025, 3, 1, 9, 30, 0, tzinfo=UTC)
 RECIPIENT = bech32.encode("age", bytes(range(32)))
+# Stands in for a receiver's signing certificate: the model checks its form, not its content
+# (the unit checks the certificate itself: tests/protocol/test_hospital_signature.py).
+SIGNER = base64.b64encode(bytes(range(256)) * 2).decode()
+SIGNATURE = base64.b64encode(bytes(range(64))).decode()
+CRL = base64.b64encode(b"0\x82" + bytes(300)).decode()
 MINISIGN = (
     "untrusted comment: signature from painav unit cart-03\n"
     "RUQf0FZ1aW4uI2s5hQ==\n"
@@ -116,6 +122,10 @@ def examples() -> dict[Kind, Message]:
             issued_at=T0,
             expires_at=T0 + timedelta(hours=4),
             issued_by="rn-0007",
+            site_id=SITE,
+            device_id=DEVICE,
+            signer=SIGNER,
+            signature=SIGNATURE,
         ),
         Kind.RECEIPTS: Receipt(
             site_id=SITE,
@@ -124,7 +134,8 @@ def examples() -> dict[Kind, Message]:
             sha256="ab" * 32,
             stored_at=T0 + timedelta(seconds=5),
             receiver_id="receiver-1",
-            signature=base64.b64encode(bytes(range(64))).decode(),
+            signer=SIGNER,
+            signature=SIGNATURE,
         ),
         Kind.QC: QcVerdict(
             clip_id="cart-03-20250301T093000Z-a1b2",
@@ -136,6 +147,7 @@ def examples() -> dict[Kind, Message]:
         Kind.EVENT_ACKS: EventAck(
             event_ids=("5f0c3e9a1b2d4c6e8f0a1b2c3d4e5f60",), recorded_at=T0 + timedelta(seconds=1)
         ),
+        Kind.CRL: CrlMessage(crl=CRL),
     }
 
 
@@ -268,12 +280,26 @@ def telemetries(draw: st.DrawFn) -> Telemetry:
     )
 
 
+signatures = st.binary(min_size=64, max_size=64).map(lambda raw: base64.b64encode(raw).decode())
+signers = st.binary(min_size=3, max_size=2040).map(lambda raw: base64.b64encode(raw).decode())
+
+
 @st.composite
 def arm_commands(draw: st.DrawFn) -> ArmCommand:
     issued_at = draw(timestamps)
     issued_by = draw(st.none() | ids)
+    site_id, device_id = draw(ids), draw(ids)
+    signer, signature = draw(signers), draw(signatures)
     if draw(st.booleans()):
-        return ArmCommand(participant=None, issued_at=issued_at, issued_by=issued_by)
+        return ArmCommand(
+            participant=None,
+            issued_at=issued_at,
+            issued_by=issued_by,
+            site_id=site_id,
+            device_id=device_id,
+            signer=signer,
+            signature=signature,
+        )
     valid_for = draw(st.timedeltas(timedelta(microseconds=1), MAX_ARM_DURATION))
     return ArmCommand(
         participant=draw(pseudonyms),
@@ -281,6 +307,10 @@ def arm_commands(draw: st.DrawFn) -> ArmCommand:
         issued_at=issued_at,
         expires_at=issued_at + valid_for,
         issued_by=issued_by,
+        site_id=site_id,
+        device_id=device_id,
+        signer=signer,
+        signature=signature,
     )
 
 
@@ -292,7 +322,12 @@ receipts = st.builds(
     sha256=sha256s,
     stored_at=timestamps,
     receiver_id=ids,
-    signature=st.binary(min_size=64, max_size=64).map(lambda raw: base64.b64encode(raw).decode()),
+    signer=signers,
+    signature=signatures,
+)
+
+crl_messages = st.builds(
+    CrlMessage, crl=st.binary(min_size=3, max_size=4000).map(lambda b: base64.b64encode(b).decode())
 )
 
 
@@ -329,5 +364,6 @@ STRATEGIES: dict[Kind, st.SearchStrategy[Message]] = {
     Kind.RECEIPTS: receipts,
     Kind.QC: qc_verdicts(),
     Kind.EVENT_ACKS: event_acks(),
+    Kind.CRL: crl_messages,
 }
 """A strategy of valid messages for every kind."""

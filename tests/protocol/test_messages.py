@@ -17,11 +17,13 @@ import protocol.messages
 from protocol.errors import MessageError, TopicError
 from protocol.message_codec import MAX_PAYLOAD_BYTES, schema_id
 from protocol.messages import (
+    ARM_SIGNING_CONTEXT,
     MESSAGE_TYPES,
     RECEIPT_SIGNING_CONTEXT,
     ArmCommand,
     ClipAnnouncement,
     Event,
+    LegacyReceipt,
     Message,
     QcVerdict,
     Receipt,
@@ -32,7 +34,7 @@ from protocol.messages import (
 )
 from protocol.topics import Kind, topic
 
-from .message_examples import DEVICE, SITE, STRATEGIES, T0, examples, manifest
+from .message_examples import DEVICE, SIGNER, SITE, STRATEGIES, T0, examples, manifest
 
 CLIPS_TOPIC = "painav/v1/ward7/cart-03/clips"
 
@@ -121,11 +123,55 @@ def test_models_are_frozen() -> None:
 def test_receipt_signed_bytes_are_fixed() -> None:
     receipt = examples()[Kind.RECEIPTS]
     assert isinstance(receipt, Receipt)
+    assert RECEIPT_SIGNING_CONTEXT == b"painav-receipt/2\n"
     assert receipt.signed_bytes() == RECEIPT_SIGNING_CONTEXT + (
+        b'{"clip_id":"cart-03-20250301T093000Z-a1b2","device_id":"cart-03",'
+        b'"receiver_id":"receiver-1","schema":"painav.receipts/2","sha256":"' + b"ab" * 32 + b'",'
+        b'"signer":"' + SIGNER.encode() + b'","site_id":"ward7","stored_at":"2025-03-01T09:30:05Z"}'
+    )
+
+
+def test_a_legacy_receipt_is_what_units_of_the_previous_version_verify() -> None:
+    receipt = examples()[Kind.RECEIPTS]
+    assert isinstance(receipt, Receipt)
+    key = Ed25519PrivateKey.generate()  # the site's old shared receipt key
+    legacy = LegacyReceipt.of(receipt, key.sign)
+    # The bytes a receipts/1 signature covered (this vector is the previous version's own test).
+    v1_body = (
         b'{"clip_id":"cart-03-20250301T093000Z-a1b2","device_id":"cart-03",'
         b'"receiver_id":"receiver-1","schema":"painav.receipts/1","sha256":"' + b"ab" * 32 + b'",'
         b'"site_id":"ward7","stored_at":"2025-03-01T09:30:05Z"}'
     )
+    sent = json.loads(legacy.payload)
+    key.public_key().verify(
+        base64.b64decode(sent.pop("signature")), b"painav-receipt/1\n" + v1_body
+    )
+    assert json.dumps(sent, sort_keys=True, separators=(",", ":")).encode() == v1_body
+    assert (legacy.site_id, legacy.device_id) == (SITE, DEVICE)
+    # This version does not read it as a receipt.
+    assert "unknown schema version 'painav.receipts/1'" in refused(Kind.RECEIPTS, legacy.payload)
+
+
+def test_arm_command_signed_bytes_bind_the_unit_and_the_time() -> None:
+    command = examples()[Kind.ARM]
+    assert isinstance(command, ArmCommand)
+    assert command.signed_bytes() == ARM_SIGNING_CONTEXT + (
+        b'{"device_id":"cart-03","expires_at":"2025-03-01T13:30:00Z","issued_at":'
+        b'"2025-03-01T09:30:00Z","issued_by":"rn-0007","participant":"PAIN-0042",'
+        b'"schema":"painav.cmd-arm/2","signer":"' + SIGNER.encode() + b'","site_id":"ward7",'
+        b'"visit":"baseline"}'
+    )
+    key = Ed25519PrivateKey.generate()
+    fields = command.model_dump(exclude={"signature", "schema_id"})
+    signed = ArmCommand.signed(sign=key.sign, **fields)
+    received = ArmCommand.parse(signed.to_payload(), topic="painav/v1/ward7/cart-03/cmd/arm")
+    key.public_key().verify(received.signature_bytes(), received.signed_bytes())
+    # Signed for cart-03: on another unit's topic it is not even a valid message there.
+    with pytest.raises(MessageError, match="field 'device_id': does not match"):
+        ArmCommand.parse(signed.to_payload(), topic="painav/v1/ward7/cart-04/cmd/arm")
+    # A version-1 arm command (unsigned) is refused by name.
+    old = {**payload_dict(Kind.ARM), "schema": "painav.cmd-arm/1"}
+    assert "unknown schema version 'painav.cmd-arm/1'" in refused(Kind.ARM, encode(old))
 
 
 def test_receipt_signed_by_receiver_verifies_on_unit() -> None:
@@ -138,6 +184,7 @@ def test_receipt_signed_by_receiver_verifies_on_unit() -> None:
         sha256="cd" * 32,
         stored_at=T0,
         receiver_id="receiver-1",
+        signer=SIGNER,
     )
     received = Receipt.parse(receipt.to_payload(), topic="painav/v1/ward7/cart-03/receipts")
     key.public_key().verify(received.signature_bytes(), received.signed_bytes())
@@ -427,7 +474,8 @@ def test_arm_command_activity() -> None:
     assert isinstance(command, ArmCommand)
     assert command.active_at(T0 + timedelta(hours=1))
     assert not command.active_at(T0 + timedelta(hours=4))
-    assert not ArmCommand(participant=None, issued_at=T0).active_at(T0)
+    disarm = command.model_copy(update={"participant": None, "visit": None, "expires_at": None})
+    assert not disarm.active_at(T0)
 
 
 def test_more_errors_are_counted() -> None:

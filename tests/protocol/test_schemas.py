@@ -141,6 +141,7 @@ def test_asyncapi_document_shape() -> None:
         "receiveReceipts",
         "receiveQc",
         "receiveEventAcks",
+        "receiveCrl",
     }
 
 

@@ -550,27 +550,48 @@ def test_malformed_public_keys(text: str) -> None:
         PublicKey.from_string(text)
 
 
-def test_receipts_verify_only_with_the_receiver_key_and_the_right_hash() -> None:
+def test_receipts_verify_only_from_a_certified_receiver_and_with_the_right_hash() -> None:
     from datetime import UTC, datetime
 
+    from protocol.hospital_signature import RevokedSignerError, SignerError
     from protocol.signing import sign_receipt, verify_receipt
+    from tests.support.hospital_pki import MiniSite
 
-    receiver = SigningKey.generate()
+    site = MiniSite()
+    receiver = site.signer("receiver-2")
     sha = hashlib.sha256(b"clip").hexdigest()
+    now = datetime.now(UTC)
     receipt = sign_receipt(
         receiver,
         site_id="ward7",
         device_id="cart-01",
         clip_id="cart-01-20261127T101500Z-ab12",
         sha256=sha,
-        receiver_id="receiver",
-        stored_at=datetime.now(UTC),
+        stored_at=now,
     )
-    verify_receipt(receiver.public_key, receipt, sha256=sha)
+    assert receipt.receiver_id == "receiver-2"
+    trust = site.trust()
+    assert verify_receipt(trust, receipt, sha256=sha, now=now) == "receiver-2"
     with pytest.raises(BindingError):
-        verify_receipt(receiver.public_key, receipt, sha256=hashlib.sha256(b"other").hexdigest())
-    with pytest.raises(BadSignatureError):
-        verify_receipt(SigningKey.generate().public_key, receipt, sha256=sha)
+        verify_receipt(trust, receipt, sha256=hashlib.sha256(b"other").hexdigest(), now=now)
     forged = receipt.model_copy(update={"clip_id": "cart-01-20261127T101500Z-ffff"})
     with pytest.raises(BadSignatureError):
-        verify_receipt(receiver.public_key, forged, sha256=sha)
+        verify_receipt(trust, forged, sha256=sha, now=now)
+    # Signed by receiver-2's key, but claiming to be from the first receiver.
+    renamed = receipt.model_copy(update={"receiver_id": "receiver"})
+    renamed = renamed.model_copy(
+        update={"signature": base64.b64encode(receiver.sign(renamed.signed_bytes())).decode()}
+    )
+    with pytest.raises(BindingError, match="signed by 'receiver-2'"):
+        verify_receipt(trust, renamed, sha256=sha, now=now)
+    # A key no site root certified (a self-made certificate) deletes nothing.
+    stranger = MiniSite().signer("receiver")
+    own = sign_receipt(
+        stranger, site_id="ward7", device_id="cart-01", clip_id=receipt.clip_id, sha256=sha,
+        stored_at=now,
+    )  # fmt: skip
+    with pytest.raises(SignerError, match="not issued by the site root"):
+        verify_receipt(trust, own, sha256=sha, now=now)
+    site.held = site.crl(receiver.cert)
+    with pytest.raises(RevokedSignerError):
+        verify_receipt(trust, receipt, sha256=sha, now=now)

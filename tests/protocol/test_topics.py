@@ -50,6 +50,7 @@ def test_kind_values_and_slugs() -> None:
         "receipts",
         "qc",
         "event-acks",
+        "crl",
     ]
     assert Kind.ARM.slug == "cmd-arm"
     assert Kind.STATUS.slug == "status"
@@ -148,12 +149,13 @@ def test_shared_subscription() -> None:
 
 def test_routes_cover_every_kind() -> None:
     assert set(ROUTES) == set(Kind)
-    assert {k for k, r in ROUTES.items() if r.retained} == {Kind.STATUS, Kind.ARM}
+    assert {k for k, r in ROUTES.items() if r.retained} == {Kind.STATUS, Kind.ARM, Kind.CRL}
     assert {k for k, r in ROUTES.items() if r.direction is Direction.HOSPITAL_TO_UNIT} == {
         Kind.ARM,
         Kind.RECEIPTS,
         Kind.QC,
         Kind.EVENT_ACKS,
+        Kind.CRL,
     }
     assert {k for k, r in ROUTES.items() if r.qos == 0} == {Kind.TELEMETRY}
 

@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from painav.cli import main
 from provisioning.site import Site
@@ -47,6 +48,36 @@ def listening(address: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def test_receiver_revoke_and_signing_key_rotation(
+    broker_site: Site, broker_out: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = ["--dir", str(broker_site.dir)]
+    assert main(["provision", "receiver", "add", "2", *site]) == 0
+    assert main(["provision", "broker-config", *site, "--out", str(broker_out)]) == 0
+    first = broker_site.paths.receiver_dir
+    old_signing = (first / "signing.crt").read_bytes()
+    assert main(["provision", "receiver", "rotate-signing-key", "receiver", *site]) == 0
+    assert (first / "signing.crt").read_bytes() != old_signing
+    capsys.readouterr()
+
+    args = ["provision", "receiver", "revoke", "receiver-2", *site, "--broker-dir", str(broker_out)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert len(reload_lines(out)) == 1, out
+    assert (
+        f"copy each remaining receiver's crl.pem to its host's credentials folder ({first}" in out
+    )
+    assert "user receiver-2\ntopic deny #" in (broker_out / "painav.acl").read_text()
+    # The old signing certificate of the first receiver and both of receiver-2's are revoked.
+    crl = x509.load_pem_x509_crl((first / "crl.pem").read_bytes())
+    assert len(list(crl)) == 3
+    assert crl.get_revoked_certificate_by_serial_number(
+        x509.load_pem_x509_certificate(old_signing).serial_number
+    )
+    assert main(["provision", "receiver", "revoke", "receiver-9", *site]) == 1
+    assert "no receiver 'receiver-9'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -15,15 +15,16 @@ from cryptography import x509
 
 from painav.cli import main
 from protocol.envelope import EnvelopeReader, EnvelopeWriter
+from protocol.hospital_signature import HospitalSigner, HospitalTrust
 from protocol.registry import Registry
 from protocol.signing import SigningKey
 from protocol.x25519 import X25519Identity
 from provisioning import pki
-from provisioning.broker import acl_text
+from provisioning.broker import _current_acl, acl_text
 from provisioning.crl import CRL_DAYS, refresh_crl
 from provisioning.devices import BUNDLE_FILES, add_device, list_devices, revoke_device
 from provisioning.errors import DeviceError, KeyFileError, SiteError
-from provisioning.receivers import add_receiver, receiver_dir
+from provisioning.receivers import add_receiver, receiver_dir, revoke_receiver
 from provisioning.site import Site, init_site, load_site
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +69,7 @@ def test_private_files_are_private(site: Site) -> None:
         if path.is_file() and any(m in path.read_bytes() for m in secret_markers):
             assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
             checked += 1
-    assert checked >= 8  # root, device CA, broker, receiver TLS + receipt, data key, unit keys
+    assert checked >= 8  # root, device CA, broker, receiver TLS + signing, data key, unit keys
     assert stat.S_IMODE(site.paths.data_key.stat().st_mode) == 0o400
     assert stat.S_IMODE((site.paths.devices_dir / "cart-01.tar").stat().st_mode) == 0o600
 
@@ -112,7 +113,6 @@ def test_bundle_holds_exactly_what_the_unit_needs(site: Site) -> None:
     assert sorted(members) == sorted(BUNDLE_FILES)
     assert all(m.isfile() for m in members.values())
     assert {n for n, m in members.items() if m.mode & 0o077 == 0} == {
-        "keys/receipt.pub",
         "keys/signing.key",
         "keys/tls.key",
     }
@@ -195,7 +195,7 @@ def test_bad_unit_ids_change_nothing(site: Site, device_id: str, message: str) -
     assert snapshot(site.dir) == before
 
 
-def test_an_added_receiver_has_its_own_certificate_and_the_sites_receipt_key(
+def test_an_added_receiver_has_its_own_certificates_and_no_shared_key(
     site: Site,
 ) -> None:
     add_device(site, "cart-01")
@@ -204,16 +204,22 @@ def test_an_added_receiver_has_its_own_certificate_and_the_sites_receipt_key(
     folder = receiver_dir(site, second)
     assert sorted(p.name for p in folder.iterdir()) == [
         "ca.pem",
-        "receipt.key",
-        "receipt.pub",
+        "crl.pem",
+        "signing.crt",
+        "signing.key",
         "tls.crt",
         "tls.key",
     ]
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert stat.S_IMODE((folder / "tls.key").stat().st_mode) == 0o600
-    assert stat.S_IMODE((folder / "receipt.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((folder / "signing.key").stat().st_mode) == 0o600
     first = site.paths.receiver_dir
-    assert (folder / "receipt.key").read_bytes() == (first / "receipt.key").read_bytes()
+    assert not (first / "receipt.key").exists()
+    assert (folder / "signing.key").read_bytes() != (first / "signing.key").read_bytes()
+    signer = HospitalSigner.from_files(folder / "signing.key", folder / "signing.crt")
+    assert signer.receiver_id == second
+    trust = HospitalTrust(roots=(site.root().cert,), receiver_id="receiver", crl=lambda: None)
+    assert trust.check_signer(signer.cert, datetime.now(UTC)) == second
     cert = x509.load_pem_x509_certificate((folder / "tls.crt").read_bytes())
     assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == second
     assert openssl_verify(site, folder / "tls.crt").returncode == 0
@@ -232,6 +238,70 @@ def test_an_added_receiver_has_its_own_certificate_and_the_sites_receipt_key(
     assert add_receiver(site, "3") == "receiver-3"
     assert (leftover / "tls.key").read_text().startswith("-----BEGIN PRIVATE KEY-----")
     assert not [p for p in (site.dir / "receivers").iterdir() if p.name.startswith(".")]
+
+
+def test_revoking_a_receiver_lists_both_its_certificates_and_takes_it_out(
+    site: Site,
+) -> None:
+    add_device(site, "cart-01")
+    second = add_receiver(site, "2")
+    add_receiver(site, "3")
+    folder = receiver_dir(site, second)
+    serials = {
+        pki.read_certs(folder / name)[0].serial_number for name in ("tls.crt", "signing.crt")
+    }
+    lines: list[str] = []
+    revoke_receiver(site, second, report=lines.append)
+    assert site.registry().receiver_ids() == ["receiver", "receiver-3"]
+    root_crl = x509.load_pem_x509_crl((site.paths.receiver_dir / "crl.pem").read_bytes())
+    assert root_crl.issuer == site.root().cert.subject
+    assert {r.serial_number for r in root_crl} == serials
+    # Every remaining receiver holds the new root CRL to publish; the revoked one does not.
+    third = receiver_dir(site, "receiver-3") / "crl.pem"
+    assert third.read_bytes() == (site.paths.receiver_dir / "crl.pem").read_bytes()
+    assert openssl_verify(site, folder / "tls.crt").returncode != 0
+    assert any("copy each remaining receiver's crl.pem" in line for line in lines)
+    acl, _ = _current_acl(site)  # what sync_revocation installs on the broker
+    assert f"user {second}\ntopic deny #" in acl
+    assert "user receiver-3\n" in acl
+    # Idempotent; an unknown receiver is named; the name is not given out again.
+    before = snapshot(site.dir)
+    revoke_receiver(site, second)
+    assert snapshot(site.dir) == before
+    with pytest.raises(SiteError, match="no receiver 'receiver-9'"):
+        revoke_receiver(site, "receiver-9")
+    with pytest.raises(SiteError, match="was revoked"):
+        add_receiver(site, "2")
+    # A unit enrolled now has the root CRL in its bundle.
+    bundle = add_device(site, "cart-02").bundle_dir
+    assert (bundle / "certs" / "crl.pem").read_bytes() == third.read_bytes()
+
+
+def test_a_site_of_the_previous_version_keeps_sending_old_receipts_until_it_is_told(
+    site: Site, tmp_path: Path
+) -> None:
+    from provisioning.crl import root_crl
+    from provisioning.receivers import receiver_config, rotate_signing
+    from server.config import load_config
+
+    def config_text() -> str:
+        return receiver_config(
+            site, catalog_url="sqlite:///c.db", store_dir=tmp_path, spool_dir=tmp_path
+        )
+
+    config = tmp_path / "receiver.toml"
+    config.write_text(config_text())
+    assert load_config(config).tls.receipt_key is None  # a new site has no shared key
+    # A site made by the previous version: the shared key, no signing certificate yet.
+    first = site.paths.receiver_dir
+    (first / "signing.key").unlink()
+    (first / "signing.crt").unlink()
+    SigningKey.generate().save(first / "receipt.key")
+    rotate_signing(site, "receiver")  # its first signing certificate; nothing to revoke
+    assert list(root_crl(site)) == []
+    config.write_text(config_text())
+    tls = load_config(config).tls
+    assert tls.receipt_key == first / "receipt.key" and tls.signing_cert == first / "signing.crt"
 
 
 def test_unknown_unit_cannot_be_revoked(site: Site) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from daemon.outbox import Outbox
+from protocol.hospital_signature import HospitalSigner
 from protocol.messages import ArmCommand, ClipAnnouncement
 from protocol.minisign import Signature, SigningKey
 from protocol.signing import sign_clip
@@ -111,10 +112,21 @@ def test_a_unit_announcing_another_units_clip_id_first_takes_nothing(
 
 
 def arm(client: Client, site: Site, device_id: str, participant: str, visit: str) -> None:
-    """Arm *device_id* for *participant* at *visit*, as the hospital does (retained)."""
+    """Arm *device_id* for *participant* at *visit*, as the hospital does (retained, signed
+    with the first receiver's own key)."""
+    signer = HospitalSigner.from_files(
+        site.paths.receiver_dir / "signing.key", site.paths.receiver_dir / "signing.crt"
+    )
     now = datetime.now(UTC)
-    command = ArmCommand(
-        participant=participant, visit=visit, issued_at=now, expires_at=now + timedelta(hours=1)
+    command = ArmCommand.signed(
+        participant=participant,
+        visit=visit,
+        issued_at=now,
+        expires_at=now + timedelta(hours=1),
+        site_id=site.name,
+        device_id=device_id,
+        signer=signer.certificate,
+        sign=signer.sign,
     )
     client.publish(topic(site.name, device_id, Kind.ARM), command.to_payload(), retain=True)
 

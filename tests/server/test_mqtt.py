@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from protocol.errors import MessageError
+from protocol.hospital_signature import HospitalSigner, HospitalTrust
 from protocol.messages import ArmCommand, ClipAnnouncement, Event, Receipt, Status
-from protocol.minisign import PublicKey, SigningKey
 from protocol.signing import sign_receipt, verify_receipt
 from protocol.topics import ROUTES, Kind, Topic, topic
 from provisioning import pki
@@ -46,8 +46,11 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 ONLINE = Status(state="online", since=NOW, software_version="0.1.0", armed=False)
 EVENT = examples()[Kind.EVENTS]
 TELEMETRY = examples()[Kind.TELEMETRY]
-ARM = ArmCommand(
-    participant="PAIN-0042", visit="baseline", issued_at=NOW, expires_at=NOW + timedelta(hours=4)
+_ARM = examples()[Kind.ARM]
+assert isinstance(_ARM, ArmCommand)
+# The link sends it as given; units check its signature (tests/daemon/test_loop.py).
+ARM = _ARM.model_copy(
+    update={"device_id": "cart-02", "issued_at": NOW, "expires_at": NOW + timedelta(hours=4)}
 )
 FLOOD = 5000
 FLOOD_WAIT_S = 45.0
@@ -305,13 +308,13 @@ def test_a_signed_receipt_and_a_retained_arm_command_reach_their_units(
     link, _ = start_link()
 
     clip = announcement("cart-01")
+    signer = HospitalSigner.from_files(rdir / "signing.key", rdir / "signing.crt")
     receipt = sign_receipt(
-        SigningKey.from_file(rdir / "receipt.key"),
+        signer,
         site_id=SITE,
         device_id="cart-01",
         clip_id=clip.manifest.clip_id,
         sha256=clip.manifest.sha256,
-        receiver_id=site.receiver_id,
         stored_at=NOW,
     )
     handle = link.publish(receipt)
@@ -320,7 +323,8 @@ def test_a_signed_receipt_and_a_retained_arm_command_reach_their_units(
     got = cart1.expect(t("cart-01", Kind.RECEIPTS))
     parsed = Receipt.parse(got.payload, topic=got.topic)
     assert parsed == receipt
-    verify_receipt(PublicKey.from_file(rdir / "receipt.pub"), parsed, sha256=clip.manifest.sha256)
+    trust = HospitalTrust(roots=(site.root().cert,), receiver_id=site.receiver_id, crl=lambda: None)
+    verify_receipt(trust, parsed, sha256=clip.manifest.sha256, now=datetime.now(UTC))
 
     arm = link.publish(ARM, device_id="cart-02")
     assert arm.wait(WAIT_S), arm.reason
@@ -340,16 +344,15 @@ def test_publish_refuses_what_it_cannot_send(broker_site: Site) -> None:
     handle = link.publish(receipt)
     assert handle.failed and handle.reason == "not connected"
     assert not handle.wait(0)
-    with pytest.raises(TypeError, match="needs device_id"):
-        link.publish(ARM)
+    assert link.publish(ARM).topic == t("cart-02", Kind.ARM)  # the unit it is signed for
     with pytest.raises(TypeError, match="Status"):
         link.publish(ONLINE, device_id="cart-01")  # type: ignore[arg-type]
     with pytest.raises(MessageError, match="site 'ward8'"):
         link.publish(receipt.model_copy(update={"site_id": "ward8"}))
     with pytest.raises(MessageError, match="'cart-01'"):
         link.publish(receipt, device_id="cart-01")  # it names cart-03
-    with pytest.raises(MessageError, match="device id"):
-        link.publish(ARM, device_id="Cart 1")
+    with pytest.raises(MessageError, match="arm command for unit 'cart-02', not 'cart-01'"):
+        link.publish(ARM, device_id="cart-01")
 
 
 @pytest.mark.parametrize(
@@ -358,9 +361,9 @@ def test_publish_refuses_what_it_cannot_send(broker_site: Site) -> None:
         (lambda d: {"cert_file": d / "missing.crt"}, "missing.crt: No such file"),
         (lambda d: {"cert_file": d / "tls.key"}, "tls.key: not a PEM certificate"),
         (lambda d: {"key_file": d / "tls.crt"}, "tls.crt: not an unencrypted PEM private key"),
-        (lambda d: {"ca_file": d / "receipt.pub"}, "receipt.pub: no PEM certificates"),
+        (lambda d: {"ca_file": d / "signing.key"}, "signing.key: no PEM certificates"),
         (lambda d: {"ca_file": d / "gone.pem"}, "gone.pem: No such file"),
-        (lambda d: {"key_file": d / "receipt.key"}, "receipt.key: not an unencrypted PEM"),
+        (lambda d: {"key_file": d / "signing.crt"}, "signing.crt: not an unencrypted PEM"),
         (lambda d: {"receiver_id": "Receiver 1"}, "receiver id 'Receiver 1'"),
         (lambda d: {"group": "a/b"}, "subscription group 'a/b'"),
         (lambda d: {"site_id": "ward#"}, "site id 'ward#'"),

@@ -20,6 +20,7 @@ from typing import Any
 from daemon.control import ControlClient, ControlError
 from daemon.outbox import Outbox, OutboxEntry
 from painav.localsite import unit_config
+from protocol.hospital_signature import HospitalSigner
 from protocol.messages import ClipAnnouncement, Event
 from protocol.minisign import SigningKey
 from protocol.signing import sign_receipt
@@ -143,7 +144,8 @@ class Hospital:
     def __init__(self, site: Site, client: Any) -> None:
         self.site = site
         self.client = client.connect()  # a tests.support.mosquitto.Client, receiver's cert
-        self._receipt_key = SigningKey.from_file(site.paths.receiver_dir / "receipt.key")
+        rdir = site.paths.receiver_dir
+        self.signer = HospitalSigner.from_files(rdir / "signing.key", rdir / "signing.crt")
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(site.paths.root_cert))
         ctx.check_hostname = False  # units are addressed by IP; their CN is checked instead
         ctx.load_cert_chain(
@@ -195,14 +197,15 @@ class Hospital:
             data: bytes = response.read()
             return data
 
-    def send_receipt(self, device_id: str, clip_id: str, sha256: str, *, key: Any = None) -> None:
+    def send_receipt(
+        self, device_id: str, clip_id: str, sha256: str, *, signer: HospitalSigner | None = None
+    ) -> None:
         receipt = sign_receipt(
-            key or self._receipt_key,
+            signer or self.signer,
             site_id=self.site.name,
             device_id=device_id,
             clip_id=clip_id,
             sha256=sha256,
-            receiver_id=self.site.receiver_id,
             stored_at=datetime.now(UTC),
         )
         self.client.publish(topic(self.site.name, device_id, Kind.RECEIPTS), receipt.to_payload())
