@@ -37,6 +37,7 @@ from provisioning.receivers import receiver_config
 from provisioning.site import Site, init_site
 from server.catalog import Catalog, ClipRecord, ClipState
 from server.fetch import FetchClient, FetchError, FetchErrorKind, FetchResult, UnitAddressPolicy
+from tests.protocol.message_examples import clip_id_of
 from tests.server.test_receiver_faults import run_in_process, unit_clip_server, wait_for
 from tests.support.hostile_clipserver import (
     AcceptRecorder,
@@ -417,8 +418,8 @@ def test_a_unit_with_as_many_fetches_in_flight_as_allowed_gets_no_more(
 ) -> None:
     now = datetime.now(UTC)
     for n in range(4):
-        catalog.record_announcement(announce(f"slow-{n}", "cart-01"), received_at=now)
-    catalog.record_announcement(announce("quick-0", "cart-02"), received_at=now)
+        catalog.record_announcement(announce(clip_id_of("cart-01", n), "cart-01"), received_at=now)
+    catalog.record_announcement(announce(clip_id_of("cart-02"), "cart-02"), received_at=now)
     later = now + timedelta(seconds=1)
 
     def take(worker: str) -> ClipRecord | None:

@@ -25,6 +25,7 @@ from daemon.outbox import Outbox, OutboxEntry
 from protocol.messages import ClipAnnouncement, Status
 from protocol.topics import Kind, topic
 from provisioning.site import Site
+from tests.protocol.message_examples import clip_id_of
 
 from .mosquitto import Client, unit_identity
 from .unit import announcement_of, seal_synthetic_clip
@@ -223,7 +224,7 @@ def sealed(site: Site, work: Path, unit_id: str, count: int, plaintext: int) -> 
     with Outbox(work / f"outbox-{unit_id}", quota_bytes=1 << 30, min_free_bytes=0) as outbox:
         clips = []
         for n in range(count):
-            entry = seal_synthetic_clip(outbox, site, unit_id, f"{unit_id}-x{n:03d}", plaintext)
+            entry = seal_synthetic_clip(outbox, site, unit_id, clip_id_of(unit_id, n), plaintext)
             clips.append(Clip(entry, outbox.clip_path(entry.clip_id)))
         return clips
 
