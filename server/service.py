@@ -12,7 +12,8 @@ of its own lists the online units' outboxes (:mod:`server.reconcile`), so a clip
 was lost is pulled all the same. After a connection is the likely time: Mosquitto (2.0) does not
 restore shared subscriptions when it restarts, so what units announce between its restart and
 the receiver's return reaches no one. Quality verdicts the extraction worker recorded go back
-to their units from here, every tick, on a thread of their own (:mod:`server.verdicts`).
+to their units from here, every tick, on a thread of their own (:mod:`server.verdicts`), after
+the arm commands researchers asked for, signed with this receiver's key (:mod:`server.arming`).
 An event with an id (``painav.events/2``) is acknowledged to its unit on ``event-acks`` once it
 is recorded (again if it comes again: the unit missed the acknowledgement), so that the unit
 can forget it; until then the unit keeps publishing it. ``painav.events/1`` from a unit of the
@@ -34,6 +35,7 @@ from protocol.messages import ClipAnnouncement, Event, EventAck, LegacyReceipt, 
 from protocol.minisign import SigningKey
 from protocol.signing import sign_receipt
 
+from .arming import send_arms
 from .catalog import Catalog, CatalogDatabaseError, CatalogUnavailableError, ClipState
 from .catalog.records import ClipRecord
 from .config import ReceiverConfig
@@ -131,7 +133,7 @@ class ReceiverService:
                     next_audit = now + _AUDIT_HEAD_S
                     # The audit chain's head in the journal: a rewrite of the whole table shows.
                     log.info("audit head: %s", self.catalog.audit.head())
-                self._send_verdicts()
+                self._send_to_units()
                 if self.crl_publisher is not None and self.link.connected:
                     self.crl_publisher.poll(self._connects)
                 if self._reconciling is not None and self._reconciling.done():
@@ -151,16 +153,17 @@ class ReceiverService:
             self.link.stop()
             self.catalog.close()
 
-    def _send_verdicts(self) -> None:
-        """Start a round of sending verdicts, unless one is still waiting for acknowledgements."""
+    def _send_to_units(self) -> None:
+        """Start a round of sending arm commands and verdicts from the catalog's outboxes,
+        unless one is still waiting for acknowledgements."""
         if not self.link.connected or (self._sending is not None and not self._sending.done()):
             return
-        self._sending = self._verdicts.submit(
-            send_verdicts,
-            self.catalog,
-            self.link.publish_verdict,
-            site_id=self.config.site.site_id,
-        )
+        self._sending = self._verdicts.submit(self._send_round)
+
+    def _send_round(self) -> int:
+        site_id = self.config.site.site_id
+        armed = send_arms(self.catalog, self.link.publish, self.signer, site_id=site_id)
+        return armed + send_verdicts(self.catalog, self.link.publish_verdict, site_id=site_id)
 
     def reconcile(self) -> None:
         """One reconciliation pass (in the caller's thread; :meth:`run` calls it on a thread
