@@ -60,6 +60,18 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     assign.add_argument("--visit", required=True, type=int, help="the visit's number")
     assign.set_defaults(handler="painav.researchcmd:assign")
 
+    arm = sub.add_parser(
+        "arm", parents=[common], help="arm a unit for a consented participant's open visit"
+    )
+    arm.add_argument("unit")
+    arm.add_argument("pseudonym")
+    arm.add_argument("--visit", required=True, type=int, help="the open visit's number")
+    arm.add_argument("--hours", type=float, default=8.0, help="until it disarms itself (8)")
+    arm.set_defaults(handler="painav.researchcmd:arm")
+    disarm = sub.add_parser("disarm", parents=[common], help="disarm a unit")
+    disarm.add_argument("unit")
+    disarm.set_defaults(handler="painav.researchcmd:disarm")
+
     imports = sub.add_parser(
         "import", parents=[common], help="import clinical data from the study's EDC export"
     )
@@ -171,6 +183,23 @@ def assign(args: argparse.Namespace) -> int:
     with _catalog(args) as catalog:
         clip = catalog.assign_clip(args.clip_id, args.pseudonym, args.visit)
     print(f"{clip.clip_id}: {clip.participant} visit {clip.visit}; it may now be extracted")
+    return 0
+
+
+def arm(args: argparse.Namespace) -> int:
+    with _catalog(args) as catalog:
+        request = catalog.request_arm(args.unit, args.pseudonym, args.visit, hours=args.hours)
+    print(
+        f"{args.unit}: armed for {args.pseudonym} {request.visit} until "
+        f"{request.expires_at:%Y-%m-%d %H:%M} UTC; the receiver signs and sends it within seconds"
+    )
+    return 0
+
+
+def disarm(args: argparse.Namespace) -> int:
+    with _catalog(args) as catalog:
+        catalog.request_disarm(args.unit)
+    print(f"{args.unit}: disarm requested; the receiver sends it within seconds")
     return 0
 
 

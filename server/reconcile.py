@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 from urllib.parse import urlsplit
@@ -43,12 +43,15 @@ class ReconcileReport:
     skipped: int = 0
     # Stored here yet still on their unit: the receipt was lost, and is to be sent again.
     unreceipted: tuple[ClipRecord, ...] = ()
+    # Of a participant who withdrew: to be receipted and discarded, never stored.
+    discards: tuple[ClipAnnouncement, ...] = ()
 
     def __str__(self) -> str:
         return (
             f"reconcile: {self.units_checked} units checked ({self.skipped} skipped), "
             f"{self.listed} clips listed, {self.recorded_new} new, "
-            f"{len(self.unreceipted)} receipts to send again, {self.errors} errors"
+            f"{len(self.unreceipted)} receipts to send again, {len(self.discards)} to discard, "
+            f"{self.errors} errors"
         )
 
 
@@ -78,7 +81,6 @@ def reconcile_once(
     and the pass goes on; only a catalog failure ends it (raised).
     """
     totals = _Totals()
-    unreceipted: list[ClipRecord] = []
     due: list[tuple[UnitRecord, str]] = []
     for unit in catalog.units():
         latest = catalog.latest_clip(unit.device_id) if unit.status in ONLINE else None
@@ -88,7 +90,7 @@ def reconcile_once(
             due.append((unit, clip_server_url(latest.url)))
     totals.checked = len(due)
     if not due:
-        return totals.report(unreceipted)
+        return totals.report()
     with ThreadPoolExecutor(min(workers, len(due)), thread_name_prefix="reconcile") as pool:
         listings = {
             pool.submit(fetcher.list_clips, base, device_id=unit.device_id): (unit, base)
@@ -103,8 +105,8 @@ def reconcile_once(
                 totals.errors += 1
                 continue
             totals.listed += len(clips)
-            _record(catalog, unit, base, clips, now, totals, unreceipted)
-    return totals.report(unreceipted)
+            _record(catalog, unit, base, clips, now, totals)
+    return totals.report()
 
 
 @dataclass
@@ -114,10 +116,18 @@ class _Totals:
     recorded: int = 0
     errors: int = 0
     skipped: int = 0
+    unreceipted: list[ClipRecord] = field(default_factory=list)
+    discards: list[ClipAnnouncement] = field(default_factory=list)
 
-    def report(self, unreceipted: list[ClipRecord]) -> ReconcileReport:
+    def report(self) -> ReconcileReport:
         return ReconcileReport(
-            self.checked, self.listed, self.recorded, self.errors, self.skipped, tuple(unreceipted)
+            self.checked,
+            self.listed,
+            self.recorded,
+            self.errors,
+            self.skipped,
+            tuple(self.unreceipted),
+            tuple(self.discards),
         )
 
 
@@ -128,7 +138,6 @@ def _record(
     clips: list[ListedClip],
     now: datetime,
     totals: _Totals,
-    unreceipted: list[ClipRecord],
 ) -> None:
     """Record the clips one unit listed (in the pass's thread: the catalog is written from one
     place per pass)."""
@@ -149,9 +158,12 @@ def _record(
             log.warning("%s: not an announcement: %s", where, describe(exc))
             totals.errors += 1
             continue
+        if catalog.discarded_on_arrival(clip.clip_id, clip.manifest.participant):
+            totals.discards.append(announcement)
+            continue
         record, new = catalog.record_announcement(announcement, received_at=now)
         if new:
             log.info("%s: catalogued; its announcement never arrived", where)
             totals.recorded += 1
         elif record.state in (ClipState.STORED, ClipState.RECEIPTED):
-            unreceipted.append(record)
+            totals.unreceipted.append(record)

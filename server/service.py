@@ -12,7 +12,8 @@ of its own lists the online units' outboxes (:mod:`server.reconcile`), so a clip
 was lost is pulled all the same. After a connection is the likely time: Mosquitto (2.0) does not
 restore shared subscriptions when it restarts, so what units announce between its restart and
 the receiver's return reaches no one. Quality verdicts the extraction worker recorded go back
-to their units from here, every tick, on a thread of their own (:mod:`server.verdicts`).
+to their units from here, every tick, on a thread of their own (:mod:`server.verdicts`), after
+the arm commands researchers asked for, signed with this receiver's key (:mod:`server.arming`).
 An event with an id (``painav.events/2``) is acknowledged to its unit on ``event-acks`` once it
 is recorded (again if it comes again: the unit missed the acknowledgement), so that the unit
 can forget it; until then the unit keeps publishing it. ``painav.events/1`` from a unit of the
@@ -34,12 +35,13 @@ from protocol.messages import ClipAnnouncement, Event, EventAck, LegacyReceipt, 
 from protocol.minisign import SigningKey
 from protocol.signing import sign_receipt
 
+from .arming import send_arms
 from .catalog import Catalog, CatalogDatabaseError, CatalogUnavailableError, ClipState
 from .catalog.records import ClipRecord
 from .config import ReceiverConfig
 from .crlpublish import CrlPublisher
 from .fetch import FetchClient
-from .mqtt import Incoming, ReceiverLink, Redeliver
+from .mqtt import Incoming, Published, ReceiverLink, Redeliver
 from .puller import Puller, PullSettings
 from .reconcile import reconcile_once
 from .store import LocalStore
@@ -131,7 +133,7 @@ class ReceiverService:
                     next_audit = now + _AUDIT_HEAD_S
                     # The audit chain's head in the journal: a rewrite of the whole table shows.
                     log.info("audit head: %s", self.catalog.audit.head())
-                self._send_verdicts()
+                self._send_to_units()
                 if self.crl_publisher is not None and self.link.connected:
                     self.crl_publisher.poll(self._connects)
                 if self._reconciling is not None and self._reconciling.done():
@@ -151,16 +153,17 @@ class ReceiverService:
             self.link.stop()
             self.catalog.close()
 
-    def _send_verdicts(self) -> None:
-        """Start a round of sending verdicts, unless one is still waiting for acknowledgements."""
+    def _send_to_units(self) -> None:
+        """Start a round of sending arm commands and verdicts from the catalog's outboxes,
+        unless one is still waiting for acknowledgements."""
         if not self.link.connected or (self._sending is not None and not self._sending.done()):
             return
-        self._sending = self._verdicts.submit(
-            send_verdicts,
-            self.catalog,
-            self.link.publish_verdict,
-            site_id=self.config.site.site_id,
-        )
+        self._sending = self._verdicts.submit(self._send_round)
+
+    def _send_round(self) -> int:
+        site_id = self.config.site.site_id
+        armed = send_arms(self.catalog, self.link.publish, self.signer, site_id=site_id)
+        return armed + send_verdicts(self.catalog, self.link.publish_verdict, site_id=site_id)
 
     def reconcile(self) -> None:
         """One reconciliation pass (in the caller's thread; :meth:`run` calls it on a thread
@@ -174,6 +177,8 @@ class ReceiverService:
             self.puller.wake()
         for clip in report.unreceipted:
             self._queue_receipt(clip)
+        for ann in report.discards:
+            self._discarded(ann)
         log.info("%s", report)
 
     # --- MQTT (paho's thread: quick; raises only Redeliver) ------------------------------------
@@ -195,6 +200,8 @@ class ReceiverService:
     def _record(self, incoming: Incoming) -> None:
         message, topic, at = incoming.message, incoming.topic, incoming.received_at
         if isinstance(message, ClipAnnouncement):
+            if self._discarded(message):
+                return
             clip, new = self.catalog.record_announcement(message, received_at=at)
             if new:
                 self.puller.wake()
@@ -212,6 +219,18 @@ class ReceiverService:
                 ack = EventAck(event_ids=(message.event_id,), recorded_at=datetime.now(UTC))
                 self.link.publish_event_ack(topic.device, ack)
 
+    def _discarded(self, ann: ClipAnnouncement) -> bool:
+        """Receipt and discard, never store, a clip whose participant has withdrawn (or one
+        erased with them, announced again): the unit may delete its copy."""
+        m = ann.manifest
+        if not self.catalog.discarded_on_arrival(m.clip_id, m.participant):
+            return False
+        self.catalog.note_discarded(m.clip_id, m.device_id, m.sha256)
+        log.info("discarded %s from %s on arrival: its participant withdrew", m.clip_id,
+                 m.device_id)  # fmt: skip
+        self._receipts.submit(self._send_discard_receipt, ann)
+        return True
+
     # --- receipts --------------------------------------------------------------------------
 
     def _queue_receipt(self, clip: ClipRecord) -> None:
@@ -219,19 +238,36 @@ class ReceiverService:
         # network thread (a re-announcement) would wait for the very thread that reads it.
         self._receipts.submit(self._send_receipt, clip)
 
-    def _send_receipt(self, clip: ClipRecord) -> None:
+    def _publish_receipt(
+        self, site_id: str, device_id: str, clip_id: str, sha256: str, stored_at: datetime
+    ) -> Published:
         receipt = sign_receipt(
             self.signer,
-            site_id=clip.site_id,
-            device_id=clip.device_id,
-            clip_id=clip.clip_id,
-            sha256=clip.sha256,
-            stored_at=clip.stored_at or datetime.now(UTC),
+            site_id=site_id,
+            device_id=device_id,
+            clip_id=clip_id,
+            sha256=sha256,
+            stored_at=stored_at,
         )
         handle = self.link.publish(receipt)
         if self.legacy_receipt_key is not None:
             # Best effort, like the unit's re-announcement: an old unit asks again if it is lost.
             self.link.publish(LegacyReceipt.of(receipt, self.legacy_receipt_key.sign_raw))
+        return handle
+
+    def _send_discard_receipt(self, ann: ClipAnnouncement) -> None:
+        m = ann.manifest
+        handle = self._publish_receipt(
+            m.site_id, m.device_id, m.clip_id, m.sha256, datetime.now(UTC)
+        )
+        if not handle.wait(_RECEIPT_ACK_S):  # the unit announces it again, and is answered again
+            log.warning("receipt for discarded %s not acknowledged: %s", m.clip_id, handle.reason)
+
+    def _send_receipt(self, clip: ClipRecord) -> None:
+        stored_at = clip.stored_at or datetime.now(UTC)
+        handle = self._publish_receipt(
+            clip.site_id, clip.device_id, clip.clip_id, clip.sha256, stored_at
+        )
         if not handle.wait(_RECEIPT_ACK_S):
             # Not lost: the unit announces the clip again until it has a receipt, and the
             # receipt is re-sent then.

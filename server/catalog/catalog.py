@@ -34,6 +34,7 @@ from protocol.messages import ClipAnnouncement, Event, Status, Telemetry
 from ..audit import AuditLog
 from ..database import READ_ONLY, make_engine
 from . import fetch_queue, units
+from .arming import ArmingMixin
 from .clinical import ClinicalMixin
 from .clip_rows import (
     REASON_RE,
@@ -59,7 +60,6 @@ from .findings import FindingsMixin
 from .lifecycle import ACTIVE_STATES, ClipState
 from .models import Clip, Unit, UnitEvent
 from .records import ClipRecord, UnitEventRecord, UnitRecord
-from .study import StudyMixin
 from .withdrawal import WithdrawalMixin
 
 __all__ = ["REASON_RE", "Catalog", "utc"]
@@ -75,16 +75,16 @@ def _utc_now() -> datetime:
 
 
 class Catalog(
-    ExtractionMixin, FindingsMixin, StudyMixin, ClinicalMixin, WithdrawalMixin, ExportsMixin
+    ExtractionMixin, FindingsMixin, ArmingMixin, ClinicalMixin, WithdrawalMixin, ExportsMixin
 ):
     """The catalog database: ``sqlite:///path/catalog.db`` or ``postgresql+psycopg://…``.
 
     Opening it migrates the schema to the newest revision. The extraction worker's methods
     are in :mod:`.extraction` (claims, failures, leases, decrypt audit) and :mod:`.findings`
     (features, quality checks, the verdict outbox); the study's in :mod:`.study` (participants,
-    consent, visits), :mod:`.clinical`, :mod:`.withdrawal` and :mod:`.exports`. *actor* names
-    this receiver (or the person at the command line) in the audit log; *clock* gives the time
-    of changes whose caller gives none (and of audit rows).
+    consent, visits), :mod:`.arming`, :mod:`.clinical`, :mod:`.withdrawal` and :mod:`.exports`.
+    *actor* names this receiver (or the person at the command line) in the audit log; *clock*
+    gives the time of changes whose caller gives none (and of audit rows).
     """
 
     def __init__(

@@ -25,7 +25,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 
 from .lifecycle import ClipState
 from .models import Clip
-from .study_models import Participant
+from .study_models import Participant, Tombstone
 
 __all__ = ["candidates", "lock_if_waiting", "waiting"]
 
@@ -35,12 +35,16 @@ def waiting(now: datetime) -> ColumnElement[bool]:
     whose withdrawal has begun is not fetched: the withdrawal erases it, and the unit's copy
     is receipted and discarded when it is announced again."""
     withdrawing = select(Participant.pseudonym).where(Participant.withdrawn_at.is_not(None))
+    withdrawn = select(Tombstone.pseudonym)
     return and_(
         or_(
             and_(Clip.state == ClipState.ANNOUNCED, Clip.next_attempt_at <= now),
             and_(Clip.state == ClipState.FETCHING, Clip.lease_expires_at <= now),
         ),
-        or_(Clip.participant.is_(None), Clip.participant.not_in(withdrawing)),
+        or_(
+            Clip.participant.is_(None),
+            and_(Clip.participant.not_in(withdrawing), Clip.participant.not_in(withdrawn)),
+        ),
     )
 
 

@@ -128,3 +128,20 @@ class ClinicalRecord(Base):
         UniqueConstraint("pseudonym", "domain", "instance"),
         CheckConstraint("domain IN ('nrs', 'analgesic', 'tumour', 'questionnaire')", name="domain"),
     )
+
+
+class ArmRequest(Base):
+    """A researcher's request to arm a unit for a participant's visit (or, ``pseudonym`` None,
+    to disarm it): the receiver signs it as an arm command and sends it, then sets
+    ``sent_at``. Only a unit's newest request is sent."""
+
+    __tablename__ = "arm_requests"
+
+    id: Mapped[int] = mapped_column(_serial(), primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(32), index=True)
+    pseudonym: Mapped[str | None] = mapped_column(String(16))
+    visit: Mapped[str | None] = mapped_column(String(32))
+    requested_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    actor: Mapped[str] = mapped_column(String(64))
+    sent_at: Mapped[datetime | None]

@@ -22,7 +22,15 @@ from .errors import StudyError
 from .exports import supersede_exports
 from .lifecycle import LEASED_STATES, STORED_STATES
 from .models import Clip, ClipFeatures, ClipQc
-from .study_models import ClinicalRecord, Consent, ErasedClip, Participant, Tombstone, Visit
+from .study_models import (
+    ArmRequest,
+    ClinicalRecord,
+    Consent,
+    ErasedClip,
+    Participant,
+    Tombstone,
+    Visit,
+)
 
 __all__ = ["ClipToErase", "TombstoneRecord", "WithdrawalMixin"]
 
@@ -118,6 +126,7 @@ class WithdrawalMixin:
                 s.delete(clip)
             s.execute(delete(Visit).where(Visit.pseudonym == pseudonym))
             s.execute(delete(ClinicalRecord).where(ClinicalRecord.pseudonym == pseudonym))
+            s.execute(delete(ArmRequest).where(ArmRequest.pseudonym == pseudonym))
             s.execute(delete(Consent).where(Consent.pseudonym == pseudonym))
             withdrawn_at = participant.withdrawn_at
             superseded = supersede_exports(s, pseudonym, now)

@@ -1,11 +1,12 @@
 """Withdrawal of consent: erase everything of a participant and leave a tombstone.
 
-In this order, each step safe to repeat: the consent gate closes (their clips are no longer
-extracted or exported); workers holding one of their clips are waited for; the ciphertexts
-leave the store and their feature tables the feature folder; then, in one transaction, the
-catalog rows go (clips, features, quality checks, visits, consent, the participant) and the
-tombstone and audit row are written. Interrupted anywhere, running it again finishes it. A
-clip of theirs still on a unit is receipted and discarded when it arrives, never stored.
+In this order, each step safe to repeat: the units armed for them are disarmed and the consent
+gate closes (their clips are no longer fetched, extracted or exported); workers holding one of
+their clips are waited for; the ciphertexts leave the store and their feature tables the
+feature folder; then, in one transaction, the catalog rows go (clips, features, quality checks,
+visits, consent, clinical data, arm requests, the participant) and the tombstone and audit row
+are written. Interrupted anywhere, running it again finishes it. A clip of theirs still on a
+unit is receipted and discarded when it arrives, never stored.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def withdraw(
     one of their clips (a fetch or an extraction under way), then :class:`StudyError`."""
     deadline = monotonic() + wait_s
     files = 0
+    for device_id in catalog.armed_for(pseudonym):  # no unit records them any more
+        catalog.request_disarm(device_id)
+        say(f"{pseudonym}: {device_id} disarmed")
     while True:
         clips = catalog.begin_withdrawal(pseudonym)
         busy = [c for c in clips if c.busy_until is not None]

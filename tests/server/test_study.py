@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
@@ -166,3 +166,29 @@ def test_a_clip_recorded_unarmed_is_assigned_once_and_audited(study: Catalog) ->
         "pseudonym": "PAIN-0042",
         "visit": 1,
     }
+
+
+def test_a_unit_is_armed_only_for_a_consented_participants_open_visit(study: Catalog) -> None:
+    _enrol(study)
+    with pytest.raises(StudyError, match="visit 1 is not opened: not armed"):
+        study.request_arm("cart-01", "PAIN-0042", 1)
+    study.open_visit("PAIN-0042", on=TODAY)
+    with pytest.raises(StudyError, match="not a unit id"):
+        study.request_arm("Cart 1", "PAIN-0042", 1)
+    with pytest.raises(StudyError, match="at most"):
+        study.request_arm("cart-01", "PAIN-0042", 1, hours=25)
+    first = study.request_arm("cart-01", "PAIN-0042", 1, hours=2)
+    assert (first.visit, first.expires_at) == ("V1", _clock() + timedelta(hours=2))
+    study.request_arm("cart-02", "PAIN-0042", 1)
+    assert study.armed_for("PAIN-0042") == ["cart-01", "cart-02"]
+    study.request_disarm("cart-02")
+    assert [(p.device_id, p.pseudonym) for p in study.pending_arms()] == [
+        ("cart-01", "PAIN-0042"), ("cart-02", None)
+    ]  # fmt: skip
+    study.mark_arm_sent(first.id, at=_clock())
+    assert [p.device_id for p in study.pending_arms()] == ["cart-02"]
+    study.close_visit("PAIN-0042", 1)
+    with pytest.raises(StudyError, match="visit 1 is closed"):
+        study.request_arm("cart-01", "PAIN-0042", 1)
+    actions = [e.action for e in study.audit.entries()]
+    assert actions.count("arm_requested") == 2 and actions.count("disarm_requested") == 1

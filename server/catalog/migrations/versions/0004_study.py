@@ -143,9 +143,24 @@ def upgrade() -> None:
         ),
     )
     op.create_index("ix_clinical_records_pseudonym", "clinical_records", ["pseudonym"])
+    op.create_table(
+        "arm_requests",
+        sa.Column("id", _serial(), autoincrement=True, nullable=False),
+        sa.Column("device_id", sa.String(32), nullable=False),
+        sa.Column("pseudonym", sa.String(16), nullable=True),
+        sa.Column("visit", sa.String(32), nullable=True),
+        sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("actor", sa.String(64), nullable=False),
+        sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name="pk_arm_requests"),
+    )
+    op.create_index("ix_arm_requests_device_id", "arm_requests", ["device_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_arm_requests_device_id", table_name="arm_requests")
+    op.drop_table("arm_requests")
     op.drop_index("ix_clinical_records_pseudonym", table_name="clinical_records")
     op.drop_table("clinical_records")
     op.drop_table("exports")
