@@ -50,8 +50,9 @@ class ReconcileReport:
         return (
             f"reconcile: {self.units_checked} units checked ({self.skipped} skipped), "
             f"{self.listed} clips listed, {self.recorded_new} new, "
-            f"{len(self.unreceipted)} receipts to send again, {len(self.discards)} to discard, "
-            f"{self.errors} errors"
+            f"{len(self.unreceipted)} receipts to send again, "
+            + (f"{len(self.discards)} to discard, " if self.discards else "")
+            + f"{self.errors} errors"
         )
 
 
