@@ -10,7 +10,7 @@
     OUT/sub-PAIN0042/ses-V1/clips.tsv                   the visit's clips
     OUT/sub-PAIN0042/ses-V1/<feature set>.tsv           per-clip values (eGeMAPS functionals, …)
     OUT/sub-PAIN0042/ses-V1/<clip>_<feature set>.parquet per-frame tables (descriptors, face)
-    OUT/sub-PAIN0042/ses-V1/media/<clip>.mkv           only with ``media=True``
+    OUT/sub-PAIN0042/ses-V1/media/<clip>.mkv           only with ``media=True``: remuxed
 
 Only participants whose consent is in force, and only their extracted clips. The same catalog
 gives the same bytes, but for ``created_at`` in ``dataset_description.json``: rows and columns
@@ -38,6 +38,8 @@ from protocol.x25519 import X25519Identity
 
 from ..catalog import Catalog, ClipRecord, ParticipantRecord, StudyError
 from ..catalog.exports import ExportRecord
+from ..extract.media import MediaError
+from ..extract.remux import remux
 from ..store import ClipStore
 from .folds import assign_folds
 
@@ -289,7 +291,15 @@ class _Writer:
         store, identities = media
         catalog.audit_decrypt(clip.clip_id, worker=actor, purpose="export")  # no audit, no file
         with store.open(clip.sha256) as sealed, EnvelopeReader(sealed, list(identities)) as clear:
-            self._put(relative, clear.read())
+            plain = clear.read()
+        # A finished file: remuxed (packets copied, not re-encoded) so that players see its
+        # length and can seek, which the clip as written live does not allow.
+        finished = io.BytesIO()
+        try:
+            remux(plain, finished)
+        except MediaError:  # not media painav can read: kept as decrypted, still audited
+            finished = io.BytesIO(plain)
+        self._put(relative, finished.getvalue())
 
     def digest(self) -> str:
         lines = "".join(f"{self.sums[name]}  {name}\n" for name in sorted(self.sums))
