@@ -459,8 +459,18 @@ def test_two_receivers_split_the_clips_and_store_each_once(
     sync_revocation(site, broker.out)  # the broker's ACL gains the second receiver
     broker.reload()
     store = tmp_path / "store"
+    # One unit's clips, fetched by both: the per-unit limit (one fetch at a time across the
+    # catalog, tested in test_hostile_pull) is raised, or one receiver may well take them all.
     receivers = [
-        start_receiver(site, broker, tmp_path / rid, postgres_url, receiver_id=rid, store_dir=store)
+        start_receiver(
+            site,
+            broker,
+            tmp_path / rid,
+            postgres_url,
+            receiver_id=rid,
+            store_dir=store,
+            per_unit_concurrency=8,
+        )
         for rid in (site.receiver_id, second)
     ]
     with Outbox(tmp_path / "outbox", quota_bytes=1 << 30, min_free_bytes=0) as outbox:

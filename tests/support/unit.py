@@ -262,9 +262,11 @@ def start_receiver(
     *,
     receiver_id: str | None = None,
     store_dir: Path | None = None,
+    per_unit_concurrency: int | None = None,
 ) -> Receiver:
     """The receiver *receiver_id* (default: the site's first) running in a thread, connected;
-    its config, spool, catalog and store (unless *store_dir*) in *work*."""
+    its config, spool, catalog and store (unless *store_dir*) in *work*; *per_unit_concurrency*
+    overrides the provisioned ``[pull]`` limit."""
     import threading
 
     from provisioning.receivers import receiver_config
@@ -284,7 +286,11 @@ def start_receiver(
             receiver_id=receiver_id,
         )
     )
-    service = ReceiverService(load_config(config))
+    loaded = load_config(config)
+    if per_unit_concurrency is not None:
+        pull = loaded.pull.model_copy(update={"per_unit_concurrency": per_unit_concurrency})
+        loaded = loaded.model_copy(update={"pull": pull})
+    service = ReceiverService(loaded)
     stop = threading.Event()
     thread = threading.Thread(target=service.run, args=(stop,), name="receiver", daemon=True)
     thread.start()
