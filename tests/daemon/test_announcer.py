@@ -357,10 +357,8 @@ def test_retained_arm_is_delivered_at_connect_and_its_clearing_too(
     assert seen.bad == []
 
 
-def test_the_retained_root_crl_is_delivered_at_connect(
-    broker: Broker, start_unit: StartUnit
-) -> None:
-    """The receiver's sending side (ReceiverLink.publish_crl), retained before the unit comes."""
+def receiver_link(broker: Broker) -> tuple[ReceiverLink, threading.Event]:
+    """The site's first receiver's MQTT link (not started), and an event set once connected."""
     site = broker.site
     connected = threading.Event()
     link = ReceiverLink(
@@ -378,7 +376,15 @@ def test_the_retained_root_crl_is_delivered_at_connect(
         on_message=lambda incoming: None,
         on_connect=connected.set,
     )
-    der = root_crl(site).public_bytes(Encoding.DER)
+    return link, connected
+
+
+def test_the_retained_root_crl_is_delivered_at_connect(
+    broker: Broker, start_unit: StartUnit
+) -> None:
+    """The receiver's sending side (ReceiverLink.publish_crl), retained before the unit comes."""
+    link, connected = receiver_link(broker)
+    der = root_crl(broker.site).public_bytes(Encoding.DER)
     message = CrlMessage(crl=base64.b64encode(der).decode())
     link.start()
     try:
@@ -468,23 +474,7 @@ def test_verdicts_sent_while_the_unit_is_away_arrive_when_it_returns(
 def test_the_receiver_links_verdict_reaches_the_unit(broker: Broker, start_unit: StartUnit) -> None:
     """The hospital's sending side (server.mqtt.ReceiverLink.publish_verdict) end to end."""
     _, seen = start_unit()
-    site = broker.site
-    connected = threading.Event()
-    link = ReceiverLink(
-        site_id=SITE,
-        receiver_id=site.receiver_id,
-        host=HOST,
-        port=broker.port,
-        cert_file=site.paths.receiver_dir / "tls.crt",
-        key_file=site.paths.receiver_dir / "tls.key",
-        ca_file=site.paths.receiver_dir / "ca.pem",
-        group=subscription_group(site),
-        keepalive_s=5,
-        session_expiry_s=60,
-        reconnect_max_s=1.0,
-        on_message=lambda incoming: None,
-        on_connect=connected.set,
-    )
+    link, connected = receiver_link(broker)
     with pytest.raises(MessageError):
         link.publish_verdict("Cart 1", VERDICT)  # not a device id
     assert link.publish_verdict(UNIT, VERDICT).failed  # not connected yet: nothing queued
@@ -516,23 +506,7 @@ def test_event_acks_from_the_receiver_reach_the_unit_and_only_its_own(
     _, seen = start_unit()
     seen.wait_for(lambda: seen.event_acks == [ack], "the acknowledgement queued while away")
 
-    site = broker.site
-    connected = threading.Event()
-    link = ReceiverLink(
-        site_id=SITE,
-        receiver_id=site.receiver_id,
-        host=HOST,
-        port=broker.port,
-        cert_file=site.paths.receiver_dir / "tls.crt",
-        key_file=site.paths.receiver_dir / "tls.key",
-        ca_file=site.paths.receiver_dir / "ca.pem",
-        group=subscription_group(site),
-        keepalive_s=5,
-        session_expiry_s=60,
-        reconnect_max_s=1.0,
-        on_message=lambda incoming: None,
-        on_connect=connected.set,
-    )
+    link, connected = receiver_link(broker)
     link.start()
     try:
         assert connected.wait(WAIT_S)
@@ -544,7 +518,7 @@ def test_event_acks_from_the_receiver_reach_the_unit_and_only_its_own(
     finally:
         link.stop()
     # Another unit may not forge one: the ACL refuses the publish (0x87), nothing arrives.
-    other = unit_identity(site, "cart-02")
+    other = unit_identity(broker.site, "cart-02")
     forger = Client(broker, other).connect()
     try:
         assert forger.publish(t(Kind.EVENT_ACKS), ack.to_payload()).value == 0x87
