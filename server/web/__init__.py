@@ -1,0 +1,1 @@
+"""The web dashboard for researchers and IT: fleet, arming, recordings, the dataset, audit."""
