@@ -65,13 +65,14 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     decrypt.set_defaults(handler="painav.clipcmd:decrypt")
 
-    from . import devicecmd, extractcmd, provisioncmd, receivercmd, researchcmd
+    from . import devicecmd, extractcmd, provisioncmd, receivercmd, researchcmd, webcmd
 
     devicecmd.add_parser(commands)
     receivercmd.add_parser(commands)
     extractcmd.add_parser(commands)
     provisioncmd.add_parser(commands)
     researchcmd.add_parser(commands)
+    webcmd.add_parser(commands)
 
     demo = commands.add_parser(
         "demo", help="run the bedside-to-hospital path on one machine with embedded defaults"
@@ -100,6 +101,7 @@ _ERRORS = (
     ("server.mqtt", "ReceiverLinkError"),
     ("server.extract.worker", "ExtractError"),
     ("server.research.edc", "EdcError"),
+    ("server.catalog.accounts", "AccountError"),
 )
 
 

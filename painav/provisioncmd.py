@@ -150,6 +150,32 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     econfig.set_defaults(handler="painav.provisioncmd:extract_config")
 
+    web = sub.add_parser(
+        "web",
+        parents=[common],
+        help="the dashboard's HTTPS certificate, metrics token and web.toml (in web/)",
+    )
+    web.add_argument(
+        "--host", action="append", required=True, help="a name or address it is reached by"
+    )
+    web.add_argument("--catalog-url", required=True, help="the receivers' catalog")
+    web.add_argument("--features", type=Path, required=True, help="the workers' feature folder")
+    web.add_argument(
+        "--registry",
+        type=Path,
+        default=Path("/etc/painav/registry.json"),
+        help="where it reads registry.json (default: %(default)s)",
+    )
+    web.add_argument("--exports", type=Path, help="where exports started in it are written")
+    web.add_argument(
+        "--credentials",
+        type=Path,
+        default=Path("/etc/painav/web"),
+        help="where its files will be on its host (default: %(default)s)",
+    )
+    web.add_argument("--port", type=int, default=8443)
+    web.set_defaults(handler="painav.provisioncmd:web")
+
     broker = sub.add_parser(
         "broker-config", parents=[common], help="write a Mosquitto configuration for the site"
     )
@@ -303,6 +329,23 @@ def extract_config(args: argparse.Namespace) -> int:
         data_key=args.data_key,
     )
     print(text, end="")
+    return 0
+
+
+def web(args: argparse.Namespace) -> int:
+    from provisioning.web import provision_web
+
+    provision_web(
+        _site(args),
+        hosts=args.host,
+        catalog_url=args.catalog_url,
+        features_dir=args.features,
+        registry=args.registry,
+        exports_dir=args.exports,
+        credentials=args.credentials,
+        port=args.port,
+        report=print,
+    )
     return 0
 
 

@@ -53,6 +53,9 @@ class DeviceEntry(Part):
     cert_serial: str = Field(pattern=r"^[0-9a-f]{1,40}$", description="TLS certificate serial.")
     cert_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="TLS certificate SHA-256.")
     added_at: Timestamp
+    cert_not_after: Timestamp | None = Field(
+        default=None, description="When the TLS certificate expires (older registries: unknown)."
+    )
     revoked_at: Timestamp | None = None
     revoked_serials: tuple[str, ...] = Field(
         default=(), description="Serials of this unit's earlier certificates, all revoked."

@@ -167,6 +167,7 @@ def add_device(site: Site, device_id: str, *, report: Report = lambda _: None) -
             cert_serial=tls.serial_hex,
             cert_sha256=pki.cert_sha256(tls.cert),
             added_at=now,
+            cert_not_after=tls.cert.not_valid_after_utc,
             revoked_serials=revoked_serials,
             retired_keys=retired,
         )

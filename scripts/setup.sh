@@ -10,6 +10,7 @@ APT_PACKAGES=(
   age minisign ffmpeg mosquitto mosquitto-clients openssl
   portaudio19-dev libasound2-plugins alsa-utils libsystemd-dev
   espeak-ng sox
+  chromium fonts-dejavu-core
 )
 AGE_TESTKIT="cctv-age@0.2.0"
 
@@ -116,6 +117,16 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && command -v pg_ctlcluster >
     log "starting PostgreSQL $version"
     sudo_if_needed pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
   done
+fi
+
+# The dashboard's scripts (htmx), from the npm registry at the versions package-lock.json pins;
+# the web app serves them itself (the hospital network has no CDN).
+assets=server/web/assets
+assets_want=$(sha256sum "$assets/package-lock.json" | cut -d' ' -f1)
+if [ "$(cat "$assets/node_modules/.painav-installed" 2>/dev/null)" != "$assets_want" ]; then
+  log "installing the dashboard's scripts from the npm registry"
+  (cd "$assets" && npm ci --no-audit --no-fund --silent)
+  echo "$assets_want" >"$assets/node_modules/.painav-installed"
 fi
 
 # The C2SP age test kit, from the npm registry (npm checks the tarball's integrity).

@@ -30,6 +30,7 @@ class ArmRecord:
     visit: str | None
     requested_at: datetime
     expires_at: datetime | None
+    sent_at: datetime | None = None  # when a receiver signed and published it
 
 
 class ArmingMixin(StudyMixin):
@@ -58,6 +59,11 @@ class ArmingMixin(StudyMixin):
         """The units whose newest request arms them for *pseudonym* (a withdrawal disarms them)."""
         with self._session(write=False) as s:
             return [r.device_id for r in _newest(s) if r.pseudonym == pseudonym]
+
+    def latest_arms(self) -> dict[str, ArmRecord]:
+        """Each unit's newest request, sent or not, by device id."""
+        with self._session(write=False) as s:
+            return {r.device_id: _record(r) for r in _newest(s)}
 
     def pending_arms(self) -> list[ArmRecord]:
         """Each unit's newest request, if not sent yet."""
@@ -103,4 +109,4 @@ def _check_device(device_id: str) -> None:
 
 def _record(row: ArmRequest) -> ArmRecord:
     return ArmRecord(row.id, row.device_id, row.pseudonym, row.visit, row.requested_at,
-                     row.expires_at)  # fmt: skip
+                     row.expires_at, row.sent_at)  # fmt: skip

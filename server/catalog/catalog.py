@@ -10,6 +10,7 @@ not at all. Times are timezone-aware (naive ones are refused) and kept in UTC.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ from protocol.messages import ClipAnnouncement, Event, Status, Telemetry
 from ..audit import AuditLog
 from ..database import READ_ONLY, make_engine
 from . import fetch_queue, units
+from .accounts import AccountsMixin
 from .arming import ArmingMixin
 from .clinical import ClinicalMixin
 from .clip_rows import (
@@ -75,7 +77,13 @@ def _utc_now() -> datetime:
 
 
 class Catalog(
-    ExtractionMixin, FindingsMixin, ArmingMixin, ClinicalMixin, WithdrawalMixin, ExportsMixin
+    ExtractionMixin,
+    FindingsMixin,
+    ArmingMixin,
+    ClinicalMixin,
+    WithdrawalMixin,
+    ExportsMixin,
+    AccountsMixin,
 ):
     """The catalog database: ``sqlite:///path/catalog.db`` or ``postgresql+psycopg://…``.
 
@@ -120,6 +128,13 @@ class Catalog(
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+    def acting_as(self, actor: str) -> Self:
+        """This catalog, on the same connections, with *actor* in the audit log: the dashboard's
+        view of it for one signed-in person."""
+        other = copy.copy(self)
+        other._actor = bounded(actor, "actor", 64)
+        return other
 
     def close(self) -> None:
         """Close the database connections."""
@@ -355,14 +370,20 @@ class Catalog(
         state: ClipState | None = None,
         device_id: str | None = None,
         limit: int = 1000,
+        newest_first: bool = False,
     ) -> list[ClipRecord]:
-        """Clips, oldest announcement first, optionally only those in *state* or of a unit."""
+        """Clips, oldest announcement first (or newest, for a listing), optionally only those in
+        *state* or of a unit."""
         query = select(Clip)
         if state is not None:
             query = query.where(Clip.state == state)
         if device_id is not None:
             query = query.where(Clip.device_id == device_id)
-        query = query.order_by(Clip.announced_at, Clip.clip_id).limit(limit)
+        if newest_first:
+            query = query.order_by(Clip.announced_at.desc(), Clip.clip_id.desc())
+        else:
+            query = query.order_by(Clip.announced_at, Clip.clip_id)
+        query = query.limit(limit)
         with self._session(write=False) as s:
             return [ClipRecord.of(row) for row in s.scalars(query)]
 
