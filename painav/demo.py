@@ -257,6 +257,20 @@ def _run(stack: ExitStack, work: Path, args: argparse.Namespace) -> int:
     _say(f"   dataset of {dataset.participants} participants, {dataset.clips} clips: {out}")
     _say(f"   load it: pandas.read_csv('{out}/participants.tsv', sep='\\t')")
 
+    _say("10. the dashboard: fleet, arming, recordings with their quality, the dataset, audit")
+    from .demoweb import start_dashboard
+
+    board = start_dashboard(
+        stack,
+        site,
+        catalog,
+        catalog_url=f"sqlite:///{hospital / 'catalog.db'}",
+        features_dir=hospital / "features",
+        exports_dir=hospital / "exports",
+    )
+    _say(f"   {board.url}  sign in as {board.username}, password {board.password}")
+    _say(f"   (its certificate is from the demo site's root: {board.ca})")
+
     _say("\nsummary")
     _say(f"   {'clip':<34} {'unit':<8} {'participant':<11} {'sec':>4} {'bytes':>9}  stored after")
     for c in sorted(done, key=lambda c: c.announced_at):

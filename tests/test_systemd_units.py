@@ -34,6 +34,7 @@ HOSPITAL_SERVICES = (
     "painav-receiver.service",
     "painav-extract@.service",
     "painav-crl-refresh.service",
+    "painav-web.service",
 )
 ALL_UNITS = (DEVICE_UNIT, *HOSPITAL_SERVICES, "painav-crl-refresh.timer")
 MAX_EXPOSURE = {DEVICE_UNIT: 2.0, **dict.fromkeys(HOSPITAL_SERVICES, 1.5)}
@@ -48,6 +49,7 @@ EXPECTED_EXEC_START = {
     "painav-crl-refresh.service": (
         f"{PAINAV} provision crl refresh --dir /etc/painav/site --broker-dir /etc/painav/broker"
     ),
+    "painav-web.service": f"{PAINAV} web run --config /etc/painav/web.toml",
 }
 DATA_KEY = "/etc/painav/keys/data-key.txt"
 

@@ -33,7 +33,7 @@ __all__ = ["ASSETS", "create_app"]
 STATIC: Final = Path(__file__).with_name("static")
 ASSETS: Final = Path(__file__).with_name("assets") / "node_modules"
 """Scripts from the npm registry (scripts/setup.sh installs them from assets/package-lock.json)."""
-PUBLIC: Final = ("/login", "/static/", "/assets/", "/healthz", "/metrics")
+PUBLIC: Final = ("/login", "/static/", "/assets/", "/healthz", "/metrics", "/favicon.ico")
 """Reachable without signing in; /metrics checks its own bearer token."""
 
 _HEADERS: Final = [
@@ -127,6 +127,7 @@ def create_app(web: Web) -> Starlette:
         *audit_pages.routes(web),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/favicon.ico", lambda _request: Response(status_code=204), methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
         Mount("/assets", StaticFiles(directory=ASSETS, check_dir=False), name="assets"),
     ]

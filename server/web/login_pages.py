@@ -37,7 +37,11 @@ def routes(web: Web) -> list[Route]:
     )
 
     def form(request: Request, *, error: str | None = None, status: int = 200) -> Response:
-        token = secrets.token_urlsafe(32)
+        # Kept if the browser has one: a second login page loading meanwhile (another tab, a
+        # redirected favicon) must not invalidate the form already shown.
+        token = request.cookies.get(_LOGIN_CSRF) or ""
+        if len(token) != 43:
+            token = secrets.token_urlsafe(32)
         context = {
             "csrf": token,
             "error": error,
