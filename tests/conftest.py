@@ -18,7 +18,7 @@ from typing import Final
 
 import pytest
 
-pytest_plugins = ["tests.support.mosquitto"]
+pytest_plugins = ["tests.support.mosquitto", "tests.support.dashboard"]
 
 _TESTS: Final = Path(__file__).resolve().parent
 
@@ -32,6 +32,10 @@ _INTEGRATION_FIXTURES: Final = frozenset(
         "make_client",
         # tests/server/conftest.py: a fresh database on the PostgreSQL server
         "postgres_url",
+        # tests/support/dashboard.py: Chromium, and the dashboard as a process
+        "chromium",
+        "board",
+        "fresh_board",
         # tests/daemon/hardware/conftest.py: espeak-ng and sox speak the test sentence, once
         # (speech_raw and the microphone fixtures build on it)
         "speech_wav",
