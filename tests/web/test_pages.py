@@ -1,0 +1,128 @@
+"""The dashboard on a running site, in a real Chromium: a researcher signs in, sees a simulated
+cart come online, arms it for a participant, the nurse presses its button, and the clip arrives
+on the recordings page with its quality verdict; its page has the plots. Real Mosquitto with
+the project's TLS and ACL config, the real receiver and extraction worker, the unit daemon and
+the dashboard as processes of their own. Every page is kept as a screenshot."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from protocol.extract_config import ExtractConfig
+from protocol.tomlconfig import load_toml
+from provisioning.extraction import extract_config
+from provisioning.site import Site
+from server.extract.worker import ExtractionWorker, data_key_path, load_identities
+from tests.support.dashboard import new_page, provision_dashboard, screenshot, sign_in
+from tests.support.mosquitto import Broker
+from tests.support.unit import make_unit, start_receiver
+
+SLOW = 90_000  # ms: a clip is recorded, pulled, verified, stored and extracted meanwhile
+
+
+@contextmanager
+def _worker(site: Site, work: Path, catalog_url: str) -> Iterator[None]:
+    """The real extraction worker, in a thread (as the demo runs it)."""
+    path = work / "extract.toml"
+    path.write_text(
+        extract_config(
+            site,
+            catalog_url=catalog_url,
+            store_dir=work / "receiver" / "store",
+            features_dir=work / "features",
+            data_key=site.paths.data_key,
+        )
+    )
+    config = load_toml(path, ExtractConfig)
+    worker = ExtractionWorker(
+        config, worker_id="extract-test", identities=load_identities(data_key_path(config))
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(60)
+        worker.close()
+
+
+def test_a_researcher_arms_a_cart_and_watches_its_clip_arrive_with_its_verdict(
+    broker_site: Site, broker: Broker, tmp_path: Path, chromium: Any
+) -> None:
+    site = broker_site
+    catalog_url = f"sqlite:///{tmp_path / 'receiver' / 'catalog.db'}"
+    receiver = start_receiver(site, broker, tmp_path / "receiver", catalog_url)
+    catalog = receiver.service.catalog
+    today = datetime.now(UTC).date()
+    catalog.enrol("PAIN-0001", group="pain", language="nl", enrolled_on=today,
+                  consented_on=today, form_version="v1")  # fmt: skip
+    catalog.open_visit("PAIN-0001", on=today)
+    board = provision_dashboard(site, tmp_path, catalog_url, features_dir=tmp_path / "features")
+    board.start()
+    unit = make_unit(site, broker, tmp_path / "unit", max_seconds=3.0)
+    try:
+        with _worker(site, tmp_path, catalog_url):
+            page = new_page(chromium)
+            sign_in(page, board, "researcher")
+            row = page.locator("#fleet tr[data-unit='cart-01']")
+            assert "never seen" in row.inner_text()
+            unit.start()
+            # No reload: the table updates itself.
+            row.locator(".state-online").wait_for(timeout=SLOW)
+            screenshot(page, "fleet")
+
+            page.click("nav >> text=Arm")
+            page.select_option("select[name=device]", "cart-01")
+            page.select_option("select[name=target]", "PAIN-0001:1")
+            page.click("form[action='/arm'] button:has-text('Arm')")
+            assert "waiting for the unit" in page.inner_text("main")
+            page.locator("#arm-status tr[data-unit='cart-01'] .verdict-usable").wait_for(
+                timeout=SLOW
+            )
+            assert "armed" in page.inner_text("#arm-status tr[data-unit='cart-01']")
+            assert unit.status()["participant"] == "PAIN-0001"
+            screenshot(page, "arm")
+
+            page.click("nav >> text=Recordings")
+            unit.press()  # the nurse; the unit stops by itself after 3 s
+            clip_row = page.locator("#recordings tr[data-clip]").first
+            clip_row.locator(".state-extracted").wait_for(timeout=SLOW)
+            clip_row.locator(".verdict").wait_for(timeout=SLOW)
+            text = clip_row.inner_text()
+            assert "PAIN-0001 V1" in text and "full" in text
+            screenshot(page, "recordings")
+
+            clip_row.locator("a").click()
+            page.wait_for_selector("figure.plot")
+            titles = page.locator("figure.plot figcaption").all_inner_texts()
+            assert len(titles) >= 4, titles
+            assert page.locator("figure.plot svg").count() == len(titles)
+            screenshot(page, "clip")
+
+            page.click("nav >> text=Participants")
+            assert "PAIN-0001" in page.inner_text("main")
+            screenshot(page, "dataset")
+            page.click("text=Start an export")
+            page.wait_for_selector("text=written to")
+            assert "current" in page.inner_text("main")
+
+            admin = new_page(chromium)
+            sign_in(admin, board, "admin")
+            admin.click("nav >> text=Audit")
+            assert "audit log intact" in admin.inner_text("#chain")
+            actions = admin.inner_text("main")
+            assert "arm_requested" in actions and "web_login" in actions and "export" in actions
+            screenshot(admin, "audit")
+        entries = [e for e in catalog.audit.entries() if e.action == "arm_requested"]
+        assert [e.actor for e in entries] == ["web:researcher"]
+    finally:
+        unit.stop()
+        board.stop()
+        receiver.stop()
