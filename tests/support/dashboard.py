@@ -113,10 +113,17 @@ class Dashboard:
 
 
 def provision_dashboard(
-    site: Site, work: Path, catalog_url: str, *, features_dir: Path | None = None, **session: Any
+    site: Site,
+    work: Path,
+    catalog_url: str,
+    *,
+    features_dir: Path | None = None,
+    video: dict[str, Any] | None = None,
+    **session: Any,
 ) -> Dashboard:
     """The dashboard's files as provisioning writes them (plus *session* overrides of
-    ``[session]``), and an account of each role; not started."""
+    ``[session]`` and a ``[video]`` section as an admin would add it), and an account of each
+    role; not started."""
     port = free_port()
     folder = provision_web(
         site,
@@ -133,11 +140,21 @@ def provision_dashboard(
         text = (folder / "web.toml").read_text()
         text += "\n[session]\n" + "".join(f"{k} = {v!r}\n" for k, v in session.items())
         (folder / "web.toml").write_text(text)
+    if video:
+        text = (folder / "web.toml").read_text() + "\n[video]\n"
+        text += "".join(f"{k} = {_toml(v)}\n" for k, v in video.items())
+        (folder / "web.toml").write_text(text)
     with Catalog(catalog_url, actor="test") as catalog:
         for role, password in PASSWORDS.items():
             if catalog.user(role) is None:
                 catalog.add_user(role, role, hash_password(password))
     return Dashboard(f"https://{HOST}:{port}/", folder / "ca.pem", folder, catalog_url)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return f'"{value}"' if isinstance(value, str | Path) else repr(value)
 
 
 @pytest.fixture(scope="session")

@@ -64,7 +64,12 @@ def test_a_researcher_arms_a_cart_and_watches_its_clip_arrive_with_its_verdict(
     catalog.enrol("PAIN-0001", group="pain", language="nl", enrolled_on=today,
                   consented_on=today, form_version="v1")  # fmt: skip
     catalog.open_visit("PAIN-0001", on=today)
-    board = provision_dashboard(site, tmp_path, catalog_url, features_dir=tmp_path / "features")
+    # Playing video enabled for admins, as an admin would ([video] in web.toml).
+    video = {"roles": ["admin"], "data_key": site.paths.data_key,
+             "store": tmp_path / "receiver" / "store"}  # fmt: skip
+    board = provision_dashboard(
+        site, tmp_path, catalog_url, features_dir=tmp_path / "features", video=video
+    )
     board.start()
     unit = make_unit(site, broker, tmp_path / "unit", max_seconds=3.0)
     try:
@@ -105,6 +110,9 @@ def test_a_researcher_arms_a_cart_and_watches_its_clip_arrive_with_its_verdict(
             assert len(titles) >= 4, titles
             assert page.locator("figure.plot svg").count() == len(titles)
             screenshot(page, "clip")
+            clip_url = page.url
+            assert page.locator("video").count() == 0  # a researcher may not play it
+            assert page.request.get(clip_url + "/video").status == 403
 
             page.click("nav >> text=Participants")
             assert "PAIN-0001" in page.inner_text("main")
@@ -120,8 +128,17 @@ def test_a_researcher_arms_a_cart_and_watches_its_clip_arrive_with_its_verdict(
             actions = admin.inner_text("main")
             assert "arm_requested" in actions and "web_login" in actions and "export" in actions
             screenshot(admin, "audit")
+
+            admin.goto(clip_url)
+            source = admin.locator("video").get_attribute("src")
+            reply = admin.request.get(board.url + source.lstrip("/"))
+            assert reply.status == 200 and reply.headers["content-type"] == "video/mp4"
+            assert reply.headers["cache-control"] == "no-store"
+            assert reply.body()[4:8] == b"ftyp"  # an MP4, decrypted in memory on the server
         entries = [e for e in catalog.audit.entries() if e.action == "arm_requested"]
         assert [e.actor for e in entries] == ["web:researcher"]
+        played = [e for e in catalog.audit.entries() if e.detail.get("purpose") == "play"]
+        assert [(e.action, e.actor) for e in played] == [("decrypt", "web:admin")]
     finally:
         unit.stop()
         board.stop()
