@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class Dashboard:
     folder: Path  # web/ of the site folder: web.toml, key, certificate, token
     catalog_url: str
     process: subprocess.Popen[bytes] | None = None
+    wrapper: list[str] = field(default_factory=list)  # e.g. a unit file's sandbox launcher
 
     def log(self) -> str:
         path = self.folder / "web.log"
@@ -59,7 +60,7 @@ class Dashboard:
     def start(self) -> Dashboard:
         log = (self.folder / "web.log").open("ab")
         self.process = subprocess.Popen(
-            [str(PAINAV), "web", "run", "--config", str(self.folder / "web.toml")],
+            [*self.wrapper, str(PAINAV), "web", "run", "--config", str(self.folder / "web.toml")],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
