@@ -7,7 +7,7 @@ import io
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from ..catalog import ClipNotFoundError, ClipStateError, StudyError
@@ -53,7 +53,7 @@ def routes(web: Web) -> list[Route]:
             web.as_user(request).assign_clip(clip_id, pseudonym, int(visit))
         except (StudyError, ClipNotFoundError, ClipStateError) as exc:
             return listing(request, error=str(exc), status=400)
-        return listing(request)
+        return RedirectResponse("/recordings", 303)  # a reload asks nothing twice
 
     def find(clip_id: str) -> ClipRecord | None:
         try:

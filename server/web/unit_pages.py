@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 from starlette.datastructures import FormData
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
+
+from protocol.topics import ID_PATTERN
 
 from ..catalog import StudyError
 from .context import Web, action, page
@@ -54,7 +58,13 @@ def routes(web: Web) -> list[Route]:
 
     @page("viewer")
     def arm_page(request: Request) -> Response:
-        return web.render(request, "arm.html", arm_context())
+        # After a request the browser is sent here (POST, redirect, GET: a reload asks nothing
+        # twice); the query names what was asked.
+        asked, device = request.query_params.get("asked"), request.query_params.get("unit", "")
+        message = None
+        if asked in ("arm", "disarm") and re.fullmatch(ID_PATTERN, device):
+            message = f"{asked.capitalize()} of {device} requested: waiting for the unit."
+        return web.render(request, "arm.html", arm_context(message))
 
     @page("viewer")
     def arm_status(request: Request) -> Response:
@@ -66,7 +76,7 @@ def routes(web: Web) -> list[Route]:
         try:
             if form.get("disarm"):
                 web.as_user(request).request_disarm(device)
-                message = f"Disarm of {device} requested."
+                asked = "disarm"
             else:
                 # One choice, "PAIN-0001:1": a participant with one of their open visits.
                 pseudonym, _, visit = str(form.get("target", "")).partition(":")
@@ -74,10 +84,10 @@ def routes(web: Web) -> list[Route]:
                     raise StudyError("choose a participant and their open visit")
                 hours = float(str(form.get("hours") or 8))
                 web.as_user(request).request_arm(device, pseudonym, int(visit), hours=hours)
-                message = f"{device} armed for {pseudonym} visit {visit}: waiting for the unit."
+                asked = "arm"
         except (StudyError, ValueError) as exc:
             return web.render(request, "arm.html", arm_context(error=str(exc)), 400)
-        return web.render(request, "arm.html", arm_context(message=message))
+        return RedirectResponse(f"/arm?asked={asked}&unit={device}", 303)
 
     return [
         Route("/", fleet, methods=["GET"]),

@@ -87,6 +87,7 @@ def test_a_researcher_arms_a_cart_and_watches_its_clip_arrive_with_its_verdict(
             page.select_option("select[name=device]", "cart-01")
             page.select_option("select[name=target]", "PAIN-0001:1")
             page.click("form[action='/arm'] button:has-text('Arm')")
+            page.wait_for_url(board.url + "arm?asked=arm&unit=cart-01")
             assert "waiting for the unit" in page.inner_text("main")
             page.locator("#arm-status tr[data-unit='cart-01'] .verdict-usable").wait_for(
                 timeout=SLOW
@@ -104,6 +105,29 @@ def test_a_researcher_arms_a_cart_and_watches_its_clip_arrive_with_its_verdict(
             assert "PAIN-0001 V1" in text and "full" in text
             screenshot(page, "recordings")
 
+            # Disarmed from the page, the next press records a clip for no one: assigned here.
+            page.click("nav >> text=Arm")
+            page.select_option("select[name=device]", "cart-01")
+            page.click("form[action='/arm'] button:has-text('Disarm')")
+            page.locator("#arm-status tr[data-unit='cart-01'] .verdict-usable").wait_for(
+                timeout=SLOW
+            )
+            assert unit.status()["participant"] is None
+            page.click("nav >> text=Recordings")
+            unit.press()
+            unassigned = page.locator("#recordings tr[data-clip]:has(form)")
+            unassigned.wait_for(timeout=SLOW)
+            assert "stored" in unassigned.inner_text() or "receipted" in unassigned.inner_text()
+            unassigned.locator("select").select_option("PAIN-0001:1")
+            unassigned.locator("button:has-text('Assign')").click()
+            page.wait_for_url(board.url + "recordings")
+            assert page.locator("#recordings tr[data-clip]:has(form)").count() == 0
+            # Assigned, its consent is known: the worker extracts it now.
+            newest = page.locator("#recordings tr[data-clip]").first
+            newest.locator(".state-extracted").wait_for(timeout=SLOW)
+            assert "PAIN-0001 V1" in newest.inner_text()
+
+            clip_row = page.locator("#recordings tr[data-clip]").last
             clip_row.locator("a").click()
             page.wait_for_selector("figure.plot")
             titles = page.locator("figure.plot figcaption").all_inner_texts()
@@ -135,8 +159,13 @@ def test_a_researcher_arms_a_cart_and_watches_its_clip_arrive_with_its_verdict(
             assert reply.status == 200 and reply.headers["content-type"] == "video/mp4"
             assert reply.headers["cache-control"] == "no-store"
             assert reply.body()[4:8] == b"ftyp"  # an MP4, decrypted in memory on the server
-        entries = [e for e in catalog.audit.entries() if e.action == "arm_requested"]
-        assert [e.actor for e in entries] == ["web:researcher"]
+        entries = [e for e in catalog.audit.entries() if e.action.endswith(("arm_requested",
+                   "clip_assigned"))]  # fmt: skip
+        assert [(e.action, e.actor) for e in entries] == [
+            ("arm_requested", "web:researcher"),
+            ("disarm_requested", "web:researcher"),
+            ("clip_assigned", "web:researcher"),
+        ]
         played = [e for e in catalog.audit.entries() if e.detail.get("purpose") == "play"]
         assert [(e.action, e.actor) for e in played] == [("decrypt", "web:admin")]
     finally:
