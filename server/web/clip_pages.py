@@ -20,16 +20,16 @@ LISTED = 200
 
 
 def routes(web: Web) -> list[Route]:
-    def listing(request: Request, *, error: str | None = None, status: int = 200) -> Response:
-        state = request.query_params.get("state") or None
+    def table() -> dict[str, object]:
         clips = web.catalog.clips(newest_first=True, limit=LISTED)
-        if state:
-            clips = [c for c in clips if c.state.value == state]
-        verdicts = web.catalog.last_verdicts(c.clip_id for c in clips)
-        people = [p for p in web.catalog.participants() if p.consented]
-        context = {"clips": clips, "verdicts": verdicts, "people": people, "error": error,
-                   "state": state}  # fmt: skip
-        return web.render(request, "recordings.html", context, status)
+        return {
+            "clips": clips,
+            "verdicts": web.catalog.last_verdicts(c.clip_id for c in clips),
+            "people": [p for p in web.catalog.participants() if p.consented],
+        }
+
+    def listing(request: Request, *, error: str | None = None, status: int = 200) -> Response:
+        return web.render(request, "recordings.html", {**table(), "error": error}, status)
 
     @page("viewer")
     def recordings(request: Request) -> Response:
@@ -37,11 +37,7 @@ def routes(web: Web) -> list[Route]:
 
     @page("viewer")
     def recordings_table(request: Request) -> Response:
-        clips = web.catalog.clips(newest_first=True, limit=LISTED)
-        verdicts = web.catalog.last_verdicts(c.clip_id for c in clips)
-        people = [p for p in web.catalog.participants() if p.consented]
-        context = {"clips": clips, "verdicts": verdicts, "people": people}
-        return web.render(request, "_recordings_table.html", context)
+        return web.render(request, "_recordings_table.html", table())
 
     @action("researcher")
     def assign(request: Request, form: FormData) -> Response:
