@@ -47,6 +47,7 @@ from .clip_rows import (
     one_line,
     utc,
 )
+from .counts import CountsMixin
 from .engine import run_migrations
 from .errors import (
     CatalogDatabaseError,
@@ -75,7 +76,13 @@ def _utc_now() -> datetime:
 
 
 class Catalog(
-    ExtractionMixin, FindingsMixin, ArmingMixin, ClinicalMixin, WithdrawalMixin, ExportsMixin
+    ExtractionMixin,
+    FindingsMixin,
+    ArmingMixin,
+    ClinicalMixin,
+    WithdrawalMixin,
+    ExportsMixin,
+    CountsMixin,
 ):
     """The catalog database: ``sqlite:///path/catalog.db`` or ``postgresql+psycopg://…``.
 
