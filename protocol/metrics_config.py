@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from typing import Final
+from typing import ClassVar, Final
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, model_validator
 
@@ -29,8 +29,9 @@ WORKER_METRICS_PORT: Final = 9465
 
 class MetricsSection(BaseModel):
     """``[metrics]``: ``listen`` on ``port`` (0: no endpoint). Beyond loopback the endpoint
-    speaks TLS by default and asks every client (Prometheus) for a certificate the site CA
-    issued; ``tls = false`` turns that off for a network IT trusts."""
+    speaks TLS by default, with a server certificate of its own (``cert``, ``key``: the
+    services' TLS certificates are for clients only), and asks every client (Prometheus) for a
+    certificate ``client_ca`` issued; ``tls = false`` turns that off for a network IT trusts."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -46,6 +47,20 @@ class MetricsSection(BaseModel):
     client_ca: Path | None = Field(
         default=None, description="the CA whose certificates clients must present"
     )
+
+    # Files that TLS needs in this section (the receiver has a client CA in [tls]).
+    REQUIRED_FOR_TLS: ClassVar[tuple[str, ...]] = ("cert", "key")
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> MetricsSection:
+        if self.enabled and self.uses_tls:
+            missing = [k for k in self.REQUIRED_FOR_TLS if getattr(self, k) is None]
+            if missing:
+                raise ValueError(
+                    f"{', '.join(missing)} required: the endpoint listens beyond loopback "
+                    f"({self.listen}) with TLS (or set tls = false, or listen on 127.0.0.1)"
+                )
+        return self
 
     @property
     def enabled(self) -> bool:
@@ -65,7 +80,7 @@ def _loopback(address: IPv4Address | IPv6Address) -> bool:
 
 
 class ReceiverMetricsSection(MetricsSection):
-    """The receiver's ``[metrics]``: TLS files default to the receiver's own ``[tls]`` ones."""
+    """The receiver's ``[metrics]``: ``client_ca`` defaults to its ``[tls]`` ``ca``."""
 
     port: int = Field(
         default=RECEIVER_METRICS_PORT, ge=0, le=65535, description="0: no metrics endpoint"
@@ -74,7 +89,9 @@ class ReceiverMetricsSection(MetricsSection):
 
 class WorkerMetricsSection(MetricsSection):
     """The extraction worker's ``[metrics]``; the worker has no TLS files of its own, so with
-    TLS ``cert``, ``key`` and ``client_ca`` must be named."""
+    TLS ``cert``, ``key`` and ``client_ca`` must all be named."""
+
+    REQUIRED_FOR_TLS: ClassVar[tuple[str, ...]] = ("cert", "key", "client_ca")
 
     port: int = Field(
         default=WORKER_METRICS_PORT,
@@ -93,14 +110,3 @@ class WorkerMetricsSection(MetricsSection):
         if port > 65535:
             raise ConfigError(f"[metrics] port {self.port} + worker {number} - 1 is past 65535")
         return self.model_copy(update={"port": port})
-
-    @model_validator(mode="after")
-    def _tls_files(self) -> WorkerMetricsSection:
-        if self.enabled and self.uses_tls:
-            missing = [k for k in ("cert", "key", "client_ca") if getattr(self, k) is None]
-            if missing:
-                raise ValueError(
-                    f"{', '.join(missing)} required: the endpoint listens beyond loopback "
-                    f"({self.listen}) with TLS (or set tls = false, or listen on 127.0.0.1)"
-                )
-        return self

@@ -105,8 +105,8 @@ def _tls_context(cert: Path, key: Path, client_ca: Path) -> ssl.SSLContext:
 
 class MetricsEndpoint:
     """``/metrics`` from *registry* and ``/healthz`` from *health*, where *section* says, on a
-    daemon thread from :meth:`start` to :meth:`stop`. With TLS, *cert*, *key* and *client_ca*
-    are used unless the section names its own."""
+    daemon thread from :meth:`start` to :meth:`stop`. With TLS, clients must present a
+    certificate from the section's ``client_ca``, else from *client_ca*."""
 
     def __init__(
         self,
@@ -114,14 +114,12 @@ class MetricsEndpoint:
         registry: CollectorRegistry,
         health: Health,
         *,
-        cert: Path | None = None,
-        key: Path | None = None,
         client_ca: Path | None = None,
     ) -> None:
         self.section = section
         self._app = _app(registry, health)
         self._tls = (
-            (section.cert or cert, section.key or key, section.client_ca or client_ca)
+            (section.cert, section.key, section.client_ca or client_ca)
             if section.uses_tls
             else None
         )

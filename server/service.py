@@ -107,8 +107,6 @@ class ReceiverService:
             config.metrics,
             self.metrics.registry,
             health_check(self.catalog, self._heartbeat),
-            cert=tls.cert,
-            key=tls.key,
             client_ca=tls.ca,
         )
         self.fetcher = FetchClient.for_receiver(tls, config.pull)

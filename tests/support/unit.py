@@ -263,10 +263,12 @@ def start_receiver(
     receiver_id: str | None = None,
     store_dir: Path | None = None,
     per_unit_concurrency: int | None = None,
+    metrics: dict[str, Any] | None = None,
 ) -> Receiver:
     """The receiver *receiver_id* (default: the site's first) running in a thread, connected;
     its config, spool, catalog and store (unless *store_dir*) in *work*; *per_unit_concurrency*
-    overrides the provisioned ``[pull]`` limit."""
+    overrides the provisioned ``[pull]`` limit; *metrics* is its ``[metrics]`` section (default:
+    no endpoint, so that receivers of tests running in parallel never race for a port)."""
     import threading
 
     from provisioning.receivers import receiver_config
@@ -284,9 +286,13 @@ def start_receiver(
             broker_host=HOST,
             broker_port=broker.port,
             receiver_id=receiver_id,
+            metrics_port=0,
         )
     )
     loaded = load_config(config)
+    if metrics is not None:
+        section = type(loaded.metrics).model_validate(metrics)
+        loaded = loaded.model_copy(update={"metrics": section})
     if per_unit_concurrency is not None:
         pull = loaded.pull.model_copy(update={"per_unit_concurrency": per_unit_concurrency})
         loaded = loaded.model_copy(update={"pull": pull})
