@@ -80,7 +80,8 @@ def test_provisioning_writes_the_section_and_it_loads_back(site: Site, tmp_path:
     [
         (
             "prot = 9464",
-            "[metrics] prot: unknown key (a typo?); valid keys: cert, client_ca, key, listen, port, tls",
+            "[metrics] prot: unknown key (a typo?); valid keys: cert, client_ca, key, listen, "
+            "port, tls",
         ),
         ("port = 70000", "[metrics] port: Input should be less than or equal to 65535"),
         ('listen = "example.org"', "[metrics] listen: value is not a valid IPv4 or IPv6 address"),
@@ -111,7 +112,7 @@ def test_a_worker_beyond_loopback_needs_its_tls_files(site: Site, tmp_path: Path
     with pytest.raises(ConfigError) as loaded:
         load_toml(path, ExtractConfig)
     assert f"{path}: [metrics]: cert, key, client_ca required" in str(loaded.value)
-    plain = WorkerMetricsSection(listen="10.0.0.5", tls=False)  # type: ignore[arg-type]
+    plain = WorkerMetricsSection(listen="10.0.0.5", tls=False)
     assert not plain.uses_tls  # IT's explicit choice for a network it trusts
 
 
