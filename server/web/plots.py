@@ -142,7 +142,7 @@ def _mediapipe(data: bytes, path: Path) -> list[Plot]:
     return [
         _face_found(time_s, mp["success"], mp["tracked"]),
         _line(BLENDSHAPE_TITLE, time_s, series, "score", ylim=(0, 1)),
-        _line("PSPI proxy (MediaPipe)", time_s, {"PSPI proxy": mp[PSPI_MP]}, "score (0–4)", ylim=(0, 4)),
+        _line("PSPI proxy (MediaPipe)", time_s, {"PSPI": mp[PSPI_MP]}, "score (0–4)", ylim=(0, 4)),
     ]
 
 
