@@ -175,6 +175,26 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     econfig.set_defaults(handler="painav.provisioncmd:extract_config")
 
+    metrics = sub.add_parser(
+        "metrics", help="certificates for monitoring (Prometheus, metrics endpoints)"
+    ).add_subparsers(dest="metrics_command", required=True, metavar="ACTION")
+    mcert = metrics.add_parser(
+        "cert",
+        parents=[common],
+        help="issue a metrics endpoint's server certificate (--host) or Prometheus's client one",
+    )
+    mcert.add_argument("name", help="e.g. receiver-metrics, extract-metrics or prometheus")
+    mcert.add_argument("--out", type=Path, required=True, help="folder for NAME.crt and NAME.key")
+    mcert.add_argument(
+        "--host",
+        action="append",
+        dest="hosts",
+        default=[],
+        help="an address Prometheus scrapes (repeatable): a server certificate; without: a "
+        "client certificate",
+    )
+    mcert.set_defaults(handler="painav.provisioncmd:metrics_cert")
+
     broker = sub.add_parser(
         "broker-config", parents=[common], help="write a Mosquitto configuration for the site"
     )
@@ -332,6 +352,13 @@ def extract_config(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
     )
     print(text, end="")
+    return 0
+
+
+def metrics_cert(args: argparse.Namespace) -> int:
+    from provisioning.monitoring import issue_monitoring_certificate
+
+    issue_monitoring_certificate(_site(args), args.name, args.out, hosts=args.hosts, report=print)
     return 0
 
 

@@ -5,10 +5,10 @@ server) with one route added: ``/healthz`` answers 200 ``ok`` while the service'
 passes and 503 with one line saying why when it does not. prometheus-client's own
 ``start_http_server`` cannot add a route (it serves the metrics at every path), hence the
 composition. Beyond loopback it speaks TLS 1.2+ and asks every client for a certificate the
-site CA issued (Prometheus's ``tls_config``); the handshake happens on the request's thread, so
-a client that stalls in it holds no one else up.
+site root issued itself (Prometheus's ``tls_config``; not a unit's, which the device CA issued);
+the handshake happens on the request's thread, so a client that stalls in it holds no one up.
 
->>> endpoint = MetricsEndpoint(config.metrics, registry, health, cert=..., key=..., client_ca=...)
+>>> endpoint = MetricsEndpoint(config.metrics, registry, health, client_ca=config.tls.ca)
 >>> endpoint.start()   # doctest: +SKIP
 """
 
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from cryptography import x509
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
@@ -53,9 +54,22 @@ def new_registry() -> CollectorRegistry:
 
 
 class _QuietHandler(WSGIRequestHandler):
-    """wsgiref's request handler, logging to the debug log instead of stderr, with a timeout."""
+    """wsgiref's request handler, logging to the debug log instead of stderr, with a timeout;
+    over TLS, it admits only client certificates the client CA issued itself."""
 
     timeout = _REQUEST_TIMEOUT_S
+
+    def setup(self) -> None:
+        super().setup()
+        issuers: list[x509.Name] | None = getattr(self.server, "client_issuers", None)
+        if issuers is None or not isinstance(self.connection, ssl.SSLSocket):
+            return
+        self.connection.do_handshake()  # here, on the request's thread, within the timeout
+        der = self.connection.getpeercert(binary_form=True)
+        # The CA's own certificates only: a unit's certificate chains to the same root through
+        # the device CA, and a unit has no business reading the hospital's metrics.
+        if der is None or x509.load_der_x509_certificate(der).issuer not in issuers:
+            raise ssl.SSLError("client certificate not issued by the client CA itself")
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("metrics endpoint: " + format, *args)
@@ -138,14 +152,15 @@ class MetricsEndpoint:
         if self._server is not None:
             return
         where = f"metrics endpoint {self.url}"
-        context = None
+        context, issuers = None, None
         if self._tls is not None:
             cert, key, ca = self._tls
             if cert is None or key is None or ca is None:
                 raise MetricsEndpointError(f"{where}: TLS needs [metrics] cert, key and client_ca")
             try:
                 context = _tls_context(cert, key, ca)
-            except (OSError, ssl.SSLError) as exc:
+                issuers = [c.subject for c in x509.load_pem_x509_certificates(ca.read_bytes())]
+            except (OSError, ssl.SSLError, ValueError) as exc:
                 raise MetricsEndpointError(
                     f"{where}: cannot load {cert}, {key} or {ca}: {exc}"
                 ) from exc
@@ -153,6 +168,7 @@ class MetricsEndpoint:
 
         class Server(ThreadingWSGIServer):
             address_family = family
+            client_issuers = issuers
 
             def handle_error(self, request: Any, client_address: Any) -> None:
                 # A client refused in the handshake (no certificate from the site CA) or gone

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from painav.cli import main
 from painav.localsite import free_port
 from protocol.extract_config import (
     CatalogSection,
@@ -32,7 +33,7 @@ from server.catalog import ClipState
 from server.extract.worker import ExtractionWorker, load_identities
 from tests.server.conftest import POSTGRES_URL, enrolled
 from tests.server.test_receiver_e2e import wait_for
-from tests.support.mosquitto import Broker
+from tests.support.mosquitto import Broker, unit_identity
 from tests.support.unit import make_unit, start_receiver
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -58,26 +59,19 @@ def scrape(url: str, context: ssl.SSLContext | None = None) -> Samples:
     }
 
 
-def server_certificate(site, folder: Path) -> dict[str, Path]:
-    """A server certificate for 127.0.0.1 from the site root, as IT issues the endpoint's."""
-    from provisioning import pki
-
-    issued = pki.issue_leaf(
-        site.root(), "metrics", site.name, days=1, server=True, client=False, hosts=["127.0.0.1"]
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    pki.write_cert(folder / "metrics.crt", issued.cert)
-    pki.write_private_key(folder / "metrics.key", issued.key)
-    return {"cert": folder / "metrics.crt", "key": folder / "metrics.key"}
+def issue(site, name: str, folder: Path, *hosts: str) -> tuple[Path, Path]:
+    """*name*'s certificate from the site root, by ``painav provision metrics cert``: a server
+    certificate for *hosts*, else a client one (Prometheus's)."""
+    args = ["provision", "metrics", "cert", name, "--dir", str(site.dir), "--out", str(folder)]
+    assert main([*args, *(a for host in hosts for a in ("--host", host))]) == 0
+    return folder / f"{name}.crt", folder / f"{name}.key"
 
 
-def client_context(site, *, with_certificate: bool = True) -> ssl.SSLContext:
-    """A client trusting the site root; with the receiver's client certificate (a certificate
-    of the site CA, as Prometheus's would be)."""
+def client_context(site, identity: tuple[Path, Path] | None) -> ssl.SSLContext:
+    """A client trusting the site root, presenting *identity* (certificate, key) if given."""
     context = ssl.create_default_context(cafile=str(site.paths.root_cert))
-    if with_certificate:
-        rdir = site.paths.receiver_dir
-        context.load_cert_chain(str(rdir / "tls.crt"), str(rdir / "tls.key"))
+    if identity is not None:
+        context.load_cert_chain(*map(str, identity))
     return context
 
 
@@ -86,15 +80,19 @@ def test_the_receiver_reports_a_stored_clip_over_https_with_client_certificates(
 ) -> None:
     site = broker_site
     port = free_port()
-    files = server_certificate(site, tmp_path / "metrics")
+    cert, key = issue(site, "receiver-metrics", tmp_path / "metrics", "127.0.0.1")
+    prometheus = issue(site, "prometheus", tmp_path / "prometheus")
     receiver = start_receiver(
-        site, broker, tmp_path / "receiver", metrics={"port": port, "tls": True, **files}
+        site,
+        broker,
+        tmp_path / "receiver",
+        metrics={"port": port, "tls": True, "cert": str(cert), "key": str(key)},
     )
     url = f"https://127.0.0.1:{port}"
     unit = make_unit(site, broker, tmp_path / "unit", max_seconds=1.0).start()
     catalog = receiver.service.catalog
     try:
-        context = client_context(site)
+        context = client_context(site, prometheus)
         before = scrape(url, context)
         assert before[("painav_announce_to_stored_seconds_count", ())] == 0
         assert before[("painav_catalog_up", ())] == 1
@@ -122,16 +120,19 @@ def test_the_receiver_reports_a_stored_clip_over_https_with_client_certificates(
         )
         assert ("process_resident_memory_bytes", ()) in after  # the standard process metrics
         assert get(f"{url}/healthz", context) == (200, "ok\n")
-        # Without a certificate from the site CA, no answer at all.
-        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
-            get(f"{url}/healthz", client_context(site, with_certificate=False))
+        # Without a certificate from the site root, no answer at all: none, or a unit's.
+        unit_cert = unit_identity(site, "cart-01")
+        assert unit_cert.cert is not None and unit_cert.key is not None
+        for refused in (None, (unit_cert.cert, unit_cert.key)):
+            with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+                get(f"{url}/healthz", client_context(site, refused))
         with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
             get(f"http://127.0.0.1:{port}/healthz")  # and not in plain HTTP either
     finally:
         assert unit.stop() == 0, unit.log()
         receiver.stop()
     with pytest.raises(urllib.error.URLError):  # stopped with the receiver
-        get(f"{url}/healthz", client_context(site))
+        get(f"{url}/healthz", client_context(site, prometheus))
 
 
 def test_a_quarantine_is_counted_and_stays_in_the_gauge(
