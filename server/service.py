@@ -17,7 +17,8 @@ the arm commands researchers asked for, signed with this receiver's key (:mod:`s
 An event with an id (``painav.events/2``) is acknowledged to its unit on ``event-acks`` once it
 is recorded (again if it comes again: the unit missed the acknowledgement), so that the unit
 can forget it; until then the unit keeps publishing it. ``painav.events/1`` from a unit of the
-previous version is recorded and not acknowledged.
+previous version is recorded and not acknowledged. For IT's monitoring it serves Prometheus's
+``/metrics`` and ``/healthz`` (``[metrics]``; :mod:`server.metrics_receiver`).
 """
 
 from __future__ import annotations
@@ -136,10 +137,10 @@ class ReceiverService:
         self._reconciling: Future[None] | None = None
 
     def run(self, stop: threading.Event) -> None:
+        self._heartbeat.beat()
+        self._start_metrics()  # first: listening by the time the receiver is connected
         self.link.start()
         self.puller.start()
-        self._heartbeat.beat()
-        self._start_metrics()
         log.info("receiver for site %s running", self.config.site.site_id)
         interval_s = self.config.pull.reconcile_interval_s
         now = time.monotonic()

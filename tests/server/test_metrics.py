@@ -48,6 +48,14 @@ def get(url: str, context: ssl.SSLContext | None = None) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def answer(url: str) -> tuple[int, str] | None:
+    """:func:`get`, or None while nothing listens there yet."""
+    try:
+        return get(url)
+    except urllib.error.URLError:
+        return None
+
+
 def scrape(url: str, context: ssl.SSLContext | None = None) -> Samples:
     """Every sample at *url*/metrics, by name and labels, parsed by prometheus-client."""
     status, body = get(f"{url}/metrics", context)
@@ -240,7 +248,7 @@ def test_the_worker_reports_the_clip_it_extracted(
         catalog.open_visit("PAIN-0042", on=datetime.now(UTC).date())
         catalog.assign_clip(clip.clip_id, "PAIN-0042", 1)
         running.start()
-        wait_for(lambda: get(f"{url}/healthz") == (200, "ok\n"), "the worker's endpoint", 30)
+        wait_for(lambda: answer(f"{url}/healthz") == (200, "ok\n"), "the worker's endpoint", 30)
         wait_for(lambda: catalog.clip(clip.clip_id).state is ClipState.EXTRACTED, "extraction", 120)
         samples = wait_for(
             lambda: (
