@@ -417,11 +417,13 @@ def receiver_process(
         spool_dir=work / "spool",
         broker_host=HOST,
         broker_port=broker.port,
+        metrics_port=0,  # receivers of tests running in parallel never race for a port
     )
     head, section = text.split("[pull]\n", 1)
+    section, metrics, rest = section.partition("[metrics]\n")  # the section after [pull]
     lines = [line for line in section.splitlines() if line.split(" = ", 1)[0] not in pull]
     lines += [f"{key} = {value!r}" for key, value in pull.items()]
-    text = head + "[pull]\n" + "\n".join(lines) + "\n"
+    text = head + "[pull]\n" + "\n".join(lines) + "\n\n" + metrics + rest
     config = work / "receiver.toml"
     config.write_text(text)
     return ReceiverProcess(config, work)
