@@ -21,6 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from protocol.errors import ProtocolError
 from protocol.registry import Registry
 
 from .catalog import Catalog, CatalogError, ClipRecord
@@ -42,6 +43,7 @@ class CatalogCollector(Collector):
     def __init__(self, catalog: Catalog, registry_path: Path) -> None:
         self._catalog = catalog
         self._registry_path = registry_path
+        self._registry: Registry | None = None
 
     def describe(self) -> list[Metric]:
         return []  # nothing to check against other collectors: do not read the catalog now
@@ -50,7 +52,7 @@ class CatalogCollector(Collector):
         up = GaugeMetricFamily("painav_catalog_up", "1 if the catalog answered this scrape")
         try:
             families = self._read()
-        except (CatalogError, OSError, ValueError) as exc:  # the registry file, too
+        except CatalogError as exc:
             log.warning("metrics: cannot read the catalog: %s", exc)
             up.add_metric([], 0)
             yield up
@@ -71,7 +73,14 @@ class CatalogCollector(Collector):
         )
         for reason, count in sorted(catalog.quarantine_counts().items()):
             quarantined.add_metric([reason], count)
-        rows = fleet(catalog.units(), Registry.load(self._registry_path))
+        units_heard = catalog.units()
+        try:
+            self._registry = Registry.load(self._registry_path)
+        except ProtocolError as exc:  # mid-rewrite, or broken: the last good copy serves
+            log.warning("metrics: %s", exc)
+        if self._registry is None:
+            return [clips, quarantined]
+        rows = fleet(units_heard, self._registry)
         by_state: dict[str, int] = {"online": 0, "offline": 0}
         for row in rows:
             by_state[row.state] = by_state.get(row.state, 0) + 1
