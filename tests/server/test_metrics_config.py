@@ -147,3 +147,28 @@ def test_a_heartbeat_is_alive_until_it_is_late() -> None:
     assert beat.problem() is None
     now[0] += 1.0
     assert beat.problem() == "the loop last went round 31 s ago (limit 30 s)"
+
+
+def test_monitoring_certificates_come_from_the_site_root(site: Site, tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from provisioning.errors import SiteError
+    from provisioning.monitoring import issue_monitoring_certificate
+
+    out = tmp_path / "certs"
+    server, _ = issue_monitoring_certificate(site, "receiver-metrics", out, hosts=["10.1.2.3"])
+    client, key = issue_monitoring_certificate(site, "prometheus", out)
+    root = x509.load_pem_x509_certificate(site.paths.root_cert.read_bytes())
+    for path, usage in (
+        (server, ExtendedKeyUsageOID.SERVER_AUTH),
+        (client, ExtendedKeyUsageOID.CLIENT_AUTH),
+    ):
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        assert cert.issuer == root.subject
+        assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [usage]
+    assert key.stat().st_mode & 0o077 == 0
+    with pytest.raises(SiteError, match="exists already"):
+        issue_monitoring_certificate(site, "prometheus", out)
+    with pytest.raises(SiteError, match="a certificate name is"):
+        issue_monitoring_certificate(site, "../x", out)
