@@ -44,6 +44,8 @@ def _worker(args: argparse.Namespace, number: str) -> object:
 
     config = _config(args)
     assert isinstance(config, ExtractConfig)
+    # Each worker of a host serves its metrics on a port of its own ([metrics] port + N - 1).
+    config = config.model_copy(update={"metrics": config.metrics.for_worker(number)})
     identities = load_identities(data_key_path(config))  # one line at start if it is missing
     return ExtractionWorker(
         config, worker_id=f"extract-{number}@{socket.gethostname()}", identities=identities

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from protocol.metrics_config import RECEIVER_METRICS_PORT, WORKER_METRICS_PORT
 from provisioning.site import Site, load_site
 
 
@@ -127,6 +128,18 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="where it reads the site root's CRL, which it publishes to the units and IT "
         "replaces after a revocation (default: crl.pem beside its credentials)",
     )
+    rconfig.add_argument(
+        "--metrics-listen",
+        default="127.0.0.1",
+        help="address of its Prometheus /metrics and /healthz (default: %(default)s; beyond "
+        "loopback over HTTPS, for clients with a certificate from the site CA)",
+    )
+    rconfig.add_argument(
+        "--metrics-port",
+        type=int,
+        default=RECEIVER_METRICS_PORT,
+        help="its metrics port (0: none; default %(default)s)",
+    )
     rconfig.set_defaults(handler="painav.provisioncmd:receiver_config")
 
     extract = sub.add_parser("extract", help="the extraction worker's config").add_subparsers(
@@ -147,6 +160,18 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=Path,
         default=Path("/etc/painav/keys/data-key.txt"),
         help="the data key (under systemd it comes as a credential instead)",
+    )
+    econfig.add_argument(
+        "--metrics-listen",
+        default="127.0.0.1",
+        help="address of its Prometheus /metrics and /healthz (default: %(default)s; beyond "
+        "loopback over HTTPS, for clients with a certificate from the site CA)",
+    )
+    econfig.add_argument(
+        "--metrics-port",
+        type=int,
+        default=WORKER_METRICS_PORT,
+        help="worker 1's metrics port; worker N: + N - 1 (0: none; default %(default)s)",
     )
     econfig.set_defaults(handler="painav.provisioncmd:extract_config")
 
@@ -175,6 +200,26 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     web.add_argument("--port", type=int, default=8443)
     web.set_defaults(handler="painav.provisioncmd:web")
+
+    metrics = sub.add_parser(
+        "metrics", help="certificates for monitoring (Prometheus, metrics endpoints)"
+    ).add_subparsers(dest="metrics_command", required=True, metavar="ACTION")
+    mcert = metrics.add_parser(
+        "cert",
+        parents=[common],
+        help="issue a metrics endpoint's server certificate (--host) or Prometheus's client one",
+    )
+    mcert.add_argument("name", help="e.g. receiver-metrics, extract-metrics or prometheus")
+    mcert.add_argument("--out", type=Path, required=True, help="folder for NAME.crt and NAME.key")
+    mcert.add_argument(
+        "--host",
+        action="append",
+        dest="hosts",
+        default=[],
+        help="an address Prometheus scrapes (repeatable): a server certificate; without: a "
+        "client certificate",
+    )
+    mcert.set_defaults(handler="painav.provisioncmd:metrics_cert")
 
     broker = sub.add_parser(
         "broker-config", parents=[common], help="write a Mosquitto configuration for the site"
@@ -288,6 +333,8 @@ def receiver_config(args: argparse.Namespace) -> int:
         receiver_id=args.id,
         registry=args.registry,
         crl=args.crl,
+        metrics_listen=args.metrics_listen,
+        metrics_port=args.metrics_port,
     )
     print(text, end="")
     return 0
@@ -327,6 +374,8 @@ def extract_config(args: argparse.Namespace) -> int:
         store_dir=args.store,
         features_dir=args.features,
         data_key=args.data_key,
+        metrics_listen=args.metrics_listen,
+        metrics_port=args.metrics_port,
     )
     print(text, end="")
     return 0
@@ -346,6 +395,13 @@ def web(args: argparse.Namespace) -> int:
         port=args.port,
         report=print,
     )
+    return 0
+
+
+def metrics_cert(args: argparse.Namespace) -> int:
+    from provisioning.monitoring import issue_monitoring_certificate
+
+    issue_monitoring_certificate(_site(args), args.name, args.out, hosts=args.hosts, report=print)
     return 0
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .message_fields import SiteId
+from .metrics_config import WorkerMetricsSection
 
 __all__ = [
     "CatalogSection",
@@ -102,3 +103,5 @@ class ExtractConfig(_Section):
     features: FeaturesSection
     work: WorkSection = WorkSection()
     qc: QcSection = QcSection()
+    # Prometheus /metrics and /healthz (protocol.metrics_config).
+    metrics: WorkerMetricsSection = WorkerMetricsSection()

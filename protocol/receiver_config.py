@@ -13,6 +13,7 @@ from typing import Annotated, Final
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, IPvAnyNetwork, field_validator
 
 from .message_fields import ReceiverId, SiteId
+from .metrics_config import ReceiverMetricsSection
 
 __all__ = [
     "GROUP_PATTERN",
@@ -152,3 +153,5 @@ class ReceiverConfig(_Section):
     store: StoreSection
     catalog: CatalogSection
     pull: PullSection = PullSection()
+    # Prometheus /metrics and /healthz (protocol.metrics_config).
+    metrics: ReceiverMetricsSection = ReceiverMetricsSection()

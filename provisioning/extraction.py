@@ -12,6 +12,7 @@ from protocol.extract_config import (
     SiteSection,
     StoreSection,
 )
+from protocol.metrics_config import WORKER_METRICS_PORT, WorkerMetricsSection
 
 from .config_files import build, toml_text
 from .layout import Site
@@ -30,9 +31,12 @@ def extract_config(
     store_dir: Path,
     features_dir: Path,
     data_key: Path = DEFAULT_DATA_KEY,
+    metrics_listen: str = "127.0.0.1",
+    metrics_port: int = WORKER_METRICS_PORT,
 ) -> str:
     """``extract.toml`` for a worker of *site*: the catalog and store it shares with the
-    receivers, where it writes per-frame features, where its data key is."""
+    receivers, where it writes per-frame features, where its data key is, where its metrics
+    endpoint listens (worker N on *metrics_port* + N - 1; 0: none)."""
     config = build(
         "extract.toml",
         lambda: ExtractConfig(
@@ -41,10 +45,15 @@ def extract_config(
             store=StoreSection(dir=store_dir),
             keys=KeysSection(data_key=data_key),
             features=FeaturesSection(dir=features_dir),
+            metrics=WorkerMetricsSection.model_validate(
+                {"listen": metrics_listen, "port": metrics_port}
+            ),
         ),
     )
     header = (
         f"# painav extraction worker of site {site.name}, made by painav provisioning.\n"
-        "# [features], [work] and [qc] take their defaults: README.md, central extraction.\n\n"
+        "# [features], [work] and [qc] take their defaults: README.md, central extraction.\n"
+        "# [metrics]: worker N serves /metrics and /healthz on port + N - 1 (README: Monitoring).\n"
+        "\n"
     )
     return toml_text(config, header=header)

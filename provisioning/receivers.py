@@ -29,6 +29,7 @@ from pathlib import Path
 
 from protocol.atomic import write_atomic
 from protocol.errors import MessageError
+from protocol.metrics_config import RECEIVER_METRICS_PORT, ReceiverMetricsSection
 from protocol.receiver_config import (
     GROUP_PATTERN,
     PRIVATE_NETWORKS,
@@ -244,6 +245,8 @@ def receiver_config(
     unit_networks: Sequence[str] | None = None,
     unit_ports: Sequence[int | str] | None = None,
     crl: Path | None = None,
+    metrics_listen: str = "127.0.0.1",
+    metrics_port: int = RECEIVER_METRICS_PORT,
 ) -> str:
     """``receiver.toml`` for *site*'s receiver *receiver_id* (default: the first one).
     *credentials_dir* is where the receiver's TLS files and signing key are (default: its folder
@@ -255,7 +258,11 @@ def receiver_config(
     *unit_networks* and *unit_ports* are where units' clip servers may be (announced URLs
     elsewhere are refused): by default the private address ranges and port 8443; for a site
     whose units reach the broker on loopback (the demo, the tests), loopback and any port above
-    1023, since its units run beside it on picked ports."""
+    1023, since its units run beside it on picked ports.
+
+    ``[metrics]``: Prometheus's ``/metrics`` and ``/healthz`` on *metrics_listen*:*metrics_port*
+    (0: none); beyond loopback over HTTPS with the receiver's certificate, for clients with a
+    certificate from the site CA."""
     receiver_id = receiver_id or site.receiver_id
     # Units reach the broker at the site's first broker host (their bundles say so): if that is
     # loopback, they run on this machine, as in the demo and the tests.
@@ -296,6 +303,9 @@ def receiver_config(
             catalog=CatalogSection(url=catalog_url),
             pull=PullSection.model_validate(
                 {"concurrency": concurrency, "unit_networks": networks, "unit_ports": ports}
+            ),
+            metrics=ReceiverMetricsSection.model_validate(
+                {"listen": metrics_listen, "port": metrics_port}
             ),
         ),
     )

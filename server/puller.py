@@ -67,6 +67,8 @@ class Puller:
         on_stored: Callable[[ClipRecord], None],
         worker_id: str,
         settings: PullSettings = PullSettings(),
+        on_quarantined: Callable[[str], None] = lambda _reason: None,
+        on_fetch_failed: Callable[[str], None] = lambda _kind: None,
     ) -> None:
         self._catalog = catalog
         self._store = store
@@ -75,6 +77,9 @@ class Puller:
         self._data_key = data_key_recipient
         self._spool = spool
         self._on_stored = on_stored
+        # For the metrics: each quarantine's reason, each failed fetch's kind.
+        self._on_quarantined = on_quarantined
+        self._on_fetch_failed = on_fetch_failed
         self._worker_id = worker_id
         self._settings = settings
         self._lease_s = settings.lease_s
@@ -169,6 +174,7 @@ class Puller:
                 )
                 signature = unit.fetch_signature(clip.url + ".minisig")
         except FetchError as exc:
+            self._on_fetch_failed(exc.kind.value)
             if exc.kind is FetchErrorKind.NOT_ALLOWED:
                 self._quarantine(clip, "url_not_allowed", str(exc), part)
             elif exc.retryable:
@@ -278,6 +284,7 @@ class Puller:
     def _quarantine(self, clip: ClipRecord, reason: str, detail: str, part: Path) -> None:
         log.error("quarantined %s from %s: %s (%s)", clip.clip_id, clip.device_id, reason, detail)
         self._catalog.quarantine(clip.clip_id, reason)
+        self._on_quarantined(reason)
         part.unlink(missing_ok=True)  # nothing of a rejected clip is kept; the unit keeps it
 
 

@@ -17,7 +17,8 @@ the arm commands researchers asked for, signed with this receiver's key (:mod:`s
 An event with an id (``painav.events/2``) is acknowledged to its unit on ``event-acks`` once it
 is recorded (again if it comes again: the unit missed the acknowledgement), so that the unit
 can forget it; until then the unit keeps publishing it. ``painav.events/1`` from a unit of the
-previous version is recorded and not acknowledged.
+previous version is recorded and not acknowledged. For IT's monitoring it serves Prometheus's
+``/metrics`` and ``/healthz`` (``[metrics]``; :mod:`server.metrics_receiver`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ from .catalog.records import ClipRecord
 from .config import ReceiverConfig
 from .crlpublish import CrlPublisher
 from .fetch import FetchClient
+from .metrics_health import Heartbeat, health_check
+from .metrics_http import MetricsEndpoint, MetricsEndpointError
+from .metrics_receiver import ReceiverMetrics
 from .mqtt import Incoming, Published, ReceiverLink, Redeliver
 from .puller import Puller, PullSettings
 from .reconcile import reconcile_once
@@ -56,6 +60,9 @@ _AUDIT_HEAD_S = 60.0
 # After a connection, time for the retained statuses (which units are online) to come in.
 _RECONCILE_AFTER_CONNECT_S = 5.0
 _TICK_S = 1.0
+# /healthz fails when the main loop has not gone round for this long (it ticks every second;
+# a tick that hangs, on a database that does not answer, shows here).
+_LOOP_STALE_S = 30.0
 
 
 class ReceiverService:
@@ -91,6 +98,18 @@ class ReceiverService:
         self._receipts = ThreadPoolExecutor(1, thread_name_prefix="receipts")
         self._verdicts = ThreadPoolExecutor(1, thread_name_prefix="verdicts")
         self._sending: Future[int] | None = None
+        self.metrics = ReceiverMetrics(
+            self.catalog,
+            site.registry,
+            {"tls": tls.cert, "signing": tls.signing_cert, "ca": tls.ca},
+        )
+        self._heartbeat = Heartbeat("the receiver's main loop", _LOOP_STALE_S)
+        self.metrics_endpoint = MetricsEndpoint(
+            config.metrics,
+            self.metrics.registry,
+            health_check(self.catalog, self._heartbeat),
+            client_ca=tls.ca,
+        )
         self.fetcher = FetchClient.for_receiver(tls, config.pull)
         self.puller = Puller(
             catalog=self.catalog,
@@ -99,7 +118,9 @@ class ReceiverService:
             registry_path=site.registry,
             data_key_recipient=site.data_key_recipient,
             spool=config.store.spool,
-            on_stored=self._queue_receipt,
+            on_stored=self._stored,
+            on_quarantined=self.metrics.quarantined,
+            on_fetch_failed=self.metrics.fetch_failed,
             worker_id=f"{site.receiver_id}@{socket.gethostname()}",
             settings=PullSettings(
                 concurrency=config.pull.concurrency,
@@ -116,6 +137,8 @@ class ReceiverService:
         self._reconciling: Future[None] | None = None
 
     def run(self, stop: threading.Event) -> None:
+        self._heartbeat.beat()
+        self._start_metrics()  # first: listening by the time the receiver is connected
         self.link.start()
         self.puller.start()
         log.info("receiver for site %s running", self.config.site.site_id)
@@ -126,6 +149,8 @@ class ReceiverService:
         try:
             while not stop.wait(_TICK_S):
                 now = time.monotonic()
+                self._heartbeat.beat()
+                self.metrics.broker_connected.set(1 if self.link.connected else 0)
                 if self._connects != connects:
                     connects = self._connects
                     next_reconcile = min(next_reconcile, now + _RECONCILE_AFTER_CONNECT_S)
@@ -146,12 +171,22 @@ class ReceiverService:
                     self._reconciling = self._reconciler.submit(self.reconcile)
                     next_reconcile = math.inf  # set when the pass ends
         finally:
+            self.metrics_endpoint.stop()
             self._reconciler.shutdown(wait=True, cancel_futures=True)
             self.puller.stop()
             self._receipts.shutdown(wait=True)
             self._verdicts.shutdown(wait=True)
             self.link.stop()
             self.catalog.close()
+
+    def _start_metrics(self) -> None:
+        if not self.config.metrics.enabled:
+            return
+        try:
+            self.metrics_endpoint.start()
+        except MetricsEndpointError as exc:
+            # Monitoring is no reason to stop taking clips: Prometheus sees the target down.
+            log.error("%s; running without it", exc)
 
     def _send_to_units(self) -> None:
         """Start a round of sending arm commands and verdicts from the catalog's outboxes,
@@ -232,6 +267,10 @@ class ReceiverService:
         return True
 
     # --- receipts --------------------------------------------------------------------------
+
+    def _stored(self, clip: ClipRecord) -> None:
+        self.metrics.stored(clip)
+        self._queue_receipt(clip)
 
     def _queue_receipt(self, clip: ClipRecord) -> None:
         # Sent from a thread of its own: waiting for the broker's acknowledgement on paho's

@@ -49,6 +49,7 @@ from .clip_rows import (
     one_line,
     utc,
 )
+from .counts import CountsMixin
 from .engine import run_migrations
 from .errors import (
     CatalogDatabaseError,
@@ -84,6 +85,7 @@ class Catalog(
     WithdrawalMixin,
     ExportsMixin,
     AccountsMixin,
+    CountsMixin,
 ):
     """The catalog database: ``sqlite:///path/catalog.db`` or ``postgresql+psycopg://…``.
 

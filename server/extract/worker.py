@@ -25,6 +25,7 @@ import math
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -37,9 +38,12 @@ from protocol.errors import ProtocolError
 from protocol.extract_config import ExtractConfig
 from protocol.x25519 import X25519Identity
 
-from ..catalog import Catalog, CatalogUnavailableError, LeaseLostError
+from ..catalog import Catalog, CatalogUnavailableError, ClipState, LeaseLostError
 from ..catalog.records import ClipRecord
 from ..catalog.results import FrameFile, Provenance
+from ..metrics_health import Heartbeat, health_check
+from ..metrics_http import MetricsEndpoint, MetricsEndpointError
+from ..metrics_worker import FailureReason, WorkerMetrics
 from ..store import LocalStore
 from .face_mediapipe import FEATURE_SET_FRAMES as MP_FRAMES
 from .face_mediapipe import FEATURE_SET_SUMMARY as MP_SUMMARY
@@ -137,6 +141,14 @@ class ExtractionWorker:
         ).hexdigest()
         if isinstance(self._openface, OpenFaceNotConfigured):
             log.info("%s: voice, MediaPipe and the quality check only", self._openface.reason)
+        self.metrics = WorkerMetrics()
+        # The loop goes round between clips; one clip may take up to its lease.
+        self._heartbeat = Heartbeat(
+            "the extraction loop", config.work.lease_s + config.work.idle_poll_s + 30
+        )
+        self.metrics_endpoint = MetricsEndpoint(
+            config.metrics, self.metrics.registry, health_check(self.catalog, self._heartbeat)
+        )
 
     def close(self) -> None:
         """Close the face landmarker (it holds native resources) and the catalog."""
@@ -146,7 +158,19 @@ class ExtractionWorker:
     # --- the loop --------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Extract clips until *stop* is set."""
+        """Extract clips until *stop* is set, serving metrics (``[metrics]``) meanwhile."""
+        self._heartbeat.beat()
+        if self.config.metrics.enabled:
+            try:
+                self.metrics_endpoint.start()
+            except MetricsEndpointError as exc:  # Prometheus sees the target down
+                log.error("%s; running without it", exc)
+        try:
+            self._loop(stop)
+        finally:
+            self.metrics_endpoint.stop()
+
+    def _loop(self, stop: threading.Event) -> None:
         for leftover in self._features_dir.glob(f"*/.*.{self._temp_tag}.*"):
             leftover.unlink(missing_ok=True)  # cut off by a kill: its result was never recorded
         taken = self.catalog.release_extraction_leases(self.worker_id, now=datetime.now(UTC))
@@ -154,6 +178,7 @@ class ExtractionWorker:
             log.info("took back %d clip(s) this worker was extracting: %s", len(taken), taken)
         unavailable = False
         while not stop.is_set():
+            self._heartbeat.beat()
             try:
                 outcome = self.extract_one()
             except CatalogUnavailableError as exc:
@@ -178,9 +203,19 @@ class ExtractionWorker:
         )
         if clip is None:
             return None
+        started = time.monotonic()
+        outcome = self._extract_claimed(clip)
+        # A failure to be retried leaves the clip receipted (waiting again): counted as retry.
+        result = "retry" if outcome.result == ClipState.RECEIPTED else outcome.result
+        self.metrics.finished(result, time.monotonic() - started)
+        return outcome
+
+    def _extract_claimed(self, clip: ClipRecord) -> Outcome:
         try:
             verdict = self._extract(clip)
         except (MediaError, ProtocolError) as exc:  # broken media, or will not decrypt: final
+            reason = FailureReason.MEDIA if isinstance(exc, MediaError) else FailureReason.ENVELOPE
+            self.metrics.failed(reason)
             return self._failed(clip, f"{type(exc).__name__}: {exc}", permanent=True)
         except LeaseLostError as exc:
             log.warning("clip %s: %s", clip.clip_id, exc)
@@ -189,8 +224,11 @@ class ExtractionWorker:
             raise  # the lease runs out and the clip comes back
         except Exception as exc:
             log.exception("extracting %s failed", clip.clip_id)
+            self.metrics.failed(FailureReason.ERROR)
             return self._failed(clip, f"{type(exc).__name__}: {exc}", permanent=False)
-        self.catalog.mark_extracted(clip.clip_id, worker=self.worker_id, now=datetime.now(UTC))
+        now = datetime.now(UTC)
+        self.catalog.mark_extracted(clip.clip_id, worker=self.worker_id, now=now)
+        self.metrics.extracted(clip, now)
         log.info("clip %s extracted (quick check: %s)", clip.clip_id, verdict)
         return Outcome(clip.clip_id, "extracted", verdict=verdict)
 

@@ -9,7 +9,9 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 from painav.cli import main
+from painav.localsite import free_port
 from server.catalog import Catalog, ClipState
+from tests.server.test_metrics import get
 from tests.server.test_receiver_e2e import wait_for
 from tests.support.mosquitto import HOST, Broker
 from tests.support.sandbox import launcher
@@ -35,6 +37,10 @@ def test_the_provisioned_receiver_stores_a_clip_under_its_units_sandbox(
         'host = "127.0.0.1"\nport = 8883', f'host = "{HOST}"\nport = {broker.port}'
     )
     assert f"port = {broker.port}" in text
+    # Its metrics endpoint as printed, on a port free here: it must listen inside the sandbox.
+    metrics_port = free_port()
+    assert '[metrics]\nlisten = "127.0.0.1"\nport = 9464\n' in text
+    text = text.replace("port = 9464", f"port = {metrics_port}")
     config = work / "receiver.toml"
     config.write_text(text)
     receiver = ReceiverProcess(config, work, wrapper=launcher(UNIT_FILE)).start()
@@ -44,6 +50,12 @@ def test_the_provisioned_receiver_stores_a_clip_under_its_units_sandbox(
         unit.press()
         wait_for(lambda: catalog.clips(state=ClipState.RECEIPTED), "a receipted clip", 60)
         wait_for(lambda: unit.status()["queue"] == [], "the unit's outbox to empty", 30)
+        code, body = get(f"http://127.0.0.1:{metrics_port}/healthz")
+        assert (code, body) == (200, "ok\n"), receiver.log()
+        assert (
+            'painav_clips{state="receipted"} 1.0'
+            in get(f"http://127.0.0.1:{metrics_port}/metrics")[1]
+        )
         status = (Path("/proc") / str(receiver.process.pid) / "status").read_text()  # type: ignore[union-attr]
         assert "NoNewPrivs:\t1" in status and "Seccomp:\t2" in status
     finally:

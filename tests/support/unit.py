@@ -263,10 +263,12 @@ def start_receiver(
     receiver_id: str | None = None,
     store_dir: Path | None = None,
     per_unit_concurrency: int | None = None,
+    metrics: dict[str, Any] | None = None,
 ) -> Receiver:
     """The receiver *receiver_id* (default: the site's first) running in a thread, connected;
     its config, spool, catalog and store (unless *store_dir*) in *work*; *per_unit_concurrency*
-    overrides the provisioned ``[pull]`` limit."""
+    overrides the provisioned ``[pull]`` limit; *metrics* is its ``[metrics]`` section (default:
+    no endpoint, so that receivers of tests running in parallel never race for a port)."""
     import threading
 
     from provisioning.receivers import receiver_config
@@ -284,9 +286,13 @@ def start_receiver(
             broker_host=HOST,
             broker_port=broker.port,
             receiver_id=receiver_id,
+            metrics_port=0,
         )
     )
     loaded = load_config(config)
+    if metrics is not None:
+        section = type(loaded.metrics).model_validate(metrics)
+        loaded = loaded.model_copy(update={"metrics": section})
     if per_unit_concurrency is not None:
         pull = loaded.pull.model_copy(update={"per_unit_concurrency": per_unit_concurrency})
         loaded = loaded.model_copy(update={"pull": pull})
@@ -411,11 +417,13 @@ def receiver_process(
         spool_dir=work / "spool",
         broker_host=HOST,
         broker_port=broker.port,
+        metrics_port=0,  # receivers of tests running in parallel never race for a port
     )
     head, section = text.split("[pull]\n", 1)
+    section, metrics, rest = section.partition("[metrics]\n")  # the section after [pull]
     lines = [line for line in section.splitlines() if line.split(" = ", 1)[0] not in pull]
     lines += [f"{key} = {value!r}" for key, value in pull.items()]
-    text = head + "[pull]\n" + "\n".join(lines) + "\n"
+    text = head + "[pull]\n" + "\n".join(lines) + "\n\n" + metrics + rest
     config = work / "receiver.toml"
     config.write_text(text)
     return ReceiverProcess(config, work)

@@ -155,5 +155,11 @@ def test_a_valid_age_file_with_broken_media_fails_at_once_with_its_reason(
         assert clip.extraction_error is not None
         assert clip.extraction_error.startswith("MediaError: ")
         assert worker.extract_one() is None  # not retried: it would fail the same way
+        # What Prometheus reads: one failure, for its media; no latency of an extracted clip.
+        sample = worker.metrics.registry.get_sample_value
+        assert sample("painav_extraction_failures_total", {"reason": "media"}) == 1
+        assert sample("painav_extraction_failures_total", {"reason": "error"}) == 0
+        assert sample("painav_extractions_total", {"result": "failed"}) == 1
+        assert sample("painav_stored_to_extracted_seconds_count") == 0
     finally:
         catalog.close()
