@@ -42,6 +42,7 @@ def test_the_provisioned_dashboard_serves_every_page_under_its_units_sandbox(
                       wrapper=launcher(UNIT_FILE)).start()  # fmt: skip
     try:
         page = new_page(chromium)
+        page.set_default_timeout(60_000)  # under the sandbox, on a loaded 2-CPU machine
         sign_in(page, board, "admin")
         for name in ("Fleet", "Arm", "Recordings", "Participants", "Audit"):
             page.click(f"nav >> text={name}")
@@ -49,9 +50,12 @@ def test_the_provisioned_dashboard_serves_every_page_under_its_units_sandbox(
             assert page.locator("main table").count() >= 1, name
         page.click("nav >> text=Participants")
         page.click("text=Start an export")
-        page.wait_for_selector("text=written to")
+        page.wait_for_selector("text=written to", timeout=90_000)  # loads pyarrow first
         screenshot(page, "sandboxed-dataset")
         assert list((tmp_path / "exports").glob("export-*/participants.tsv"))
+    except Exception:
+        print(board.log()[-4000:])  # what the dashboard said, beside the browser's view
+        raise
     finally:
         board.stop()
     assert "Traceback" not in board.log(), board.log()
