@@ -8,6 +8,7 @@ import ssl
 
 import uvicorn
 
+from protocol.registry import Registry
 from protocol.web_config import WebConfig
 
 from ..catalog import Catalog
@@ -20,7 +21,12 @@ log = logging.getLogger("painav.web")
 
 
 def serve(config: WebConfig) -> None:
-    """Run until stopped; the catalog's schema is migrated on start, like the receiver's."""
+    """Run until stopped; the catalog's schema is migrated on start, like the receiver's.
+    A missing registry or TLS file stops it at once, with one line naming the file."""
+    Registry.load(config.site.registry)  # read again on each fleet page, when it changes
+    for path in (config.http.cert, config.http.key):
+        with open(path, "rb"):
+            pass
     with Catalog(config.catalog.url, actor="web") as catalog:
         app = create_app(Web(config, catalog))
         server = uvicorn.Server(
