@@ -18,7 +18,7 @@ from typing import Final
 
 import pytest
 
-pytest_plugins = ["tests.support.mosquitto"]
+pytest_plugins = ["tests.support.mosquitto", "tests.support.seaweedfs"]
 
 _TESTS: Final = Path(__file__).resolve().parent
 
@@ -32,6 +32,9 @@ _INTEGRATION_FIXTURES: Final = frozenset(
         "make_client",
         # tests/server/conftest.py: a fresh database on the PostgreSQL server
         "postgres_url",
+        # tests/support/seaweedfs.py: a real SeaweedFS S3 server, and a bucket on it
+        "seaweedfs",
+        "seaweedfs_server",
         # tests/daemon/hardware/conftest.py: espeak-ng and sox speak the test sentence, once
         # (speech_raw and the microphone fixtures build on it)
         "speech_wav",
@@ -40,6 +43,8 @@ _INTEGRATION_FIXTURES: Final = frozenset(
 
 # Fixtures parametrised over database kinds: the "postgresql" half needs the server.
 _DATABASE_FIXTURES: Final = ("db_url",)
+# Fixtures parametrised over store backends: the "s3" half needs SeaweedFS.
+_STORE_FIXTURES: Final = ("backend",)
 
 # Modules whose every test runs the daemon or the receiver (``painav``) as a process.
 _SPAWNING_MODULES: Final = frozenset(
@@ -161,6 +166,8 @@ def _needs_integration(item: pytest.Item) -> bool:
     if callspec is not None and any(
         callspec.params.get(name) == "postgresql" for name in _DATABASE_FIXTURES
     ):
+        return True
+    if callspec is not None and any(callspec.params.get(name) == "s3" for name in _STORE_FIXTURES):
         return True
     try:
         module = item.path.relative_to(_TESTS).as_posix()

@@ -40,7 +40,7 @@ from protocol.x25519 import X25519Identity
 from ..catalog import Catalog, CatalogUnavailableError, LeaseLostError
 from ..catalog.records import ClipRecord
 from ..catalog.results import FrameFile, Provenance
-from ..store import LocalStore
+from ..stores import open_store
 from .face_mediapipe import FEATURE_SET_FRAMES as MP_FRAMES
 from .face_mediapipe import FEATURE_SET_SUMMARY as MP_SUMMARY
 from .face_mediapipe import FEATURE_SET_VERSION as MP_VERSION
@@ -120,7 +120,7 @@ class ExtractionWorker:
         self.worker_id = worker_id
         self._identities = identities
         self.catalog = catalog or Catalog(config.catalog.url, actor=worker_id)
-        self._store = LocalStore(config.store.dir)
+        self._store = open_store(config.store)
         self._features_dir = config.features.dir
         self._voice = VoiceExtractor(analysis_rate_hz=config.features.voice_rate_hz)
         self._faces = FaceFinder(width_px=_QC_WIDTH)
