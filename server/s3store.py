@@ -92,8 +92,9 @@ class S3Store:
         412 (another receiver stored the same clip first) is success. Raises
         :class:`HashMismatchError` (nothing stored under the key) if the bytes do not hash to
         *sha256*, :class:`StoreUnavailableError` when the store fails. With *move*, the file is
-        removed from its own name whatever happens (it is read: an object store cannot take a
-        file by renaming it, so the bytes are checked as they go up).
+        removed from its own name whatever happens; it is read (an object store cannot take a
+        file by renaming it) but not hashed again for a whole-object put: the service checks
+        the bytes against the key's checksum. A multipart upload is hashed as it goes up.
         """
         key = self.clip_key(sha256)
         signature = signature_text.encode("utf-8")
@@ -116,7 +117,7 @@ class S3Store:
             with open(clip_file, "rb") as source:
                 size = os.fstat(source.fileno()).st_size
                 if size <= self.part_bytes:
-                    self._put_whole(sha256, key, source.read())
+                    self._put_whole(sha256, key, source.read(), vouched=move)
                 else:
                     self._put_parts(sha256, key, source)
         finally:
@@ -184,21 +185,27 @@ class S3Store:
 
     # --- the two ways up --------------------------------------------------------------------
 
-    def _put_whole(self, sha256: str, key: str, data: bytes) -> None:
-        digest = hashlib.sha256(data).digest()
-        if digest.hex() != sha256:
-            raise HashMismatchError(
-                f"{key}: the bytes offered hash to {digest.hex()}; nothing stored"
+    def _put_whole(self, sha256: str, key: str, data: bytes, *, vouched: bool) -> None:
+        """One conditional ``PutObject`` whose checksum is the key: the service refuses bytes
+        that hash to anything else. A caller that vouches for the hash (``move``: it hashed
+        the bytes as they arrived) is not hashed again here."""
+        if not vouched and (actual := hashlib.sha256(data).hexdigest()) != sha256:
+            raise HashMismatchError(f"{key}: the bytes offered hash to {actual}; nothing stored")
+        try:
+            self._create(
+                sha256,
+                self.client.put_object,
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ChecksumSHA256=_b64(bytes.fromhex(sha256)),
+                IfNoneMatch="*",
             )
-        self._create(
-            sha256,
-            self.client.put_object,
-            Bucket=self.bucket,
-            Key=key,
-            Body=data,
-            ChecksumSHA256=_b64(digest),
-            IfNoneMatch="*",
-        )
+        except HashMismatchError:
+            actual = hashlib.sha256(data).hexdigest()
+            raise HashMismatchError(
+                f"{key}: the bytes offered hash to {actual}; the store refused them"
+            ) from None
 
     def _put_parts(self, sha256: str, key: str, source: BinaryIO) -> None:
         started = self._call(
@@ -262,7 +269,7 @@ class S3Store:
             # committed, the clip is stored, which is all a put promises.
             if _status(exc) == 409 and self.exists(sha256):
                 return
-            if _code(exc) in ("BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest"):
+            if _code(exc) in ("BadDigest", "InvalidDigest"):  # the bytes are not the key's
                 raise HashMismatchError(f"{kwargs['Key']}: the store refused the checksum") from exc
             raise StoreUnavailableError(f"storing {sha256}: {exc}") from exc
         except BotoCoreError as exc:

@@ -18,13 +18,17 @@ keeps from the workers (as it keeps any clip not yet assigned). Reported: every 
 exactly once (one ``stored`` audit row each; the bucket holds each hash once, whose bytes hash
 to it) and every media clip extracted exactly once (one ``extracted`` row); announcement →
 stored (catalog ``announced_at`` → ``stored_at``) and stored → extracted (``stored_at`` →
-``extracted_at``) p50/p95; the largest number of connections to the catalog's database seen
-(``pg_stat_activity``, sampled every 0.5 s); the catalog's size per 1,000 clips.
+``extracted_at``) p50/p95; the CPU time the receivers and SeaweedFS used, per GiB stored; the
+largest number of connections to the catalog's database seen (``pg_stat_activity``, sampled
+every 0.5 s); the catalog's size per 1,000 clips (PostgreSQL's table sizes, indexes included,
+less those of the empty catalog; features and QC rows per extracted clip apart).
 
-(b) Store throughput. The same 24 clips of 8 MiB put by ``S3Store.put`` (hashing, a
-conditional create with a SHA-256 checksum) against boto3's ``upload_file`` (its managed,
-multi-threaded transfer, no checksum) and a plain ``put_object`` of each file's bytes, to the
-same SeaweedFS, fresh keys each run, interleaved, median of the runs after a warm-up round.
+(b) Store throughput. 24 clips of 8 MiB put by ``S3Store.put`` (a ``HEAD`` for the key, the
+signature, the clip hashed and sent as a conditional create with its SHA-256 checksum, which
+SeaweedFS verifies) against boto3's ``upload_file`` (its managed transfer: threads, multipart
+above 8 MiB, no checksum) and a plain ``put_object`` of each file's bytes, to the same
+SeaweedFS; fresh keys each run (painav's files get new last bytes, so new hashes, made before
+the clock starts), interleaved, median of the runs after a warm-up round.
 """
 
 from __future__ import annotations
@@ -94,6 +98,9 @@ class LoadFigures:
     catalog_bytes: int
     ingest_bytes_per_clip: float  # units, clips, audit, events: what every clip costs
     features_bytes_per_clip: float  # features and QC: what an extracted clip adds
+    features_disk_bytes_per_clip: float  # the features folder (Parquet) per extracted clip
+    receiver_cpu_s_per_gib: float  # both receivers' CPU over the load, per GiB stored
+    weed_cpu_s_per_gib: float  # SeaweedFS's CPU over the load, per GiB stored
     put_s: list[float]  # S3Store.put, all throughput clips
     upload_file_s: list[float]
     put_object_s: list[float]
@@ -290,6 +297,9 @@ def measure_load(
         time.sleep(1.0)
     print(file=sys.stderr)
     connections = sampler.close()
+    # CPU the services used for all of it (receivers: fetch, verify, store; SeaweedFS: store).
+    receivers_cpu = sum(cpu_seconds(p.process.pid) for p in processes[:2] if p.process)
+    weed_cpu = sum(cpu_seconds(pid) for pid in weed_pids(work.parent / "s3" / "data"))
     # Exactly once: one stored row a clip, one extracted row a media clip, each hash once in
     # the bucket with bytes that hash to it.
     announced = {a.manifest.clip_id: a.manifest.sha256 for _, _, a in order}
@@ -336,7 +346,32 @@ def measure_load(
         "catalog_bytes": sum(sizes.values()) - empty,
         "ingest_bytes_per_clip": (ingest - empty) / total,
         "features_bytes_per_clip": features / media_total,
+        "features_disk_bytes_per_clip": sum(
+            f.stat().st_size for f in (work / "features").rglob("*") if f.is_file()
+        )
+        / media_total,
+        "receiver_cpu_s_per_gib": receivers_cpu / (total * CLIP_MIB / 1024),
+        "weed_cpu_s_per_gib": weed_cpu / (total * CLIP_MIB / 1024),
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process *pid* so far (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def weed_pids(root: Path) -> list[int]:
+    """The ``weed`` processes serving from *root* (this bench's SeaweedFS)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args[0].endswith(b"weed") and f"-dir={root}".encode() in b" ".join(args):
+            found.append(int(cmdline.parent.name))
+    return found
 
 
 # --- (b) store throughput -------------------------------------------------------------------
@@ -357,13 +392,22 @@ def measure_throughput(
     client, bucket = s3.client, s3.bucket
     times: dict[str, list[float]] = {"put": [], "upload_file": [], "put_object": []}
 
-    def ours(tag: str) -> None:
-        for path in files:
-            # Each run its own bytes under its own key: a fresh key is a real create.
-            copy = folder / f"{tag}.age"
+    def fresh(tag: str) -> list[tuple[str, Path]]:
+        """Each file with new last bytes (a new hash, so each put is a real create), made
+        before the clock starts: the references upload the files as they are."""
+        made = []
+        for n, path in enumerate(files):
             data = path.read_bytes()[:-16] + os.urandom(16)
+            copy = folder / f"{tag}-{n}.age"
             copy.write_bytes(data)
-            s3.put(hashlib.sha256(data).hexdigest(), copy, "untrusted comment: bench\n", move=True)
+            made.append((hashlib.sha256(data).hexdigest(), copy))
+        return made
+
+    prepared: dict[str, list[tuple[str, Path]]] = {}
+
+    def ours(tag: str) -> None:
+        for sha256, copy in prepared.pop(tag):
+            s3.put(sha256, copy, "untrusted comment: bench\n", move=True)
 
     def upload_file(tag: str) -> None:
         for n, path in enumerate(files):
@@ -374,6 +418,7 @@ def measure_throughput(
             client.put_object(Bucket=bucket, Key=f"plain/{tag}/{n}.age", Body=path.read_bytes())
 
     for round_ in range(runs + 1):
+        prepared[f"r{round_}"] = fresh(f"r{round_}")
         for name, action in (
             ("put", ours),
             ("upload_file", upload_file),
@@ -437,8 +482,12 @@ def table(fig: LoadFigures) -> str:
             f"| stored → extracted, p50 / p95 ({fig.media_clips} media clips) "
             f"| {_percentile(fig.to_extracted_s, 50):.1f} s / "
             f"{_percentile(fig.to_extracted_s, 95):.1f} s | | |",
-            f"| first announcement → last clip stored | {fig.drain_s:.0f} s "
-            f"({fig.clips * fig.clip_bytes / MIB / fig.drain_s:.0f} MiB/s) | | |",
+            f"| first announcement → last clip stored (announcing takes {fig.announce_s:.0f} s) "
+            f"| {fig.drain_s:.0f} s | | |",
+            f"| CPU per GiB stored: both receivers (fetch over TLS, verify, upload) "
+            f"| {fig.receiver_cpu_s_per_gib:.1f} s | | |",
+            f"| CPU per GiB stored: SeaweedFS (S3 gateway, filer, volume; SHA-256 checked) "
+            f"| {fig.weed_cpu_s_per_gib:.1f} s | | |",
             f"| store: `S3Store.put` against boto3 `upload_file`, {total_mib} MiB "
             f"| {total_mib / put:.0f} MiB/s | {total_mib / upload:.0f} MiB/s "
             f"| **{upload / put:.2f}×** |",
@@ -450,6 +499,8 @@ def table(fig: LoadFigures) -> str:
             f"| {fig.ingest_bytes_per_clip * 1000 / MIB:.1f} MiB | | |",
             f"| catalog size per 1,000 clips extracted (features, QC) "
             f"| {fig.features_bytes_per_clip * 1000 / MIB:.1f} MiB | | |",
+            f"| features folder (Parquet tables) per extracted 4 s clip "
+            f"| {fig.features_disk_bytes_per_clip / 1024:.0f} KiB | | |",
         ]
     )
 
