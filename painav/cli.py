@@ -82,6 +82,12 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--units", type=int, default=2, help="simulated units (default 2)")
     demo.add_argument("--seconds", type=float, default=4.0, help="length of each recording")
     demo.add_argument("--keep-running", action="store_true", help="stay up until Ctrl-C")
+    # The hospital side on several processes (README, deploying with an S3 store).
+    demo.add_argument("--receivers", type=int, default=1, help="receivers (default 1)")
+    demo.add_argument("--workers", type=int, default=1, help="extraction workers (default 1)")
+    demo.add_argument(
+        "--store", choices=("local", "s3"), default="local", help="a folder, or SeaweedFS (S3)"
+    )
     demo.set_defaults(handler="painav.demo:run")
     return parser
 

@@ -1,7 +1,9 @@
 """``painav demo``: the whole path on one machine, from button press to the hospital store.
 
 Provisions a throwaway site, starts Mosquitto with the generated TLS/ACL configuration, the
-receiver (SQLite catalog, local store) and K simulated units; enrols a pain participant and a
+receiver (SQLite catalog, local store; with ``--receivers N --workers M`` several of each as
+processes on a new PostgreSQL catalog, with ``--store s3`` a SeaweedFS S3 store) and K
+simulated units; enrols a pain participant and a
 control with consent and arms the first two units for their first visit, presses the buttons N
 times, waits until every clip is stored, receipted and gone
 from its unit; then an extraction worker decrypts each clip in memory, checks its quality and
@@ -29,15 +31,17 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from daemon.control import ControlClient, ControlError
 from protocol.messages import ArmCommand
+from protocol.store_config import StoreLocation
 from provisioning.broker import write_broker_config
 from provisioning.devices import add_device
 from provisioning.extraction import extract_config
-from provisioning.receivers import receiver_config
+from provisioning.receivers import add_receiver, receiver_config
 from provisioning.site import Site, init_site
 from server.research.export import export_dataset
 from server.research.importer import import_edc
 
 from .localsite import HOST, broker_accepts_logins, broker_user, free_port, unit_config
+from .scaleout import ServiceProcess, postgres_database, s3_store
 
 if TYPE_CHECKING:
     from server.service import ReceiverService
@@ -104,6 +108,9 @@ def _run(stack: ExitStack, work: Path, args: argparse.Namespace) -> int:
     for device_id in devices:
         add_device(site, device_id)
     _say(f"   units enrolled: {', '.join(devices)}")
+    receivers = [site.receiver_id] + [
+        add_receiver(site, str(n)) for n in range(2, max(1, args.receivers) + 1)
+    ]
 
     _say("2. the broker: Mosquitto with mutual TLS, CRL and per-unit ACL")
     port = free_port()
@@ -111,20 +118,33 @@ def _run(stack: ExitStack, work: Path, args: argparse.Namespace) -> int:
     write_broker_config(site, broker_dir, port=port, bind=HOST, user=broker_user())
     _start_broker(stack, broker_dir, port, site)
 
-    _say("3. the hospital receiver: SQLite catalog, content-addressed store")
     hospital = work / "hospital"
     hospital.mkdir(exist_ok=True)
-    config_path = hospital / "receiver.toml"
-    config_path.write_text(
-        receiver_config(
-            site,
-            catalog_url=f"sqlite:///{hospital / 'catalog.db'}",
-            store_dir=hospital / "store",
-            spool_dir=hospital / "spool",
-            broker_host=HOST,
-            broker_port=port,
-        )
+    catalog_url, store = _hospital_parts(stack, args, work, hospital)
+    _say(
+        f"3. the hospital receiver(s): {', '.join(receivers)}; "
+        f"{catalog_url.split(':', 1)[0]} catalog, "
+        + ("S3 store (SeaweedFS)" if args.store == "s3" else "content-addressed store")
     )
+    config_path = hospital / "receiver.toml"
+    for receiver_id in receivers:
+        own = hospital if receiver_id == site.receiver_id else hospital / receiver_id
+        own.mkdir(exist_ok=True)
+        (own / "receiver.toml").write_text(
+            receiver_config(
+                site,
+                catalog_url=catalog_url,
+                store_dir=store,
+                spool_dir=own / "spool",
+                broker_host=HOST,
+                broker_port=port,
+                receiver_id=receiver_id,
+            )
+        )
+        if receiver_id != site.receiver_id:  # the first runs in this process: the demo uses it
+            process = ServiceProcess.receiver(own / "receiver.toml", own / "receiver.log")
+            stack.callback(process.stop)
+            process.start()
     service = _start_receiver(stack, config_path)
 
     _say("4. the bedside units (simulated camera, microphone and button)")
@@ -197,13 +217,20 @@ def _run(stack: ExitStack, work: Path, args: argparse.Namespace) -> int:
     extract_path.write_text(
         extract_config(
             site,
-            catalog_url=f"sqlite:///{hospital / 'catalog.db'}",
-            store_dir=hospital / "store",
+            catalog_url=catalog_url,
+            store_dir=store,
             features_dir=hospital / "features",
             data_key=site.paths.data_key,
         )
     )
-    _start_worker(stack, extract_path)
+    if args.workers > 1:  # as systemd runs them: painav-extract@1, @2, ...
+        for number in range(1, args.workers + 1):
+            worker = ServiceProcess.worker(extract_path, number, hospital / f"extract-{number}.log")
+            stack.callback(worker.stop)
+            worker.start()
+        _say(f"   {args.workers} worker processes share the catalog and the store")
+    else:
+        _start_worker(stack, extract_path)
     # The consent gate: a clip recorded unarmed (a third unit, say) waits to be assigned.
     ids = [c.clip_id for c in done if c.participant is not None]
     if len(ids) < len(done):
@@ -355,6 +382,23 @@ def _wait(predicate: Callable[[], object], what: str, timeout_s: float) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"demo: timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def _hospital_parts(
+    stack: ExitStack, args: argparse.Namespace, work: Path, hospital: Path
+) -> tuple[str, Path | StoreLocation]:
+    """The catalog's URL and the store: SQLite and a folder for one receiver and one worker;
+    a new PostgreSQL database (kept with --workdir) when several share the work; SeaweedFS
+    under work/s3 with --store s3."""
+    if args.receivers > 1 or args.workers > 1:
+        catalog_url = stack.enter_context(postgres_database(keep=args.workdir is not None))
+        if args.workdir is not None:
+            _say(f"   the catalog, kept after the demo: {catalog_url}")
+    else:
+        catalog_url = f"sqlite:///{hospital / 'catalog.db'}"
+    if args.store == "s3":
+        return catalog_url, s3_store(stack, work / "s3", hospital / "s3-credentials")
+    return catalog_url, hospital / "store"
 
 
 def _start_broker(stack: ExitStack, broker_dir: Path, port: int, site: Site) -> None:

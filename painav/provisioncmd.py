@@ -6,9 +6,13 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from protocol.metrics_config import RECEIVER_METRICS_PORT, WORKER_METRICS_PORT
 from provisioning.site import Site, load_site
+
+if TYPE_CHECKING:
+    from protocol.store_config import StoreLocation
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -110,7 +114,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rconfig.add_argument(
         "--catalog-url", required=True, help="sqlite:///… or postgresql+psycopg://…"
     )
-    rconfig.add_argument("--store", type=Path, required=True, help="the clip store folder")
+    rconfig.add_argument(
+        "--store", required=True, help="the clip store: a folder, or s3://bucket[/prefix]"
+    )
+    _s3_options(rconfig)
     rconfig.add_argument(
         "--spool", type=Path, required=True, help="partial downloads (same file system)"
     )
@@ -151,7 +158,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     econfig.add_argument(
         "--catalog-url", required=True, help="the receivers' catalog (postgresql+psycopg://…)"
     )
-    econfig.add_argument("--store", type=Path, required=True, help="the receivers' clip store")
+    econfig.add_argument(
+        "--store", required=True, help="the receivers' clip store: a folder or s3://bucket[/prefix]"
+    )
+    _s3_options(econfig)
     econfig.add_argument(
         "--features", type=Path, required=True, help="where per-frame features are written"
     )
@@ -317,6 +327,30 @@ def receiver_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _s3_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("an S3 store (--store s3://bucket/prefix)")
+    group.add_argument("--s3-endpoint", help="the S3 service, https://host:port")
+    group.add_argument(
+        "--s3-credentials",
+        type=Path,
+        help="where the service reads its S3 key (AWS credentials format, mode 0600)",
+    )
+    group.add_argument("--s3-ca", type=Path, help="CA bundle for the endpoint's certificate")
+    group.add_argument("--s3-region", help="signing region (default us-east-1)")
+
+
+def _store(args: argparse.Namespace) -> StoreLocation:
+    from provisioning.stores import store_location
+
+    return store_location(
+        args.store,
+        endpoint=args.s3_endpoint,
+        credentials_file=args.s3_credentials,
+        ca_file=args.s3_ca,
+        region=args.s3_region,
+    )
+
+
 def receiver_config(args: argparse.Namespace) -> int:
     from provisioning.errors import SiteError
     from provisioning.receivers import receiver_config
@@ -327,7 +361,7 @@ def receiver_config(args: argparse.Namespace) -> int:
     text = receiver_config(
         site,
         catalog_url=args.catalog_url,
-        store_dir=args.store,
+        store_dir=_store(args),
         spool_dir=args.spool,
         credentials_dir=args.credentials,
         receiver_id=args.id,
@@ -371,7 +405,7 @@ def extract_config(args: argparse.Namespace) -> int:
     text = extract_config(
         _site(args),
         catalog_url=args.catalog_url,
-        store_dir=args.store,
+        store_dir=_store(args),
         features_dir=args.features,
         data_key=args.data_key,
         metrics_listen=args.metrics_listen,

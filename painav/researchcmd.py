@@ -228,13 +228,13 @@ def withdraw(args: argparse.Namespace) -> int:
     from protocol.tomlconfig import load_toml
     from server.catalog import Catalog
     from server.research.withdrawal import withdraw as erase
-    from server.store import LocalStore
+    from server.stores import open_store
 
     config = load_toml(args.extract_config, ExtractConfig)
     with Catalog(config.catalog.url, actor=_actor()) as catalog:
         tombstone = erase(
             catalog,
-            LocalStore(config.store.dir),
+            open_store(config.store),
             config.features.dir,
             args.pseudonym,
             wait_s=args.wait,
@@ -251,12 +251,12 @@ def export(args: argparse.Namespace) -> int:
     from server.catalog import Catalog
     from server.extract.worker import data_key_path, load_identities
     from server.research.export import export_dataset
-    from server.store import LocalStore
+    from server.stores import open_store
 
     config = load_toml(args.extract_config, ExtractConfig)
     media = None
     if args.media:
-        media = (LocalStore(config.store.dir), load_identities(data_key_path(config)))
+        media = (open_store(config.store), load_identities(data_key_path(config)))
     with Catalog(config.catalog.url, actor=_actor()) as catalog:
         result = export_dataset(
             catalog, config.features.dir, args.out, folds=args.folds, media=media, actor=_actor()

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .message_fields import SiteId
 from .metrics_config import WorkerMetricsSection
+from .store_config import StoreLocation
 
 __all__ = [
     "CatalogSection",
@@ -35,8 +36,8 @@ class CatalogSection(_Section):
     url: str = Field(min_length=1, description="sqlite:///… or postgresql+psycopg://…")
 
 
-class StoreSection(_Section):
-    dir: Path = Field(description="the receiver's clip store, read only")
+class StoreSection(StoreLocation):
+    """The receivers' clip store (:class:`StoreLocation`), which the worker only reads."""
 
 
 class KeysSection(_Section):

@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, IPvAnyNetwork
 
 from .message_fields import ReceiverId, SiteId
 from .metrics_config import ReceiverMetricsSection
+from .store_config import StoreLocation
 
 __all__ = [
     "GROUP_PATTERN",
@@ -88,9 +89,10 @@ class TlsSection(_Section):
     receipt_key: Path | None = None
 
 
-class StoreSection(_Section):
-    dir: Path  # content-addressed, still-encrypted clips
-    spool: Path  # partial downloads, resumed after a restart
+class StoreSection(StoreLocation):
+    """Where clips rest (:class:`StoreLocation`: a folder or an S3 bucket), and the spool."""
+
+    spool: Path  # partial downloads, resumed after a restart: always a local folder
 
 
 class CatalogSection(_Section):

@@ -13,9 +13,11 @@ from protocol.extract_config import (
     StoreSection,
 )
 from protocol.metrics_config import WORKER_METRICS_PORT, WorkerMetricsSection
+from protocol.store_config import StoreLocation
 
 from .config_files import build, toml_text
 from .layout import Site
+from .stores import store_fields
 
 __all__ = ["extract_config"]
 
@@ -28,7 +30,7 @@ def extract_config(
     site: Site,
     *,
     catalog_url: str,
-    store_dir: Path,
+    store_dir: Path | StoreLocation,
     features_dir: Path,
     data_key: Path = DEFAULT_DATA_KEY,
     metrics_listen: str = "127.0.0.1",
@@ -42,7 +44,7 @@ def extract_config(
         lambda: ExtractConfig(
             site=SiteSection(site_id=site.name),
             catalog=CatalogSection(url=catalog_url),
-            store=StoreSection(dir=store_dir),
+            store=StoreSection(**store_fields(store_dir)),
             keys=KeysSection(data_key=data_key),
             features=FeaturesSection(dir=features_dir),
             metrics=WorkerMetricsSection.model_validate(

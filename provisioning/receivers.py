@@ -43,6 +43,7 @@ from protocol.receiver_config import (
     TlsSection,
 )
 from protocol.registry import names_a_receiver
+from protocol.store_config import StoreLocation
 from protocol.topics import validate_device_id
 
 from . import pki
@@ -57,6 +58,7 @@ from .crl import (
 )
 from .errors import SiteError
 from .site import SERVICE_DAYS, Report, Site, locked
+from .stores import store_fields
 
 __all__ = [
     "GROUP_FILE",
@@ -234,7 +236,7 @@ def receiver_config(
     site: Site,
     *,
     catalog_url: str,
-    store_dir: Path,
+    store_dir: Path | StoreLocation,
     spool_dir: Path,
     broker_host: str | None = None,
     broker_port: int | None = None,
@@ -299,7 +301,7 @@ def receiver_config(
                     else None
                 ),
             ),
-            store=StoreSection(dir=store_dir, spool=spool_dir),
+            store=StoreSection(**store_fields(store_dir), spool=spool_dir),
             catalog=CatalogSection(url=catalog_url),
             pull=PullSection.model_validate(
                 {"concurrency": concurrency, "unit_networks": networks, "unit_ports": ports}

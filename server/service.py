@@ -48,7 +48,7 @@ from .metrics_receiver import ReceiverMetrics
 from .mqtt import Incoming, Published, ReceiverLink, Redeliver
 from .puller import Puller, PullSettings
 from .reconcile import reconcile_once
-from .store import LocalStore
+from .stores import open_store
 from .verdicts import send_verdicts
 
 __all__ = ["ReceiverService"]
@@ -72,7 +72,7 @@ class ReceiverService:
         self.config = config
         site, tls = config.site, config.tls
         self.catalog = Catalog(config.catalog.url)
-        self.store = LocalStore(config.store.dir)
+        self.store = open_store(config.store)
         # Its own certified key: units trust the receivers the site root certifies.
         self.signer = HospitalSigner.from_files(tls.signing_key, tls.signing_cert)
         # While units of the previous version remain: their receipt form, with the shared key.

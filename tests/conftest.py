@@ -18,7 +18,7 @@ from typing import Final
 
 import pytest
 
-pytest_plugins = ["tests.support.mosquitto", "tests.support.dashboard"]
+pytest_plugins = ["tests.support.mosquitto", "tests.support.dashboard", "tests.support.seaweedfs"]
 
 _TESTS: Final = Path(__file__).resolve().parent
 
@@ -36,6 +36,9 @@ _INTEGRATION_FIXTURES: Final = frozenset(
         "chromium",
         "board",
         "fresh_board",
+        # tests/support/seaweedfs.py: a real SeaweedFS S3 server, and a bucket on it
+        "seaweedfs",
+        "seaweedfs_server",
         # tests/daemon/hardware/conftest.py: espeak-ng and sox speak the test sentence, once
         # (speech_raw and the microphone fixtures build on it)
         "speech_wav",
@@ -44,6 +47,8 @@ _INTEGRATION_FIXTURES: Final = frozenset(
 
 # Fixtures parametrised over database kinds: the "postgresql" half needs the server.
 _DATABASE_FIXTURES: Final = ("db_url",)
+# Fixtures parametrised over store backends: the "s3" half needs SeaweedFS.
+_STORE_FIXTURES: Final = ("backend",)
 
 # Modules whose every test runs the daemon or the receiver (``painav``) as a process.
 _SPAWNING_MODULES: Final = frozenset(
@@ -165,6 +170,8 @@ def _needs_integration(item: pytest.Item) -> bool:
     if callspec is not None and any(
         callspec.params.get(name) == "postgresql" for name in _DATABASE_FIXTURES
     ):
+        return True
+    if callspec is not None and any(callspec.params.get(name) == "s3" for name in _STORE_FIXTURES):
         return True
     try:
         module = item.path.relative_to(_TESTS).as_posix()

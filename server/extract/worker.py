@@ -44,7 +44,7 @@ from ..catalog.results import FrameFile, Provenance
 from ..metrics_health import Heartbeat, health_check
 from ..metrics_http import MetricsEndpoint, MetricsEndpointError
 from ..metrics_worker import FailureReason, WorkerMetrics
-from ..store import LocalStore
+from ..stores import open_store
 from .face_mediapipe import FEATURE_SET_FRAMES as MP_FRAMES
 from .face_mediapipe import FEATURE_SET_SUMMARY as MP_SUMMARY
 from .face_mediapipe import FEATURE_SET_VERSION as MP_VERSION
@@ -124,7 +124,7 @@ class ExtractionWorker:
         self.worker_id = worker_id
         self._identities = identities
         self.catalog = catalog or Catalog(config.catalog.url, actor=worker_id)
-        self._store = LocalStore(config.store.dir)
+        self._store = open_store(config.store)
         self._features_dir = config.features.dir
         self._voice = VoiceExtractor(analysis_rate_hz=config.features.voice_rate_hz)
         self._faces = FaceFinder(width_px=_QC_WIDTH)

@@ -1,8 +1,8 @@
 """``make bench``: painav's envelope against the reference ``age`` command on the same file in
 the same run; prints a table and writes it into the README between the bench markers. Then the
-recorder, ingest and extraction benchmarks (``recorder.py``, ``ingest.py``, ``extract.py``) the
-same way. One part alone:
-``python -m tests.bench.run --only recorder --readme README.md``.
+recorder, ingest and extraction benchmarks (``recorder.py``, ``ingest.py``, ``extract.py``) and
+the scale-out load (``scaleout.py``: receivers, workers, PostgreSQL and SeaweedFS) the same
+way. One part alone: ``python -m tests.bench.run --only recorder --readme README.md``.
 
 Throughput is the median of interleaved runs (this machine is noisy); the ratio is age's median
 time over ours, so ≥ 1.0 means painav is at least as fast. painav's time is the library's own,
@@ -80,18 +80,19 @@ def main() -> int:
     parser.add_argument("--extract-runs", type=int, default=3)
     parser.add_argument("--extract-clips", type=int, default=4, help="per clips-a-minute run")
     parser.add_argument("--latency-runs", type=int, default=2, help="60 s recordings each")
+    parser.add_argument("--scaleout-runs", type=int, default=3, help="store throughput runs")
     parser.add_argument(
         "--only",
-        choices=("envelope", "recorder", "ingest", "extract"),
+        choices=("envelope", "recorder", "ingest", "extract", "scaleout"),
         action="append",
-        help="run only this part (repeatable); default: all four",
+        help="run only this part (repeatable); default: all five",
     )
     args = parser.parse_args()
-    parts = set(args.only or ("envelope", "recorder", "ingest", "extract"))
+    parts = set(args.only or ("envelope", "recorder", "ingest", "extract", "scaleout"))
     if "envelope" in parts:
         envelope(args)
 
-    from . import extract, ingest, recorder
+    from . import extract, ingest, recorder, scaleout
 
     sections = []
     if "recorder" in parts:
@@ -101,6 +102,8 @@ def main() -> int:
     if "extract" in parts:
         figures = extract.measure(args.extract_runs, args.extract_clips, args.latency_runs)
         sections.append(("extract", extract.table(figures)))
+    if "scaleout" in parts:
+        sections.append(("scaleout", scaleout.table(scaleout.measure(args.scaleout_runs))))
     for section_name, section in sections:
         print(section)
         if args.readme:

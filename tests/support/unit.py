@@ -430,32 +430,48 @@ def receiver_process(
 
 
 def seal_synthetic_clip(
-    outbox: Outbox, site: Site, device_id: str, clip_id: str, plaintext_bytes: int
+    outbox: Outbox,
+    site: Site,
+    device_id: str,
+    clip_id: str,
+    plaintext_bytes: int,
+    *,
+    plaintext: bytes | None = None,
+    participant: str | None = None,
+    visit: str | None = None,
 ) -> OutboxEntry:
     """Seal a clip into *outbox* as *device_id* would, without recording: random bytes
     encrypted to the site's recipients, signed with the unit's key, a manifest naming hash, size
     and recipients. The receiver never decrypts, so to it this is a clip like any other; the
-    ingest benchmark makes 160 MiB of clips this way in seconds."""
+    ingest benchmark makes 160 MiB of clips this way in seconds. With *plaintext* (a media file
+    the clip writer made; *plaintext_bytes* is then ignored) and a consented *participant*, the
+    extraction worker can extract it too."""
     from protocol.envelope import EnvelopeWriter
     from protocol.messages import AudioTrack, ClipManifest, VideoTrack
     from protocol.signing import sign_clip
 
     started = datetime.now(UTC)
-    part = outbox.begin(clip_id, participant=None, visit=None, started_at=started)
+    part = outbox.begin(clip_id, participant=participant, visit=visit, started_at=started)
     recipients = site.recipients()
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as file, EnvelopeWriter(file, recipients) as writer:
-        block = os.urandom(1 << 20)
-        for offset in range(0, plaintext_bytes, len(block)):
-            writer.write(block[: plaintext_bytes - offset])
+        if plaintext is not None:
+            writer.write(plaintext)
+        else:
+            block = os.urandom(1 << 20)
+            for offset in range(0, plaintext_bytes, len(block)):
+                writer.write(block[: plaintext_bytes - offset])
     key = SigningKey.from_file(site.paths.devices_dir / device_id / "keys" / "signing.key")
-    signature, binding = sign_clip(key, part, clip_id, device_id)
+    signature, binding = sign_clip(
+        key, part, clip_id, device_id, participant=participant, visit=visit
+    )
     size = part.stat().st_size
     manifest = ClipManifest(
         clip_id=clip_id,
         site_id=site.name,
         device_id=device_id,
-        participant=None,
+        participant=participant,
+        visit=visit,
         started_at=started,
         duration_s=10.0,
         container="matroska",
