@@ -24,13 +24,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from daemon.control import ControlClient, ControlError
-from protocol.messages import ArmCommand
 from protocol.store_config import StoreLocation
 from provisioning.broker import write_broker_config
 from provisioning.devices import add_device
@@ -162,22 +161,10 @@ def _run(stack: ExitStack, work: Path, args: argparse.Namespace) -> int:
             consented_on=today,
             form_version="demo-1",
         )
-        visit = service.catalog.armable_visit(
-            pseudonym, service.catalog.open_visit(pseudonym, on=today).number
-        )
-        now = datetime.now(UTC)
-        # Signed with the receiver's own certified key: a unit refuses an unsigned command.
-        arm = ArmCommand.signed(
-            participant=pseudonym,
-            visit=visit.label,
-            issued_at=now,
-            expires_at=now + timedelta(hours=1),
-            site_id=site.name,
-            device_id=device_id,
-            signer=service.signer.certificate,
-            sign=service.signer.sign,
-        )
-        service.link.publish(arm, device_id=device_id).wait(5)
+        visit = service.catalog.open_visit(pseudonym, on=today)
+        # As `painav research arm` and the dashboard do: the request is audited; the receiver
+        # signs the command with its own certified key (a unit refuses an unsigned one).
+        service.catalog.acting_as("researcher").request_arm(device_id, pseudonym, visit.number)
         _say(f"   {pseudonym} ({group}) enrolled, visit {visit.label} open; {device_id} armed")
     for unit, (_, (pseudonym, _)) in zip(units, armed, strict=False):
         _wait(partial(_armed_for, unit, pseudonym), "the arm command", 15)
@@ -291,7 +278,7 @@ def _run(stack: ExitStack, work: Path, args: argparse.Namespace) -> int:
         stack,
         site,
         catalog,
-        catalog_url=f"sqlite:///{hospital / 'catalog.db'}",
+        catalog_url=catalog_url,
         features_dir=hospital / "features",
         exports_dir=hospital / "exports",
     )

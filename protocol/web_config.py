@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .message_fields import SiteId
+from .store_config import StoreLocation
 
 __all__ = [
     "ExportsSection",
@@ -73,7 +74,9 @@ class VideoSection(_Section):
 
     roles: tuple[Role, ...] = ()
     data_key: Path | None = Field(default=None, description="the hospital data key (age)")
-    store: Path | None = Field(default=None, description="the receiver's clip store, read only")
+    store: StoreLocation | None = Field(
+        default=None, description="the clip store, as the receiver's [store] names it (read only)"
+    )
 
 
 class WebConfig(_Section):

@@ -81,7 +81,7 @@ def routes(web: Web) -> list[Route]:
         from ..extract.media import decrypt_to_memory
         from ..extract.remux import remux
         from ..extract.worker import load_identities
-        from ..store import LocalStore
+        from ..stores import open_store
 
         settings = web.config.video
         who = user(request)
@@ -94,8 +94,7 @@ def routes(web: Web) -> list[Route]:
             return PlainTextResponse("no such stored recording", 404)
         # Audited first: a decrypt that cannot be audited does not happen.
         web.catalog.audit_decrypt(clip.clip_id, worker=f"web:{who.username}", purpose="play")
-        store = LocalStore(settings.store)
-        with store.open(clip.store_key) as ciphertext:
+        with open_store(settings.store).open(clip.store_key) as ciphertext:
             plaintext = decrypt_to_memory(ciphertext, load_identities(settings.data_key))
         out = io.BytesIO()
         remux(plaintext, out, format="mp4")

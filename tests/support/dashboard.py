@@ -141,9 +141,11 @@ def provision_dashboard(
         text = (folder / "web.toml").read_text()
         text += "\n[session]\n" + "".join(f"{k} = {v!r}\n" for k, v in session.items())
         (folder / "web.toml").write_text(text)
-    if video:
+    if video:  # store: the receiver's store folder, as [video.store]
+        store = video.pop("store")
         text = (folder / "web.toml").read_text() + "\n[video]\n"
         text += "".join(f"{k} = {_toml(v)}\n" for k, v in video.items())
+        text += f"\n[video.store]\ndir = {_toml(store)}\n"
         (folder / "web.toml").write_text(text)
     with Catalog(catalog_url, actor="test") as catalog:
         for role, password in PASSWORDS.items():
