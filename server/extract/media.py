@@ -22,6 +22,7 @@ damaged ciphertext) pass through unchanged.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import queue
@@ -50,6 +51,37 @@ _GAP_TOLERANCE_S = 0.002
 
 class MediaError(ValueError):
     """The decrypted clip is not media this worker can read: the reason, in one line."""
+
+
+class NotTheSignedClipError(MediaError):
+    """The store's bytes under a clip's key do not hash to it: not the clip its unit signed."""
+
+
+class _Hashing:
+    """A reader that hashes what passes through it (``fileno`` passed on for the size hint)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.sha256 = hashlib.sha256()
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._raw.read(size)
+        self.sha256.update(data)
+        return data
+
+    def readinto(self, view: memoryview, /) -> int:
+        readinto = getattr(self._raw, "readinto", None)
+        if readinto is not None:
+            n: int = readinto(view)
+        else:
+            data = self._raw.read(len(view))
+            n = len(data)
+            view[:n] = data
+        self.sha256.update(view[:n])
+        return n
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
 
 
 @dataclass(frozen=True)
@@ -193,9 +225,27 @@ class ClipMedia:
                 raise MediaError("clip media: no audio stream in the container")
 
     @classmethod
-    def decrypt(cls, fileobj: BinaryIO, identities: Sequence[str | X25519Identity]) -> ClipMedia:
-        """Decrypt an age clip (see :func:`decrypt_to_memory`) and open its media."""
-        return cls(decrypt_to_memory(fileobj, identities))
+    def decrypt(
+        cls,
+        fileobj: BinaryIO,
+        identities: Sequence[str | X25519Identity],
+        *,
+        sha256: str | None = None,
+    ) -> ClipMedia:
+        """Decrypt an age clip (see :func:`decrypt_to_memory`) and open its media. With
+        *sha256*, the ciphertext must hash to it (:class:`NotTheSignedClipError`): whoever runs
+        the store could otherwise put another clip sealed to the same data key in its place."""
+        if sha256 is None:
+            return cls(decrypt_to_memory(fileobj, identities))
+        hashing = _Hashing(fileobj)
+        plaintext = decrypt_to_memory(cast(BinaryIO, hashing), identities)
+        if hashing.sha256.hexdigest() != sha256:
+            del plaintext
+            raise NotTheSignedClipError(
+                f"the stored ciphertext does not hash to {sha256[:16]}…: not the clip its unit "
+                "signed (the store's copy was replaced); nothing extracted"
+            )
+        return cls(plaintext)
 
     @contextlib.contextmanager
     def _open(self, what: str) -> Iterator[Any]:

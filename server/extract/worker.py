@@ -252,7 +252,7 @@ class ExtractionWorker:
         """Decrypt, check, extract and record *clip*; its quick verdict."""
         self.catalog.audit_decrypt(clip.clip_id, worker=self.worker_id, purpose="extraction")
         with self._store.open(clip.sha256) as ciphertext:
-            media = ClipMedia.decrypt(ciphertext, self._identities)
+            media = ClipMedia.decrypt(ciphertext, self._identities, sha256=clip.sha256)
         facts, track = media.facts(), media.audio()
         audio = audio_metrics(track.samples, track.sample_rate_hz)
         video = self._video_metrics(media, facts.frame_times_s)

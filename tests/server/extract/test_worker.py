@@ -163,3 +163,50 @@ def test_a_valid_age_file_with_broken_media_fails_at_once_with_its_reason(
         assert sample("painav_stored_to_extracted_seconds_count") == 0
     finally:
         catalog.close()
+
+
+def test_a_clip_replaced_in_the_store_is_not_extracted(tmp_path: Path, announce: Announce) -> None:
+    """Whoever runs the store holds no data key, but could swap in another clip sealed to the
+    same key: the worker hashes the ciphertext as it decrypts and refuses a mismatch."""
+    from protocol.envelope import EnvelopeWriter
+    from protocol.x25519 import X25519Identity
+    from server.catalog import Catalog
+    from server.store import LocalStore
+
+    identity = X25519Identity.generate()
+    key = tmp_path / "data-key.txt"
+    key.write_text(f"# test\n{identity}\n")
+    sealed = []
+    for name in ("signed", "other"):
+        path = tmp_path / f"{name}.age"
+        with path.open("wb") as f, EnvelopeWriter(f, [identity.recipient]) as envelope:
+            envelope.write(name.encode() * 1000)
+        sealed.append(path)
+    digest = hashlib.sha256(sealed[0].read_bytes()).hexdigest()
+    store = LocalStore(tmp_path / "store")
+    store_key = store.put(digest, sealed[0], "untrusted comment: test\n")
+    [stored] = (tmp_path / "store").rglob(f"{digest}.age")
+    stored.chmod(0o640)
+    stored.write_bytes(sealed[1].read_bytes())  # the swap: a valid clip, not the signed one
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    now = datetime.now(UTC)
+    enrolled(catalog)
+    clip_id = "cart-03-20250301T093000Z-0002"
+    catalog.record_announcement(announce(clip_id, sha256=digest), received_at=now)
+    assert catalog.claim_next(worker="rx", now=now, lease_s=60) is not None
+    catalog.mark_stored(clip_id, store_key=store_key, stored_at=now, worker="rx")
+    catalog.mark_receipted(clip_id, at=now)
+    config = extract_config("ward7", tmp_path, tmp_path / "worker", key)
+    worker = ExtractionWorker(
+        config, worker_id="x1@test", identities=load_identities(key), catalog=catalog
+    )
+    try:
+        outcome = worker.extract_one()
+        assert outcome is not None and outcome.result == "failed"
+        clip = catalog.clip(clip_id)
+        assert clip.state is ClipState.FAILED and clip.extraction_error is not None
+        assert clip.extraction_error.startswith("NotTheSignedClipError: the stored ciphertext")
+        assert catalog.features(clip_id) == [] and catalog.qc(clip_id) == []
+    finally:
+        worker.close()
+        catalog.close()
