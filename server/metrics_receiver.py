@@ -89,44 +89,37 @@ class CatalogCollector(Collector):
         )
         for unit_state, count in sorted(by_state.items()):
             units.add_metric([unit_state], count)
+
+        def device_gauge(name: str, text: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, text, labels=["device"])
+
         per_unit = {
-            "online": GaugeMetricFamily(
-                "painav_unit_online", "1 if the unit's last status is online", labels=["device"]
+            "online": device_gauge("painav_unit_online", "1 if the unit's last status is online"),
+            "since": device_gauge(
+                "painav_unit_status_since_timestamp_seconds", "When the unit's last status began"
             ),
-            "since": GaugeMetricFamily(
-                "painav_unit_status_since_timestamp_seconds",
-                "When the unit's last status began",
-                labels=["device"],
+            "seen": device_gauge(
+                "painav_unit_last_seen_timestamp_seconds", "When the unit itself was last heard"
             ),
-            "seen": GaugeMetricFamily(
-                "painav_unit_last_seen_timestamp_seconds",
-                "When the unit itself was last heard",
-                labels=["device"],
-            ),
-            "depth": GaugeMetricFamily(
+            "depth": device_gauge(
                 "painav_unit_outbox_depth",
                 "Sealed clips not yet receipted, from the unit's last telemetry",
-                labels=["device"],
             ),
-            "oldest": GaugeMetricFamily(
+            "oldest": device_gauge(
                 "painav_unit_oldest_unreceipted_seconds",
                 "Age of the unit's oldest unreceipted clip at its last telemetry (0: none)",
-                labels=["device"],
             ),
-            "free": GaugeMetricFamily(
+            "free": device_gauge(
                 "painav_unit_free_bytes",
                 "Free space on the unit's outbox volume, from its last telemetry",
-                labels=["device"],
             ),
-            "synced": GaugeMetricFamily(
+            "synced": device_gauge(
                 "painav_unit_clock_synced",
                 "1 if the unit's clock was NTP-synchronised at its last telemetry",
-                labels=["device"],
             ),
-            "telemetry": GaugeMetricFamily(
+            "telemetry": device_gauge(
                 "painav_unit_telemetry_timestamp_seconds",
                 "When the unit's last telemetry was taken",
-                labels=["device"],
             ),
         }
         for row in rows:
